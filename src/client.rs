@@ -1,0 +1,296 @@
+//! The client library: connect, join, publish and leave, keeping the client's Lamport
+//! clock and logging every call and every event it receives.
+//!
+//! The clock rules on this side: tick before every request (the request carries the
+//! new time); merge the server's time from every reply and every event. Each event
+//! is logged with the client's own Lamport time after the merge.
+
+use crate::error::ChatError;
+use crate::event::{Event, EventKind};
+use crate::lamport::{LamportClock, LamportTime};
+use crate::pb;
+use crate::pb::chitty_chat_client::ChittyChatClient;
+use crate::server::SESSION_TOKEN_METADATA;
+use crate::validate::{validate_message, validate_name};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// The default server URL.
+pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:50051";
+
+/// How long connecting to the server may take before the client gives up.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What can go wrong on the client side.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The input breaks a rule the server would enforce; nothing was sent.
+    #[error("{0}")]
+    Invalid(#[from] ChatError),
+    /// The server URL cannot be used.
+    #[error("invalid server URL \"{url}\": {reason}")]
+    InvalidUrl {
+        /// The URL given.
+        url: String,
+        /// Why it is unusable.
+        reason: String,
+    },
+    /// The server could not be reached.
+    #[error("cannot reach the Chitty-Chat server at {url}: {reason}")]
+    Unreachable {
+        /// The URL tried.
+        url: String,
+        /// The cause, from the transport.
+        reason: String,
+    },
+    /// The server refused or failed a call.
+    #[error("{rpc} failed: {}", .status.message())]
+    Rpc {
+        /// The call.
+        rpc: &'static str,
+        /// The status the server (or the transport) returned.
+        status: Status,
+    },
+    /// The server's answer broke the protocol.
+    #[error("the server broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The gRPC code of a refused call, if this is one.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            ClientError::Rpc { status, .. } => Some(status.code()),
+            _ => None,
+        }
+    }
+}
+
+/// Opens a channel to the server at `url` (`http://host:port`).
+pub async fn connect(url: &str) -> Result<Channel, ClientError> {
+    let endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| ClientError::InvalidUrl {
+            url: url.to_owned(),
+            reason: error_chain(&err),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true);
+    endpoint
+        .connect()
+        .await
+        .map_err(|err| ClientError::Unreachable {
+            url: url.to_owned(),
+            reason: error_chain(&err),
+        })
+}
+
+/// A joined participant: publishes and leaves on behalf of one name.
+#[derive(Debug, Clone)]
+pub struct Session {
+    grpc: ChittyChatClient<Channel>,
+    clock: Arc<LamportClock>,
+    name: String,
+    token: String,
+}
+
+/// One event as the client received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The event as the server broadcast it.
+    pub event: Event,
+    /// The client's Lamport time of receiving it, after merging the event's time.
+    pub local_lamport: LamportTime,
+}
+
+/// The participant's feed of events from the server.
+#[derive(Debug)]
+pub struct Events {
+    stream: tonic::Streaming<pb::Event>,
+    clock: Arc<LamportClock>,
+}
+
+impl Session {
+    /// Joins the chat as `name` over `channel`. Returns the session and its feed,
+    /// whose first event is this participant's own join notice.
+    pub async fn join(channel: Channel, name: &str) -> Result<(Session, Events), ClientError> {
+        validate_name(name.as_bytes())?;
+        let clock = Arc::new(LamportClock::new());
+        let mut grpc = ChittyChatClient::new(channel);
+        let lamport = clock.tick();
+        tracing::info!(rpc = "Join", name, lamport, "sent");
+        let request = pb::JoinRequest {
+            name: name.as_bytes().to_vec(),
+            lamport,
+        };
+        let response = grpc
+            .join(request)
+            .await
+            .map_err(|status| ClientError::Rpc {
+                rpc: "Join",
+                status,
+            })?;
+        let token = response
+            .metadata()
+            .get(SESSION_TOKEN_METADATA)
+            .and_then(|value| value.to_str().ok())
+            .ok_or_else(|| ClientError::Protocol("Join returned no session token".into()))?
+            .to_owned();
+        let events = Events {
+            stream: response.into_inner(),
+            clock: Arc::clone(&clock),
+        };
+        let session = Session {
+            grpc,
+            clock,
+            name: name.to_owned(),
+            token,
+        };
+        Ok((session, events))
+    }
+
+    /// This participant's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The client's Lamport clock.
+    pub fn clock(&self) -> &Arc<LamportClock> {
+        &self.clock
+    }
+
+    /// Publishes `text` after checking it by the server's rules. Returns the sequence
+    /// number and server Lamport time of the broadcast it became.
+    pub async fn publish(&self, text: &str) -> Result<(u64, LamportTime), ClientError> {
+        validate_message(text.as_bytes())?;
+        let lamport = self.clock.tick();
+        tracing::info!(rpc = "Publish", name = %self.name, text, lamport, "sent");
+        let request = pb::PublishRequest {
+            session_token: self.token.clone(),
+            text: text.as_bytes().to_vec(),
+            lamport,
+        };
+        let reply = self
+            .grpc
+            .clone()
+            .publish(request)
+            .await
+            .map_err(|status| ClientError::Rpc {
+                rpc: "Publish",
+                status,
+            })?
+            .into_inner();
+        let local = self.clock.observe(reply.lamport);
+        tracing::info!(
+            rpc = "Publish",
+            seq = reply.seq,
+            server_lamport = reply.lamport,
+            lamport = local,
+            "reply"
+        );
+        Ok((reply.seq, reply.lamport))
+    }
+
+    /// Leaves the chat. The feed delivers what the server queued before, then ends.
+    pub async fn leave(&self) -> Result<(), ClientError> {
+        let lamport = self.clock.tick();
+        tracing::info!(rpc = "Leave", name = %self.name, lamport, "sent");
+        let request = pb::LeaveRequest {
+            session_token: self.token.clone(),
+            lamport,
+        };
+        let reply = self
+            .grpc
+            .clone()
+            .leave(request)
+            .await
+            .map_err(|status| ClientError::Rpc {
+                rpc: "Leave",
+                status,
+            })?
+            .into_inner();
+        let local = self.clock.observe(reply.lamport);
+        tracing::info!(
+            rpc = "Leave",
+            seq = reply.seq,
+            server_lamport = reply.lamport,
+            lamport = local,
+            "reply"
+        );
+        Ok(())
+    }
+}
+
+impl Events {
+    /// The next event, merged into the client's clock and logged; `Ok(None)` once the
+    /// server ended the feed cleanly (after this participant left).
+    pub async fn next(&mut self) -> Result<Option<Received>, ClientError> {
+        loop {
+            let Some(message) = self
+                .stream
+                .message()
+                .await
+                .map_err(|status| ClientError::Rpc {
+                    rpc: "Join",
+                    status,
+                })?
+            else {
+                return Ok(None);
+            };
+            let local_lamport = self.clock.observe(message.lamport);
+            let kind = match pb::EventKind::try_from(message.kind) {
+                Ok(pb::EventKind::Chat) => EventKind::Chat,
+                Ok(pb::EventKind::Joined) => EventKind::Joined,
+                Ok(pb::EventKind::Left) => EventKind::Left,
+                Ok(pb::EventKind::Unspecified) | Err(_) => {
+                    // A newer server may know kinds this client does not; the time
+                    // still counts, the event is skipped.
+                    tracing::warn!(
+                        kind = message.kind,
+                        seq = message.seq,
+                        lamport = local_lamport,
+                        "skipped an event of unknown kind"
+                    );
+                    continue;
+                }
+            };
+            let event = Event {
+                kind,
+                participant: Arc::from(message.participant),
+                text: message.text,
+                lamport: message.lamport,
+                seq: message.seq,
+            };
+            tracing::info!(
+                kind = %event.kind,
+                participant = %event.participant,
+                text = %event.text,
+                seq = event.seq,
+                server_lamport = event.lamport,
+                lamport = local_lamport,
+                "received"
+            );
+            return Ok(Some(Received {
+                event,
+                local_lamport,
+            }));
+        }
+    }
+}
+
+/// An error and its sources, joined by ": ", so a person sees the root cause
+/// ("transport error: tcp connect error: Connection refused (os error 111)").
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,302 @@
+//! The `chittychat-client` program: join, show the feed, publish what the user types,
+//! and leave however the user leaves (`/quit`, end of input, Ctrl-C, SIGTERM).
+//!
+//! On a terminal the user types at a prompt and events appear above the line being
+//! typed; with stdin piped, each line is one message (scripts and tests use this).
+
+use crate::client::{ClientError, Events, Session, connect};
+use crate::display::{event_line, sanitize};
+use crate::error::ChatError;
+use crate::validate::validate_message;
+use futures::io::AsyncWriteExt;
+use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader, Stdin};
+use tokio::signal::unix::{SignalKind, signal};
+use tonic::Code;
+
+/// Exit status after the participant left as asked.
+pub const EXIT_OK: u8 = 0;
+/// Exit status when the session ended against the user's will: the server went
+/// away, shut down, or disconnected this participant.
+pub const EXIT_SESSION_LOST: u8 = 1;
+/// Exit status when the server could not be reached.
+pub const EXIT_UNREACHABLE: u8 = 3;
+/// Exit status when the server refused to let this participant join.
+pub const EXIT_JOIN_REFUSED: u8 = 4;
+
+/// How long leaving may take before the client exits anyway.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The line a user types to leave.
+pub const QUIT_COMMAND: &str = "/quit";
+
+/// What the client program is asked to do.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// The participant's name.
+    pub name: String,
+    /// The server URL.
+    pub server: String,
+    /// Where the log goes, to tell the user; `None` when it goes to stderr.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Whether the client runs with a prompt: stdin and stdout are both terminals.
+pub fn is_interactive() -> bool {
+    std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
+}
+
+/// Runs the client until the participant leaves or the session is lost.
+pub async fn run(options: ClientOptions) -> ExitCode {
+    let channel = match connect(&options.server).await {
+        Ok(channel) => channel,
+        Err(err) => return fail(EXIT_UNREACHABLE, &err),
+    };
+    let (session, events) = match Session::join(channel, &options.name).await {
+        Ok(joined) => joined,
+        Err(err @ (ClientError::Invalid(_) | ClientError::Rpc { .. })) => {
+            let status = match err.code() {
+                Some(Code::Unavailable) => EXIT_UNREACHABLE,
+                _ => EXIT_JOIN_REFUSED,
+            };
+            return fail(status, &err);
+        }
+        Err(err) => return fail(EXIT_SESSION_LOST, &err),
+    };
+    let colour = std::io::stdout().is_terminal();
+    let (mut input, screen) = if is_interactive() {
+        match Readline::new("> ".to_owned()) {
+            Ok((mut readline, writer)) => {
+                readline.should_print_line_on(false, false);
+                (Input::Prompt(readline), Screen::Prompt(writer))
+            }
+            Err(err) => {
+                return fail(
+                    EXIT_SESSION_LOST,
+                    &format!("cannot set up the terminal: {err}"),
+                );
+            }
+        }
+    } else {
+        (Input::piped(), Screen::Plain)
+    };
+    let mut screen_for_feed = screen.clone();
+    let mut feed =
+        tokio::spawn(async move { show_feed(events, &mut screen_for_feed, colour).await });
+    let mut screen = screen;
+    if input.is_prompt() {
+        let log = match &options.log_file {
+            Some(path) => format!("Logs: {}.", path.display()),
+            None => "Logs go to stderr.".to_owned(),
+        };
+        screen
+            .line(&format!(
+                "Joined Chitty-Chat at {} as {}. Type a message and press Enter; {} or Ctrl-D to leave. {log}",
+                options.server, options.name, QUIT_COMMAND
+            ))
+            .await;
+    }
+
+    let mut terminate = match signal(SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(err) => {
+            return fail(
+                EXIT_SESSION_LOST,
+                &format!("cannot watch for SIGTERM: {err}"),
+            );
+        }
+    };
+    let ended = loop {
+        tokio::select! {
+            ended = &mut feed => break Some(ended),
+            _ = tokio::signal::ctrl_c() => break None,
+            _ = terminate.recv() => break None,
+            line = input.next_line() => match line {
+                InputLine::Quit => break None,
+                InputLine::Line(line) => publish_line(&session, &line, &mut screen).await,
+            },
+        }
+    };
+
+    let status = match ended {
+        // The user left: say so to the server, then let the feed drain.
+        None => match tokio::time::timeout(LEAVE_TIMEOUT, session.leave()).await {
+            Ok(Ok(())) => {
+                let _ = tokio::time::timeout(LEAVE_TIMEOUT, &mut feed).await;
+                if input.is_prompt() {
+                    screen.line("You left Chitty-Chat.").await;
+                }
+                Ok(())
+            }
+            Ok(Err(err)) => Err(session_lost(&err)),
+            Err(_) => Err("the server did not answer Leave in time".to_owned()),
+        },
+        Some(Ok(Ok(()))) => Err("the server ended this session".to_owned()),
+        Some(Ok(Err(err))) => Err(session_lost(&err)),
+        Some(Err(join_error)) => Err(format!("the feed task failed: {join_error}")),
+    };
+    input.close();
+    match status {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(message) => fail(EXIT_SESSION_LOST, &message),
+    }
+}
+
+/// Checks and publishes one typed line; problems are shown and the client goes on.
+async fn publish_line(session: &Session, line: &[u8], screen: &mut Screen) {
+    if line.is_empty() {
+        return;
+    }
+    if let Err(err) = validate_message(line) {
+        screen.error(&format!("{err} (not sent)")).await;
+        return;
+    }
+    // validate_message checked the UTF-8 above.
+    let text = String::from_utf8_lossy(line);
+    if let Err(err) = session.publish(&text).await {
+        screen.error(&format!("{err} (not sent)")).await;
+    }
+}
+
+/// Shows every event until the feed ends; `Ok` when it ended because we left.
+async fn show_feed(
+    mut events: Events,
+    screen: &mut Screen,
+    colour: bool,
+) -> Result<(), ClientError> {
+    while let Some(received) = events.next().await? {
+        screen.line(&event_line(&received.event, colour)).await;
+    }
+    Ok(())
+}
+
+/// A person-readable reason for a lost session.
+fn session_lost(err: &ClientError) -> String {
+    match err {
+        ClientError::Rpc { status, .. } => match status.code() {
+            Code::Unavailable
+                if status
+                    .message()
+                    .contains(ChatError::ShuttingDown.to_string().as_str()) =>
+            {
+                "the Chitty-Chat server shut down".to_owned()
+            }
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
+                format!("lost the connection to the server: {}", status.message())
+            }
+            _ => status.message().to_owned(),
+        },
+        other => other.to_string(),
+    }
+}
+
+/// Prints one error line on stderr and returns the exit status.
+fn fail(status: u8, err: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("chittychat-client: error: {}", sanitize(&err.to_string()));
+    ExitCode::from(status)
+}
+
+/// Where lines for the person go: straight to stdout, or above the prompt.
+#[derive(Clone)]
+enum Screen {
+    Plain,
+    Prompt(SharedWriter),
+}
+
+impl Screen {
+    async fn line(&mut self, line: &str) {
+        match self {
+            Screen::Plain => {
+                let mut stdout = std::io::stdout().lock();
+                let _ = std::io::Write::write_all(&mut stdout, format!("{line}\n").as_bytes());
+                let _ = std::io::Write::flush(&mut stdout);
+            }
+            Screen::Prompt(writer) => {
+                let _ = AsyncWriteExt::write_all(writer, format!("{line}\n").as_bytes()).await;
+            }
+        }
+    }
+
+    async fn error(&mut self, message: &str) {
+        match self {
+            Screen::Plain => eprintln!("chittychat-client: error: {}", sanitize(message)),
+            Screen::Prompt(_) => self.line(&format!("error: {}", sanitize(message))).await,
+        }
+    }
+}
+
+/// Where the user's lines come from.
+enum Input {
+    Prompt(Readline),
+    Piped {
+        reader: BufReader<Stdin>,
+        buffer: Vec<u8>,
+    },
+}
+
+enum InputLine {
+    Line(Vec<u8>),
+    Quit,
+}
+
+impl Input {
+    fn piped() -> Self {
+        Input::Piped {
+            reader: BufReader::new(tokio::io::stdin()),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn is_prompt(&self) -> bool {
+        matches!(self, Input::Prompt(_))
+    }
+
+    /// The next line, without its line ending. Cancel-safe: a partly read line stays
+    /// in the buffer for the next call.
+    async fn next_line(&mut self) -> InputLine {
+        let line = match self {
+            Input::Prompt(readline) => match readline.readline().await {
+                Ok(ReadlineEvent::Line(line)) => {
+                    readline.add_history_entry(line.clone());
+                    line.into_bytes()
+                }
+                Ok(ReadlineEvent::Eof | ReadlineEvent::Interrupted) | Err(_) => {
+                    return InputLine::Quit;
+                }
+            },
+            Input::Piped { reader, buffer } => match reader.read_until(b'\n', buffer).await {
+                Ok(0) | Err(_) if buffer.is_empty() => return InputLine::Quit,
+                // End of input after a last line without a newline: take the line.
+                Ok(_) | Err(_) => std::mem::take(buffer),
+            },
+        };
+        let line = trim_line_ending(line);
+        if line == QUIT_COMMAND.as_bytes() {
+            InputLine::Quit
+        } else {
+            InputLine::Line(line)
+        }
+    }
+
+    /// Shows what is still queued for the screen, then restores the terminal (the
+    /// prompt's drop leaves raw mode).
+    fn close(self) {
+        if let Input::Prompt(mut readline) = self {
+            let _ = readline.flush();
+        }
+    }
+}
+
+fn trim_line_ending(mut line: Vec<u8>) -> Vec<u8> {
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    line
+}

@@ -1,0 +1,75 @@
+//! The events the server broadcasts: chat messages, join notices and leave notices.
+
+use crate::lamport::LamportTime;
+use std::fmt;
+use std::sync::Arc;
+
+/// What an event is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    /// A chat message.
+    Chat,
+    /// A participant joined.
+    Joined,
+    /// A participant left.
+    Left,
+}
+
+impl EventKind {
+    /// A short lower-case name, used in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Chat => "chat",
+            EventKind::Joined => "joined",
+            EventKind::Left => "left",
+        }
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One broadcast, stamped once by the server and delivered unchanged to everyone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// What the event is.
+    pub kind: EventKind,
+    /// The participant it is about: the sender, the joiner or the leaver.
+    pub participant: Arc<str>,
+    /// The chat message, or the join or leave sentence.
+    pub text: String,
+    /// The server's Lamport time of the broadcast.
+    pub lamport: LamportTime,
+    /// The server's sequence number of the broadcast: 1, 2, 3, ... without gaps.
+    pub seq: u64,
+}
+
+/// "Participant X joined Chitty-Chat at Lamport time L", the notice every participant gets.
+pub fn joined_sentence(name: &str, lamport: LamportTime) -> String {
+    format!("Participant {name} joined Chitty-Chat at Lamport time {lamport}")
+}
+
+/// "Participant X left Chitty-Chat at Lamport time L", the notice the others get.
+pub fn left_sentence(name: &str, lamport: LamportTime) -> String {
+    format!("Participant {name} left Chitty-Chat at Lamport time {lamport}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_are_exactly_the_assignments() {
+        assert_eq!(
+            joined_sentence("alice", 3),
+            "Participant alice joined Chitty-Chat at Lamport time 3"
+        );
+        assert_eq!(
+            left_sentence("bob", 12),
+            "Participant bob left Chitty-Chat at Lamport time 12"
+        );
+    }
+}

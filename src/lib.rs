@@ -1,0 +1,28 @@
+//! Chitty-Chat: a small distributed chat service over gRPC that keeps logical time
+//! with Lamport timestamps.
+//!
+//! A map of the crate:
+//! - [`lamport`]: the Lamport clock every process keeps.
+//! - [`validate`]: the rules for names and messages, shared by server and client.
+//! - [`error`]: the domain's one error type and its mapping to a gRPC status.
+//! - [`event`]: the events the server broadcasts.
+//! - [`hub`]: the chat room: participants, the server's clock, sequence numbers and
+//!   the broadcast into bounded per-participant queues.
+//! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`client`]: the client library: join, publish, leave, with the client's clock.
+//! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
+//! - [`display`]: how events look on a person's terminal.
+//! - [`logging`]: text or JSON logs to stderr or a file.
+//! - [`pb`]: the code generated from `proto/`.
+
+pub mod client;
+pub mod client_app;
+pub mod display;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod lamport;
+pub mod logging;
+pub mod pb;
+pub mod server;
+pub mod validate;

@@ -1,0 +1,9 @@
+//! The code generated from `proto/chittychat/v1/chittychat.proto`: only the gRPC
+//! layer ([`crate::server`], [`crate::client`]) touches these types.
+
+#![allow(missing_docs, unreachable_pub)]
+
+tonic::include_proto!("chittychat.v1");
+
+/// The encoded descriptors of the proto, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("chittychat_descriptor");
