@@ -12,5 +12,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("chittychat_descriptor.bin"))
         .compile_protos(&["proto/chittychat/v1/chittychat.proto"], &["proto"])?;
+    // The server the binary runs: the same service, but its Join stream carries
+    // events encoded once per broadcast (`crate::wire::EncodedEvent`) rather than a
+    // `pb::Event` encoded again for every recipient. Every other type is the one
+    // generated above, so nothing but the stream's item differs.
+    let encoded = out.join("encoded_server");
+    std::fs::create_dir_all(&encoded)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .out_dir(&encoded)
+        .extern_path(".chittychat.v1", "crate::pb")
+        .extern_path(".chittychat.v1.Event", "crate::wire::EncodedEvent")
+        .compile_protos(&["proto/chittychat/v1/chittychat.proto"], &["proto"])?;
     Ok(())
 }

@@ -14,8 +14,10 @@ use crate::error::ChatError;
 use crate::event::{Event, EventKind, joined_sentence, left_sentence};
 use crate::lamport::{LamportClock, LamportTime};
 use crate::validate::{validate_message, validate_name};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::fmt;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
@@ -27,6 +29,15 @@ use tokio::sync::mpsc;
 /// At about 100 bytes an event this bounds a stalled participant's queue near
 /// 100 KiB; a reader that keeps up never has more than a handful queued.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 1024;
+
+/// How many queued events a feed takes from its queue at once.
+///
+/// Taking them together costs one wake-up and one release of queue capacity per
+/// batch instead of per event, and lets the stream hand tonic everything that is
+/// ready in one poll, which tonic packs into one HTTP/2 frame. The batch is being
+/// delivered, so it does not count against the queue bound, and it is small next to
+/// it: a participant never holds more than `queue_depth + FEED_BATCH` events.
+pub const FEED_BATCH: usize = 64;
 
 /// How many random bytes a session token's secret has (128 bits).
 const SECRET_BYTES: usize = 16;
@@ -130,13 +141,46 @@ struct State {
 struct Session {
     name: Arc<str>,
     secret: [u8; SECRET_BYTES],
-    queue: mpsc::Sender<Arc<Event>>,
+    queue: mpsc::Sender<Arc<Broadcast>>,
     closed: Arc<OnceLock<ChatError>>,
+}
+
+/// One event as queued for every recipient: the event, and its wire form, which
+/// the first recipient's stream to need it makes and the others share.
+///
+/// The hub knows nothing of the wire; the gRPC layer fills the slot, outside the
+/// hub's lock, once per broadcast rather than once per recipient.
+#[derive(Debug)]
+pub struct Broadcast {
+    event: Event,
+    wire: OnceLock<Bytes>,
+}
+
+impl Broadcast {
+    fn new(event: Event) -> Self {
+        Self {
+            event,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The event's wire form: made by `encode` on the first call, shared after.
+    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
+        self.wire.get_or_init(|| encode(&self.event)).clone()
+    }
+}
+
+impl Deref for Broadcast {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
 }
 
 /// A broadcast made under the lock, logged after it is released.
 struct Logged {
-    event: Arc<Event>,
+    event: Arc<Broadcast>,
     cause: &'static str,
     client_lamport: Option<LamportTime>,
     recipients: usize,
@@ -220,6 +264,7 @@ impl Hub {
             token: SessionToken(format!("{id:x}.{}", to_hex(&secret))),
             feed: Feed {
                 rx,
+                batch: Vec::new(),
                 closed,
                 hub: Arc::clone(self),
                 session: id,
@@ -320,15 +365,15 @@ impl Hub {
         participant: Arc<str>,
         text: String,
         lamport: LamportTime,
-    ) -> Arc<Event> {
+    ) -> Arc<Broadcast> {
         state.next_seq += 1;
-        let event = Arc::new(Event {
+        let event = Arc::new(Broadcast::new(Event {
             kind,
             participant,
             text,
             lamport,
             seq: state.next_seq,
-        });
+        }));
         let State {
             sessions, dropouts, ..
         } = state;
@@ -352,7 +397,7 @@ impl Hub {
         state: &mut State,
         id: u64,
         lamport: LamportTime,
-    ) -> Option<Arc<Event>> {
+    ) -> Option<Arc<Broadcast>> {
         let session = state.sessions.remove(&id)?;
         state.names.remove(&session.name);
         let text = left_sentence(&session.name, lamport);
@@ -390,7 +435,7 @@ impl Hub {
 
 impl Logged {
     fn new(
-        event: Arc<Event>,
+        event: Arc<Broadcast>,
         cause: &'static str,
         client_lamport: Option<LamportTime>,
         state: &State,
@@ -473,7 +518,9 @@ fn from_hex(text: &str) -> Option<[u8; SECRET_BYTES]> {
 /// Dropping a feed whose participant is still present counts as leaving.
 #[derive(Debug)]
 pub struct Feed {
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::Receiver<Arc<Broadcast>>,
+    /// Events taken from `rx` and not yet yielded, last first.
+    batch: Vec<Arc<Broadcast>>,
     closed: Arc<OnceLock<ChatError>>,
     hub: Arc<Hub>,
     session: u64,
@@ -481,17 +528,25 @@ pub struct Feed {
 }
 
 impl tokio_stream::Stream for Feed {
-    type Item = Result<Arc<Event>, ChatError>;
+    type Item = Result<Arc<Broadcast>, ChatError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.finished {
+        let this = &mut *self;
+        if let Some(event) = this.batch.pop() {
+            return Poll::Ready(Some(Ok(event)));
+        }
+        if this.finished {
             return Poll::Ready(None);
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(event)) => Poll::Ready(Some(Ok(event))),
-            Poll::Ready(None) => {
-                self.finished = true;
-                Poll::Ready(self.closed.get().cloned().map(Err))
+        match this.rx.poll_recv_many(cx, &mut this.batch, FEED_BATCH) {
+            Poll::Ready(0) => {
+                this.finished = true;
+                Poll::Ready(this.closed.get().cloned().map(Err))
+            }
+            Poll::Ready(_) => {
+                this.batch.reverse();
+                let event = this.batch.pop().expect("poll_recv_many reported events");
+                Poll::Ready(Some(Ok(event)))
             }
             Poll::Pending => Poll::Pending,
         }
@@ -513,7 +568,7 @@ mod tests {
         Arc::new(Hub::new(HubConfig { queue_depth }))
     }
 
-    async fn next(feed: &mut Feed) -> Arc<Event> {
+    async fn next(feed: &mut Feed) -> Arc<Broadcast> {
         feed.next().await.expect("feed ended").expect("feed failed")
     }
 

@@ -14,7 +14,10 @@
 //! - [`display`]: how events look on a person's terminal.
 //! - [`logging`]: text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
+//! - [`wire`]: events encoded once per broadcast, as the server sends them.
+//! - [`bench`]: `chittychat-bench`, the load generator and its measurements.
 
+pub mod bench;
 pub mod client;
 pub mod client_app;
 pub mod display;
@@ -26,3 +29,4 @@ pub mod logging;
 pub mod pb;
 pub mod server;
 pub mod validate;
+pub mod wire;

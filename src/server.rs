@@ -5,10 +5,10 @@
 //! Accepted calls are logged by the hub, one line per broadcast.
 
 use crate::error::ChatError;
-use crate::event::{Event, EventKind};
 use crate::hub::{Feed, Hub, HubConfig};
 use crate::pb;
-use crate::pb::chitty_chat_server::{ChittyChat, ChittyChatServer};
+use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
+use crate::wire::EncodedEvent;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -163,34 +163,24 @@ impl ChittyChat for ChatService {
     }
 }
 
-/// A participant's feed as the gRPC stream of `pb::Event`.
+/// A participant's feed as the gRPC stream of `Event` messages.
 ///
 /// Every event already queued is ready in one poll, so tonic packs them into as few
-/// HTTP/2 frames as it can.
+/// HTTP/2 frames as it can. Each event is encoded once, by the first stream that
+/// sends it; the others send the same bytes.
 #[derive(Debug)]
 pub struct EventStream(Feed);
 
 impl Stream for EventStream {
-    type Item = Result<pb::Event, Status>;
+    type Item = Result<EncodedEvent, Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        Pin::new(&mut self.0)
-            .poll_next(cx)
-            .map(|item| item.map(|result| result.map(|e| to_pb(&e)).map_err(Status::from)))
-    }
-}
-
-fn to_pb(event: &Event) -> pb::Event {
-    let kind = match event.kind {
-        EventKind::Chat => pb::EventKind::Chat,
-        EventKind::Joined => pb::EventKind::Joined,
-        EventKind::Left => pb::EventKind::Left,
-    };
-    pb::Event {
-        kind: kind.into(),
-        participant: event.participant.to_string(),
-        text: event.text.clone(),
-        lamport: event.lamport,
-        seq: event.seq,
+        Pin::new(&mut self.0).poll_next(cx).map(|item| {
+            item.map(|result| {
+                result
+                    .map(|event| EncodedEvent::from(event.wire(|e| EncodedEvent::encode(e).into())))
+                    .map_err(Status::from)
+            })
+        })
     }
 }

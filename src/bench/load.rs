@@ -1,0 +1,307 @@
+//! The load side: participants that join over their own connections and tally what
+//! they receive, and publishers that send through the same client library.
+
+use super::BenchError;
+use crate::client::{self, ClientError, Events, Session};
+use crate::event::{Event, EventKind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// The first character of every message the bench publishes; the next 16 are the
+/// send time in hex nanoseconds, the rest is padding.
+const MARK: char = 'b';
+
+/// The shortest message that holds the mark and the send time.
+pub const MIN_MESSAGE_CHARS: usize = 17;
+
+/// What one participant has received. Each is written by its participant's task
+/// only and read by the measuring task.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(super) struct Tally {
+    /// Every event received.
+    pub(super) events: AtomicU64,
+    /// The bench's own chat messages received.
+    pub(super) chats: AtomicU64,
+    /// The sequence number of the participant's own join notice.
+    pub(super) first_seq: AtomicU64,
+    /// The sequence number of the last event received.
+    pub(super) last_seq: AtomicU64,
+    /// Sequence numbers skipped.
+    pub(super) lost: AtomicU64,
+    /// Events received again or out of order.
+    pub(super) duplicated: AtomicU64,
+    /// Publish-to-delivery latencies in ns of messages sent in the measured window.
+    latencies: Mutex<Vec<u32>>,
+}
+
+/// State shared by the measuring task, the participants and the publishers.
+#[derive(Debug)]
+pub(super) struct Shared {
+    pub(super) tallies: Vec<Tally>,
+    epoch: Instant,
+    /// Messages sent in `[window_start, window_end)` (ns since `epoch`) count
+    /// for latency.
+    window_start: AtomicU64,
+    window_end: AtomicU64,
+    /// Publishes handed to the client library.
+    pub(super) issued: AtomicU64,
+    /// Publishes the server accepted.
+    pub(super) accepted: AtomicU64,
+    /// The highest sequence number a publish reply carried.
+    pub(super) max_seq: AtomicU64,
+    /// Set once the bench is done and feeds may end.
+    pub(super) stopping: AtomicBool,
+    /// The first failure of a participant or a publish.
+    failure: Mutex<Option<String>>,
+    pub(super) failures: AtomicU64,
+}
+
+impl Shared {
+    pub(super) fn new(participants: usize) -> Self {
+        Self {
+            tallies: (0..participants).map(|_| Tally::default()).collect(),
+            epoch: Instant::now(),
+            window_start: AtomicU64::new(u64::MAX),
+            window_end: AtomicU64::new(u64::MAX),
+            issued: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            max_seq: AtomicU64::new(0),
+            stopping: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Starts counting latencies of messages sent from now on.
+    pub(super) fn open_window(&self) {
+        self.window_start.store(self.now_ns(), Relaxed);
+    }
+
+    /// Stops counting latencies of messages sent from now on.
+    pub(super) fn close_window(&self) {
+        self.window_end.store(self.now_ns(), Relaxed);
+    }
+
+    fn fail(&self, what: String) {
+        self.failures.fetch_add(1, Relaxed);
+        let mut first = self.failure.lock().unwrap_or_else(|p| p.into_inner());
+        first.get_or_insert(what);
+    }
+
+    /// The first failure, if any.
+    pub(super) fn failure(&self) -> Option<String> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Events received by all participants.
+    pub(super) fn deliveries(&self) -> u64 {
+        self.tallies.iter().map(|t| t.events.load(Relaxed)).sum()
+    }
+
+    /// The fewest bench messages any participant has received.
+    pub(super) fn min_chats(&self) -> u64 {
+        self.tallies
+            .iter()
+            .map(|t| t.chats.load(Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The lowest sequence number every participant has reached.
+    pub(super) fn min_last_seq(&self) -> u64 {
+        self.tallies
+            .iter()
+            .map(|t| t.last_seq.load(Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// How many participants have received their own join notice.
+    pub(super) fn joined(&self) -> usize {
+        self.tallies
+            .iter()
+            .filter(|t| t.first_seq.load(Relaxed) != 0)
+            .count()
+    }
+
+    /// The sequence number of the latest join notice.
+    pub(super) fn max_first_seq(&self) -> u64 {
+        self.tallies
+            .iter()
+            .map(|t| t.first_seq.load(Relaxed))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Every latency recorded, emptying the tallies.
+    pub(super) fn take_latencies(&self) -> Vec<u32> {
+        let mut all = Vec::new();
+        for tally in &self.tallies {
+            let mut mine = tally.latencies.lock().unwrap_or_else(|p| p.into_inner());
+            all.append(&mut mine);
+        }
+        all
+    }
+
+    /// A bench message sent now, `chars` characters long.
+    pub(super) fn message(&self, chars: usize) -> String {
+        let mut text = format!("{MARK}{:016x}", self.now_ns());
+        text.extend(std::iter::repeat_n('x', chars.saturating_sub(text.len())));
+        text
+    }
+
+    fn record(&self, who: usize, event: &Event) {
+        let tally = &self.tallies[who];
+        // Single writer: plain load and store.
+        tally.events.store(tally.events.load(Relaxed) + 1, Relaxed);
+        let last = tally.last_seq.load(Relaxed);
+        if last == 0 {
+            tally.first_seq.store(event.seq, Relaxed);
+        } else if event.seq <= last {
+            tally.duplicated.fetch_add(1, Relaxed);
+            return;
+        } else if event.seq > last + 1 {
+            tally.lost.fetch_add(event.seq - last - 1, Relaxed);
+        }
+        tally.last_seq.store(event.seq, Relaxed);
+        if event.kind != EventKind::Chat {
+            return;
+        }
+        let Some(sent) = event
+            .text
+            .strip_prefix(MARK)
+            .and_then(|rest| rest.get(..16))
+            .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        else {
+            return;
+        };
+        tally.chats.store(tally.chats.load(Relaxed) + 1, Relaxed);
+        if sent >= self.window_start.load(Relaxed) && sent < self.window_end.load(Relaxed) {
+            let latency = self.now_ns().saturating_sub(sent);
+            let latency = u32::try_from(latency).unwrap_or(u32::MAX);
+            tally
+                .latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(latency);
+        }
+    }
+}
+
+/// Connects participant `who` over its own HTTP/2 connection, joins it as
+/// `bench-<who>` and starts tallying its feed. Returns its session.
+pub(super) async fn join(
+    url: String,
+    who: usize,
+    shared: Arc<Shared>,
+    gate: Arc<Semaphore>,
+) -> Result<Session, BenchError> {
+    let name = format!("bench-{who}");
+    let client_error = |source: ClientError| BenchError::Client {
+        what: format!("participant {name}"),
+        source,
+    };
+    let (session, events) = {
+        let _permit = gate.acquire().await;
+        let channel = client::connect(&url).await.map_err(client_error)?;
+        Session::join(channel, &name).await.map_err(client_error)?
+    };
+    tokio::spawn(receive(events, who, shared));
+    Ok(session)
+}
+
+async fn receive(mut events: Events, who: usize, shared: Arc<Shared>) {
+    loop {
+        match events.next().await {
+            Ok(Some(received)) => shared.record(who, &received.event),
+            Ok(None) => break,
+            Err(err) => {
+                if !shared.stopping.load(Relaxed) {
+                    shared.fail(format!("participant bench-{who} lost its feed: {err}"));
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// How a publisher paces itself.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Pace {
+    /// As fast as the server accepts, but no participant may fall more than this
+    /// many bench messages behind what was published.
+    Saturate { window: u64 },
+    /// This many messages a second.
+    Rate(f64),
+}
+
+/// Publishes `chars`-character messages as `session` until `shared.stopping`, with
+/// at most `inflight` Publish calls outstanding. Returns once all have replied.
+pub(super) async fn publish(
+    session: Session,
+    pace: Pace,
+    chars: usize,
+    inflight: usize,
+    shared: Arc<Shared>,
+) {
+    let slots = Arc::new(Semaphore::new(inflight));
+    let started = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut sent = 0u64;
+    let mut floor = 0u64;
+    while !shared.stopping.load(Relaxed) {
+        match pace {
+            Pace::Saturate { window } => {
+                // Recount the slowest participant only when the cached floor says
+                // the window may be full: counting is O(participants).
+                while shared.issued.load(Relaxed) >= floor + window {
+                    floor = shared.min_chats();
+                    if shared.issued.load(Relaxed) < floor + window || shared.stopping.load(Relaxed)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+            Pace::Rate(rate) => {
+                if sent >= (started.elapsed().as_secs_f64() * rate) as u64 {
+                    tick.tick().await;
+                    continue;
+                }
+            }
+        }
+        if shared.stopping.load(Relaxed) {
+            break;
+        }
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            break;
+        };
+        shared.issued.fetch_add(1, Relaxed);
+        sent += 1;
+        let text = shared.message(chars);
+        let (session, shared) = (session.clone(), Arc::clone(&shared));
+        tokio::spawn(async move {
+            match session.publish(&text).await {
+                Ok((seq, _)) => {
+                    shared.accepted.fetch_add(1, Relaxed);
+                    shared.max_seq.fetch_max(seq, Relaxed);
+                }
+                Err(err) => shared.fail(format!("{} could not publish: {err}", session.name())),
+            }
+            drop(slot);
+        });
+    }
+    // Every outstanding publish has replied once all slots are free again.
+    let _ = slots.acquire_many(inflight as u32).await;
+}

@@ -1,0 +1,536 @@
+//! `chittychat-bench`: drives a Chitty-Chat server through the client library, each
+//! participant over its own HTTP/2 connection, and measures deliveries, latency,
+//! loss and duplication, and the server's CPU and memory.
+//!
+//! - [`load`]: the participants and publishers.
+//! - [`process`]: the spawned server and its `/proc` readings.
+//! - [`report`]: the results, as a table or JSON.
+
+mod load;
+pub mod process;
+pub mod report;
+
+use crate::client::ClientError;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use load::{Pace, Shared};
+use process::{SpawnedServer, cpu_ns, status_kib};
+use report::{Joins, Latency, Report, ServerUsage};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+pub use load::MIN_MESSAGE_CHARS;
+
+/// How long, after publishing stops, every participant has to receive everything;
+/// what has not arrived by then counts as lost.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long joining may take before the bench gives up.
+pub const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long idle mode waits after the probe before reading the server's memory.
+pub const IDLE_SETTLE: Duration = Duration::from_secs(2);
+
+/// File descriptors the bench needs besides one per participant.
+const SPARE_FDS: u64 = 64;
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Publishers send as fast as the server accepts, pipelined, bounded by --window.
+    Saturate,
+    /// Publishers together offer --rate messages a second.
+    Rate,
+    /// Participants join, one probe is broadcast, then the server's memory is read.
+    Idle,
+    /// The time until all participants joined and saw every join notice.
+    JoinStorm,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Saturate => "saturate",
+            Mode::Rate => "rate",
+            Mode::Idle => "idle",
+            Mode::JoinStorm => "join-storm",
+        }
+    }
+}
+
+/// The bench's settings: its command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "chittychat-bench",
+    version,
+    about = "Load generator for Chitty-Chat: measures deliveries/s, latency, loss and \
+             duplication, and the server's CPU and memory"
+)]
+pub struct BenchConfig {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: Mode,
+    /// The server to drive (http://host:port); without it the bench starts
+    /// chittychat-server at its defaults and also reports its CPU and memory.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The chittychat-server binary to start (default: next to this binary).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Keep the started server's log at this path (default: a temporary file,
+    /// removed at the end).
+    #[arg(long)]
+    pub server_log: Option<PathBuf>,
+    /// Participants to join, each over its own connection.
+    #[arg(long, short = 'n', default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub participants: u64,
+    /// How many of the participants publish.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub publishers: u64,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    pub duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0, value_parser = seconds)]
+    pub warmup: f64,
+    /// Characters per message (at least 17: a mark and the send time).
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(MIN_MESSAGE_CHARS as u64..=crate::validate::MAX_MESSAGE_CHARS as u64))]
+    pub message_chars: u64,
+    /// Rate mode: messages a second, offered by all publishers together.
+    #[arg(long, default_value_t = 1000.0, value_parser = seconds)]
+    pub rate: f64,
+    /// Saturate mode: how many messages any participant may fall behind what
+    /// was published; keep it below the server's queue depth (1024 by default).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub window: u64,
+    /// Publish calls each publisher keeps outstanding.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub inflight: u64,
+    /// Participants connecting and joining at the same time.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub join_concurrency: u64,
+    /// Print the report as one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if value.is_finite() && value >= 0.0 => Ok(value),
+        _ => Err(format!("\"{text}\" is not a non-negative number")),
+    }
+}
+
+/// Why a bench run could not be completed.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// The settings cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The server could not be started or died.
+    #[error("{0}")]
+    Server(String),
+    /// A participant could not connect or join.
+    #[error("{what}: {source}")]
+    Client {
+        /// Who.
+        what: String,
+        /// Why.
+        source: ClientError,
+    },
+    /// Something did not happen in time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// The bench's view of the server: where it is, and its pid when it was spawned.
+struct Target {
+    url: String,
+    spawned: Option<SpawnedServer>,
+}
+
+impl Target {
+    fn pid(&self) -> Option<u32> {
+        self.spawned.as_ref().map(SpawnedServer::pid)
+    }
+}
+
+/// Raises this process's file-descriptor limit so `participants` connections fit;
+/// a spawned server inherits it.
+pub fn raise_fd_limit(participants: u64) -> Result<u64, BenchError> {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).map_err(|err| {
+        BenchError::Config(format!("cannot raise the file-descriptor limit: {err}"))
+    })?;
+    let needed = participants + SPARE_FDS;
+    if limit < needed {
+        return Err(BenchError::Config(format!(
+            "{participants} participants need {needed} file descriptors, but the limit is {limit}; raise the hard limit (ulimit -Hn)"
+        )));
+    }
+    Ok(limit)
+}
+
+/// Runs the bench as `config` says and reports what it measured.
+pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
+    if config.publishers > config.participants {
+        return Err(BenchError::Config(format!(
+            "--publishers {} exceeds --participants {}",
+            config.publishers, config.participants
+        )));
+    }
+    raise_fd_limit(config.participants)?;
+    let target = match &config.server {
+        Some(url) => Target {
+            url: url.clone(),
+            spawned: None,
+        },
+        None => {
+            let binary = match &config.server_bin {
+                Some(path) => path.clone(),
+                None => std::env::current_exe()
+                    .map_err(|err| BenchError::Config(format!("cannot find this binary: {err}")))?
+                    .with_file_name("chittychat-server"),
+            };
+            let (log, keep) = match &config.server_log {
+                Some(path) => (path.clone(), true),
+                None => (
+                    std::env::temp_dir().join(format!(
+                        "chittychat-bench-server-{}.log",
+                        std::process::id()
+                    )),
+                    false,
+                ),
+            };
+            let server = SpawnedServer::start(&binary, log, keep)?;
+            Target {
+                url: server.url(),
+                spawned: Some(server),
+            }
+        }
+    };
+    let progress = Progress::new();
+    let n = config.participants as usize;
+    let shared = Arc::new(Shared::new(n));
+    let baseline_rss = target.pid().and_then(|pid| status_kib(pid, "VmRSS"));
+
+    // Join everyone; this is the join storm.
+    let join_cpu0 = target.pid().and_then(cpu_ns);
+    let started = Instant::now();
+    let gate = Arc::new(Semaphore::new(config.join_concurrency as usize));
+    let handles: Vec<_> = (0..n)
+        .map(|who| {
+            tokio::spawn(load::join(
+                target.url.clone(),
+                who,
+                Arc::clone(&shared),
+                Arc::clone(&gate),
+            ))
+        })
+        .collect();
+    progress.bar(n as u64, "joining");
+    let mut sessions = Vec::with_capacity(n);
+    for handle in handles {
+        let session = handle
+            .await
+            .map_err(|err| BenchError::Server(format!("a joining task failed: {err}")))??;
+        sessions.push(session);
+        progress.set(sessions.len() as u64);
+    }
+    wait_until(
+        "every participant to get its own join notice",
+        JOIN_TIMEOUT,
+        || shared.joined() == n,
+    )
+    .await?;
+    let all_joined_s = started.elapsed().as_secs_f64();
+    let last_join = shared.max_first_seq();
+    progress.message("waiting for every join notice");
+    wait_until(
+        "every participant to see every join notice",
+        JOIN_TIMEOUT,
+        || shared.min_last_seq() >= last_join,
+    )
+    .await?;
+    let all_notices_seen_s = started.elapsed().as_secs_f64();
+    let join_deliveries = shared.deliveries();
+    let joins = Joins {
+        all_joined_s,
+        all_notices_seen_s,
+        deliveries: join_deliveries,
+        server_cpu_ns_per_delivery: target
+            .pid()
+            .and_then(cpu_ns)
+            .zip(join_cpu0)
+            .map(|(end, start)| (end - start) as f64 / join_deliveries.max(1) as f64),
+    };
+
+    let mut report = Report {
+        mode: config.mode.name().into(),
+        participants: n,
+        publishers: config.publishers as usize,
+        message_chars: config.message_chars as usize,
+        offered_msgs_per_s: (config.mode == Mode::Rate).then_some(config.rate),
+        window_s: all_notices_seen_s,
+        deliveries: join_deliveries,
+        deliveries_per_s: join_deliveries as f64 / all_notices_seen_s,
+        publishes: 0,
+        publishes_per_s: 0.0,
+        latency: None,
+        lost: 0,
+        duplicated: 0,
+        failures: 0,
+        first_failure: None,
+        joins,
+        server: None,
+        load_cpu_percent: None,
+    };
+    let mut window = Window::open(&target, &shared);
+    match config.mode {
+        Mode::JoinStorm => {
+            window.cpu0 = join_cpu0;
+            window.load_cpu0 = None;
+            window.started = started;
+            window.deliveries0 = 0;
+        }
+        Mode::Idle => {
+            progress.message("probe");
+            let probe = shared.message(config.message_chars as usize);
+            sessions[0]
+                .publish(&probe)
+                .await
+                .map_err(|source| BenchError::Client {
+                    what: "the probe".into(),
+                    source,
+                })?;
+            wait_until(
+                "every participant to receive the probe",
+                DRAIN_TIMEOUT,
+                || shared.min_chats() >= 1,
+            )
+            .await?;
+            tokio::time::sleep(IDLE_SETTLE).await;
+        }
+        Mode::Saturate | Mode::Rate => {
+            let pace = match config.mode {
+                Mode::Saturate => Pace::Saturate {
+                    window: config.window,
+                },
+                _ => Pace::Rate(config.rate / config.publishers as f64),
+            };
+            let publishers: Vec<_> = sessions
+                .iter()
+                .take(config.publishers as usize)
+                .map(|session| {
+                    tokio::spawn(load::publish(
+                        session.clone(),
+                        pace,
+                        config.message_chars as usize,
+                        config.inflight as usize,
+                        Arc::clone(&shared),
+                    ))
+                })
+                .collect();
+            progress.timed(config.warmup, "warming up").await;
+            window = Window::open(&target, &shared);
+            shared.open_window();
+            progress.timed(config.duration, "measuring").await;
+            shared.close_window();
+            window.close(&shared, &mut report);
+            shared.stopping.store(true, Relaxed);
+            progress.message("draining");
+            for publisher in publishers {
+                let _ = publisher.await;
+            }
+            let last = shared.max_seq.load(Relaxed);
+            // Whatever has not arrived by the deadline is counted as lost below.
+            let _ = wait_until(
+                "every participant to receive everything",
+                DRAIN_TIMEOUT,
+                || shared.min_last_seq() >= last,
+            )
+            .await;
+            report.lost = shared
+                .tallies
+                .iter()
+                .map(|t| t.lost.load(Relaxed) + last.saturating_sub(t.last_seq.load(Relaxed)))
+                .sum();
+            report.latency = latency(shared.take_latencies());
+        }
+    }
+    if matches!(config.mode, Mode::JoinStorm | Mode::Idle) {
+        window.close(&shared, &mut report);
+        report.lost = shared.tallies.iter().map(|t| t.lost.load(Relaxed)).sum();
+    }
+    shared.stopping.store(true, Relaxed);
+    progress.finish();
+    report.duplicated = shared
+        .tallies
+        .iter()
+        .map(|t| t.duplicated.load(Relaxed))
+        .sum();
+    report.failures = shared.failures.load(Relaxed);
+    report.first_failure = shared.failure();
+    if let (Some(server), Some(baseline)) = (&target.spawned, baseline_rss) {
+        let rss = status_kib(server.pid(), "VmRSS").unwrap_or(0);
+        if let Some(usage) = report.server.as_mut() {
+            usage.baseline_rss_kib = baseline;
+            usage.rss_kib = rss;
+            usage.peak_rss_kib = status_kib(server.pid(), "VmHWM").unwrap_or(0);
+            usage.kib_per_participant = rss.saturating_sub(baseline) as f64 / n as f64;
+        }
+    }
+    drop(sessions);
+    Ok(report)
+}
+
+/// Counters at the start of the measured window.
+struct Window {
+    pid: Option<u32>,
+    started: Instant,
+    deliveries0: u64,
+    accepted0: u64,
+    cpu0: Option<u64>,
+    load_cpu0: Option<u64>,
+}
+
+impl Window {
+    fn open(target: &Target, shared: &Shared) -> Self {
+        let pid = target.pid();
+        Self {
+            pid,
+            started: Instant::now(),
+            deliveries0: shared.deliveries(),
+            accepted0: shared.accepted.load(Relaxed),
+            cpu0: pid.and_then(cpu_ns),
+            load_cpu0: cpu_ns(std::process::id()),
+        }
+    }
+
+    fn close(&self, shared: &Shared, report: &mut Report) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let deliveries = shared.deliveries() - self.deliveries0;
+        let publishes = shared.accepted.load(Relaxed) - self.accepted0;
+        report.window_s = elapsed;
+        report.deliveries = deliveries;
+        report.deliveries_per_s = deliveries as f64 / elapsed;
+        report.publishes = publishes;
+        report.publishes_per_s = publishes as f64 / elapsed;
+        report.load_cpu_percent = self
+            .load_cpu0
+            .zip(cpu_ns(std::process::id()))
+            .map(|(start, end)| 100.0 * (end - start) as f64 / 1e9 / elapsed);
+        let per = |cpu: u64, count: u64| (count > 0).then(|| cpu as f64 / count as f64);
+        report.server = self.pid.and_then(|pid| {
+            let cpu = cpu_ns(pid)? - self.cpu0?;
+            Some(ServerUsage {
+                pid,
+                cpu_percent: 100.0 * cpu as f64 / 1e9 / elapsed,
+                cpu_ns_per_delivery: per(cpu, deliveries),
+                cpu_ns_per_publish: per(cpu, publishes),
+                baseline_rss_kib: 0,
+                rss_kib: 0,
+                peak_rss_kib: 0,
+                kib_per_participant: 0.0,
+            })
+        });
+    }
+}
+
+/// Percentiles of `samples` (nanoseconds) through an HDR histogram.
+fn latency(samples: Vec<u32>) -> Option<Latency> {
+    if samples.is_empty() {
+        return None;
+    }
+    // 1 µs to 60 s in microseconds, three significant digits.
+    let mut histogram =
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("the bounds are valid");
+    for ns in &samples {
+        histogram.saturating_record((u64::from(*ns) / 1000).max(1));
+    }
+    Some(Latency {
+        samples: histogram.len(),
+        p50_us: histogram.value_at_quantile(0.50) as f64,
+        p99_us: histogram.value_at_quantile(0.99) as f64,
+        p999_us: histogram.value_at_quantile(0.999) as f64,
+        max_us: histogram.max() as f64,
+    })
+}
+
+/// Polls `done` every millisecond until it holds, or fails after `timeout`.
+async fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), BenchError> {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(BenchError::Timeout(format!(
+                "gave up waiting {} s for {what}",
+                timeout.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; nothing otherwise.
+struct Progress(ProgressBar);
+
+impl Progress {
+    fn new() -> Self {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        Self(bar)
+    }
+
+    fn bar(&self, length: u64, message: &'static str) {
+        self.0.set_style(
+            ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed}")
+                .expect("the template is valid")
+                .progress_chars("=> "),
+        );
+        self.0.set_length(length);
+        self.0.set_position(0);
+        self.0.set_message(message);
+    }
+
+    fn set(&self, position: u64) {
+        self.0.set_position(position);
+    }
+
+    fn message(&self, message: &'static str) {
+        self.0
+            .set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid"));
+        self.0.set_message(message);
+        self.0.tick();
+    }
+
+    /// Shows a countdown of `secs` seconds and waits them out.
+    async fn timed(&self, secs: f64, message: &'static str) {
+        let millis = (secs * 1000.0) as u64;
+        self.bar(millis, message);
+        let end = Instant::now() + Duration::from_millis(millis);
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                break;
+            }
+            self.0.set_position(millis - (end - now).as_millis() as u64);
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(end.into()) => {}
+            }
+        }
+    }
+
+    fn finish(&self) {
+        self.0.finish_and_clear();
+    }
+}

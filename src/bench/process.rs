@@ -1,0 +1,151 @@
+//! The server process under test: spawning the real `chittychat-server` at its
+//! defaults, and reading its CPU time and memory from `/proc`.
+
+use super::BenchError;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long the spawned server may take to log the address it listens on.
+pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The kernel's unit for the CPU times in `/proc/PID/stat` (`USER_HZ`), which is
+/// 100 on every architecture Linux runs this project on.
+const USER_HZ: u64 = 100;
+
+/// A `chittychat-server` the bench started; killed when dropped.
+#[derive(Debug)]
+pub struct SpawnedServer {
+    child: Child,
+    address: String,
+    log: PathBuf,
+    keep_log: bool,
+}
+
+impl SpawnedServer {
+    /// Starts `binary --listen 127.0.0.1:0` with its stderr (its log, at the
+    /// default level and format) going to `log`, and waits until it listens.
+    /// The server inherits the bench's file-descriptor limit.
+    pub fn start(binary: &Path, log: PathBuf, keep_log: bool) -> Result<Self, BenchError> {
+        let spawn_error = |reason: String| {
+            BenchError::Server(format!("cannot start {}: {reason}", binary.display()))
+        };
+        let log_file = File::create(&log)
+            .map_err(|err| spawn_error(format!("cannot create {}: {err}", log.display())))?;
+        let child = Command::new(binary)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|err| spawn_error(err.to_string()))?;
+        let mut server = SpawnedServer {
+            child,
+            address: String::new(),
+            log,
+            keep_log,
+        };
+        server.address = server.wait_for_address()?;
+        Ok(server)
+    }
+
+    /// Reads the log until the server says where it listens.
+    fn wait_for_address(&mut self) -> Result<String, BenchError> {
+        let started = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(address) = text
+                .lines()
+                .filter(|line| line.contains("listening"))
+                .find_map(|line| {
+                    line.split_whitespace()
+                        .find_map(|f| f.strip_prefix("address="))
+                })
+            {
+                return Ok(address.to_owned());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(BenchError::Server(format!(
+                    "chittychat-server exited ({status}) before listening: {}",
+                    text.lines().last().unwrap_or("no log output")
+                )));
+            }
+            if started.elapsed() > SERVER_START_TIMEOUT {
+                return Err(BenchError::Server(format!(
+                    "chittychat-server did not log its address within {} s (log: {})",
+                    SERVER_START_TIMEOUT.as_secs(),
+                    self.log.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// The URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where the server's log goes.
+    pub fn log(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for SpawnedServer {
+    fn drop(&mut self) {
+        // Its state is of no further use, so no graceful shutdown.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !self.keep_log {
+            let _ = std::fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// A process's CPU time (user + system, all threads) in nanoseconds.
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces; the fields after its ")" do not.
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
+    let mut fields = stat
+        .get(stat.rfind(')')? + 1..)?
+        .split_whitespace()
+        .skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) * (1_000_000_000 / USER_HZ))
+}
+
+/// A field of `/proc/PID/status` in KiB, such as `VmRSS` or `VmHWM` (peak RSS).
+pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_this_process() {
+        let me = std::process::id();
+        assert!(cpu_ns(me).is_some());
+        assert!(status_kib(me, "VmRSS").unwrap() > 0);
+        assert!(status_kib(me, "VmHWM").unwrap() >= status_kib(me, "VmRSS").unwrap() / 2);
+        assert_eq!(status_kib(me, "NoSuchField"), None);
+    }
+}

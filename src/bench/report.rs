@@ -1,0 +1,204 @@
+//! What a bench run measured: a table for people and JSON for scripts.
+
+use serde::Serialize;
+use std::fmt;
+
+/// The results of one run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The mode run: saturate, rate, idle or join-storm.
+    pub mode: String,
+    /// Participants joined, each over its own connection.
+    pub participants: usize,
+    /// Participants that publish.
+    pub publishers: usize,
+    /// Characters per published message.
+    pub message_chars: usize,
+    /// The offered rate in messages per second (rate mode).
+    pub offered_msgs_per_s: Option<f64>,
+    /// The measured window in seconds.
+    pub window_s: f64,
+    /// Events delivered to participants in the window.
+    pub deliveries: u64,
+    /// Deliveries per second in the window.
+    pub deliveries_per_s: f64,
+    /// Publishes the server accepted in the window.
+    pub publishes: u64,
+    /// Publishes per second in the window.
+    pub publishes_per_s: f64,
+    /// Publish-to-delivery latency over every delivery of every message published
+    /// in the window.
+    pub latency: Option<Latency>,
+    /// Sequence numbers a participant never received.
+    pub lost: u64,
+    /// Events a participant received twice or out of order.
+    pub duplicated: u64,
+    /// Calls or feeds that failed.
+    pub failures: u64,
+    /// The first failure.
+    pub first_failure: Option<String>,
+    /// How joining went.
+    pub joins: Joins,
+    /// The server process, when the bench spawned it.
+    pub server: Option<ServerUsage>,
+    /// The bench's own CPU use in the window, in percent of one core.
+    pub load_cpu_percent: Option<f64>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    /// Deliveries measured.
+    pub samples: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// The slowest.
+    pub max_us: f64,
+}
+
+/// How long joining took.
+#[derive(Debug, Clone, Serialize)]
+pub struct Joins {
+    /// Seconds until every participant had its own join notice.
+    pub all_joined_s: f64,
+    /// Seconds until every participant had seen every later participant's notice.
+    pub all_notices_seen_s: f64,
+    /// Join notices delivered.
+    pub deliveries: u64,
+    /// Server CPU per join-notice delivery, when the bench spawned the server.
+    pub server_cpu_ns_per_delivery: Option<f64>,
+}
+
+/// The server's CPU and memory, read from `/proc`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerUsage {
+    /// The server's pid.
+    pub pid: u32,
+    /// CPU in the window, in percent of one core.
+    pub cpu_percent: f64,
+    /// Server CPU time per delivery in the window.
+    pub cpu_ns_per_delivery: Option<f64>,
+    /// Server CPU time per accepted publish in the window.
+    pub cpu_ns_per_publish: Option<f64>,
+    /// Resident memory before any participant joined.
+    pub baseline_rss_kib: u64,
+    /// Resident memory at the end.
+    pub rss_kib: u64,
+    /// Peak resident memory.
+    pub peak_rss_kib: u64,
+    /// (resident memory at the end - before joining) / participants.
+    pub kib_per_participant: f64,
+}
+
+impl Report {
+    /// True when every event reached every participant exactly once.
+    pub fn is_clean(&self) -> bool {
+        self.lost == 0 && self.duplicated == 0 && self.failures == 0
+    }
+}
+
+fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let offered = self
+            .offered_msgs_per_s
+            .map(|r| format!(", {} msgs/s offered", thousands(r)))
+            .unwrap_or_default();
+        writeln!(
+            f,
+            "chittychat-bench {}: {} participants, {} publishers, {}-char messages{offered}",
+            self.mode, self.participants, self.publishers, self.message_chars
+        )?;
+        let row = |f: &mut fmt::Formatter<'_>, label: &str, value: String| {
+            writeln!(f, "  {label:<24}{value}")
+        };
+        row(f, "window", format!("{:.1} s", self.window_s))?;
+        row(f, "deliveries/s", thousands(self.deliveries_per_s))?;
+        row(f, "publishes/s", thousands(self.publishes_per_s))?;
+        if let Some(l) = &self.latency {
+            row(
+                f,
+                "latency p50/p99/p99.9",
+                format!(
+                    "{:.0} / {:.0} / {:.0} µs (max {:.0} µs, {} deliveries)",
+                    l.p50_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.max_us,
+                    thousands(l.samples as f64)
+                ),
+            )?;
+        }
+        row(
+            f,
+            "lost / duplicated",
+            format!("{} / {}", self.lost, self.duplicated),
+        )?;
+        if self.failures > 0 {
+            row(
+                f,
+                "failures",
+                format!(
+                    "{} (first: {})",
+                    self.failures,
+                    self.first_failure.as_deref().unwrap_or("?")
+                ),
+            )?;
+        }
+        let j = &self.joins;
+        row(
+            f,
+            "joins",
+            format!(
+                "all joined in {:.2} s, all notices seen in {:.2} s{}",
+                j.all_joined_s,
+                j.all_notices_seen_s,
+                j.server_cpu_ns_per_delivery
+                    .map(|ns| format!(", {ns:.0} server ns per notice"))
+                    .unwrap_or_default()
+            ),
+        )?;
+        if let Some(s) = &self.server {
+            let per = |v: Option<f64>| v.map_or("-".into(), thousands);
+            row(
+                f,
+                "server CPU",
+                format!(
+                    "{:.0}% of a core; {} ns per delivery; {} ns per publish",
+                    s.cpu_percent,
+                    per(s.cpu_ns_per_delivery),
+                    per(s.cpu_ns_per_publish)
+                ),
+            )?;
+            row(
+                f,
+                "server memory",
+                format!(
+                    "{:.1} MiB now, {:.1} MiB peak, {:.1} KiB per participant",
+                    s.rss_kib as f64 / 1024.0,
+                    s.peak_rss_kib as f64 / 1024.0,
+                    s.kib_per_participant
+                ),
+            )?;
+        }
+        if let Some(cpu) = self.load_cpu_percent {
+            row(f, "bench CPU", format!("{cpu:.0}% of a core"))?;
+        }
+        Ok(())
+    }
+}
