@@ -165,8 +165,8 @@ impl Broadcast {
     }
 
     /// The event's wire form: made by `encode` on the first call, shared after.
-    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> Bytes {
-        self.wire.get_or_init(|| encode(&self.event)).clone()
+    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.wire.get_or_init(|| encode(&self.event))
     }
 }
 

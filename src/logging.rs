@@ -3,7 +3,7 @@
 //! the caller on I/O.
 
 use std::fs::OpenOptions;
-use std::io::IsTerminal;
+use std::io::{BufWriter, IsTerminal};
 use std::path::Path;
 use tracing_appender::non_blocking::{NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
@@ -30,12 +30,12 @@ pub fn init(
     let (writer, guard, ansi) = match file {
         Some(path) => {
             let file = OpenOptions::new().create(true).append(true).open(path)?;
-            let (writer, guard) = builder().finish(file);
+            let (writer, guard) = builder().finish(BufWriter::new(file));
             (writer, guard, false)
         }
         None => {
             let ansi = std::io::stderr().is_terminal();
-            let (writer, guard) = builder().finish(std::io::stderr());
+            let (writer, guard) = builder().finish(BufWriter::new(std::io::stderr()));
             (writer, guard, ansi)
         }
     };
@@ -57,6 +57,9 @@ pub fn init(
     Ok(guard)
 }
 
+/// The writer thread flushes whenever it has written every line waiting for it,
+/// so the `BufWriter` it writes through turns a burst of lines into one system
+/// call without holding any line back once the burst is over.
 fn builder() -> NonBlockingBuilder {
     // Lossless: a burst waits for the writer rather than dropping lines, because the
     // logs are the record the Lamport timestamps are checked against.

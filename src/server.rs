@@ -8,7 +8,7 @@ use crate::error::ChatError;
 use crate::hub::{Feed, Hub, HubConfig};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
-use crate::wire::EncodedEvent;
+use crate::wire::{EncodedEvent, encode_event};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -178,7 +178,11 @@ impl Stream for EventStream {
         Pin::new(&mut self.0).poll_next(cx).map(|item| {
             item.map(|result| {
                 result
-                    .map(|event| EncodedEvent::from(event.wire(|e| EncodedEvent::encode(e).into())))
+                    .map(|broadcast| {
+                        // The first recipient to get here encodes; the rest share it.
+                        broadcast.wire(encode_event);
+                        EncodedEvent::from(broadcast)
+                    })
                     .map_err(Status::from)
             })
         })

@@ -8,55 +8,56 @@
 //! `pb::Event`: the bytes are exactly what `pb::Event::encode` writes.
 
 use crate::event::{Event, EventKind};
+use crate::hub::Broadcast;
 use crate::pb;
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
+use std::sync::Arc;
 
-/// An `Event` message already encoded as protobuf.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodedEvent(Bytes);
+/// Encodes `event` as the `chittychat.v1.Event` message.
+pub fn encode_event(event: &Event) -> Bytes {
+    let kind = match event.kind {
+        EventKind::Chat => pb::EventKind::Chat,
+        EventKind::Joined => pb::EventKind::Joined,
+        EventKind::Left => pb::EventKind::Left,
+    };
+    // Once per broadcast, not per recipient: the copies here do not matter.
+    let message = pb::Event {
+        kind: kind.into(),
+        participant: event.participant.to_string(),
+        text: event.text.clone(),
+        lamport: event.lamport,
+        seq: event.seq,
+    };
+    Bytes::from(message.encode_to_vec())
+}
+
+/// A broadcast on its way to one recipient, as the `Event` message tonic writes.
+///
+/// It holds the broadcast itself, not a copy of its bytes, so handing it to a
+/// recipient's stream costs one reference count, taken by the hub.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedEvent(Option<Arc<Broadcast>>);
 
 impl EncodedEvent {
-    /// Encodes `event` as the `chittychat.v1.Event` message.
-    pub fn encode(event: &Event) -> Self {
-        let kind = match event.kind {
-            EventKind::Chat => pb::EventKind::Chat,
-            EventKind::Joined => pb::EventKind::Joined,
-            EventKind::Left => pb::EventKind::Left,
-        };
-        // Once per broadcast, not per recipient: the copies here do not matter.
-        let message = pb::Event {
-            kind: kind.into(),
-            participant: event.participant.to_string(),
-            text: event.text.clone(),
-            lamport: event.lamport,
-            seq: event.seq,
-        };
-        EncodedEvent(Bytes::from(message.encode_to_vec()))
-    }
-
     /// The encoded bytes.
-    pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+    pub fn as_bytes(&self) -> &[u8] {
+        match &self.0 {
+            Some(broadcast) => broadcast.wire(encode_event),
+            None => &[],
+        }
     }
 }
 
-impl From<Bytes> for EncodedEvent {
-    /// Bytes that [`EncodedEvent::encode`] made earlier.
-    fn from(bytes: Bytes) -> Self {
-        EncodedEvent(bytes)
-    }
-}
-
-impl From<EncodedEvent> for Bytes {
-    fn from(encoded: EncodedEvent) -> Self {
-        encoded.0
+impl From<Arc<Broadcast>> for EncodedEvent {
+    fn from(broadcast: Arc<Broadcast>) -> Self {
+        EncodedEvent(Some(broadcast))
     }
 }
 
 impl Message for EncodedEvent {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        buf.put_slice(self.as_bytes());
     }
 
     fn merge_field(
@@ -71,18 +72,17 @@ impl Message for EncodedEvent {
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        self.as_bytes().len()
     }
 
     fn clear(&mut self) {
-        self.0 = Bytes::new();
+        self.0 = None;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn clients_decode_the_bytes_as_the_event() {
@@ -93,14 +93,29 @@ mod tests {
             lamport: 42,
             seq: 7,
         };
-        let encoded = EncodedEvent::encode(&event);
-        // What tonic writes for an `EncodedEvent` is its bytes, verbatim.
-        assert_eq!(encoded.encode_to_vec(), encoded.as_bytes().to_vec());
-        let decoded = pb::Event::decode(encoded.as_bytes().clone()).unwrap();
+        let bytes = encode_event(&event);
+        let decoded = pb::Event::decode(bytes.clone()).unwrap();
         assert_eq!(decoded.kind(), pb::EventKind::Chat);
         assert_eq!(decoded.participant, "alice");
         assert_eq!(decoded.text, "héllo ✓");
         assert_eq!((decoded.lamport, decoded.seq), (42, 7));
-        assert_eq!(decoded.encode_to_vec(), encoded.as_bytes().to_vec());
+        assert_eq!(decoded.encode_to_vec(), bytes.to_vec());
+    }
+
+    #[test]
+    fn tonic_writes_the_bytes_verbatim() {
+        use crate::hub::{Hub, HubConfig};
+        use tokio_stream::StreamExt;
+        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let mut alice = hub.join(b"alice", 0).unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let broadcast = runtime.block_on(alice.feed.next()).unwrap().unwrap();
+        let expected = encode_event(&broadcast);
+        let encoded = EncodedEvent::from(broadcast);
+        assert_eq!(encoded.encoded_len(), expected.len());
+        assert_eq!(encoded.encode_to_vec(), expected.to_vec());
+        assert_eq!(EncodedEvent::default().encode_to_vec(), Vec::<u8>::new());
     }
 }
