@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&encoded)
         .extern_path(".chittychat.v1", "crate::pb")
         .extern_path(".chittychat.v1.Event", "crate::wire::EncodedEvent")
+        .codec_path("crate::wire::ServerCodec")
         .compile_protos(&["proto/chittychat/v1/chittychat.proto"], &["proto"])?;
     Ok(())
 }

@@ -12,7 +12,54 @@ use crate::hub::Broadcast;
 use crate::pb;
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
+use std::marker::PhantomData;
 use std::sync::Arc;
+use tonic::codec::{BufferSettings, Codec};
+use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
+
+/// The bytes tonic sets aside up front for each response stream's encoding buffer.
+///
+/// tonic's default is 8 KiB per call, held for as long as the call lasts: for a
+/// server whose every participant keeps its Join stream open, that is the largest
+/// single piece of memory per idle participant. A burst simply grows the buffer in
+/// steps of this size, so a small start costs a few extra copies under load and
+/// saves kilobytes per participant at rest.
+pub const ENCODE_BUFFER_BYTES: usize = 1024;
+
+/// How much encoded data tonic gathers before handing it to HTTP/2 (tonic's default).
+const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+/// The server's codec: protobuf through prost, with [`ENCODE_BUFFER_BYTES`].
+#[derive(Debug, Clone, Copy)]
+pub struct ServerCodec<T, U>(PhantomData<(T, U)>);
+
+impl<T, U> Default for ServerCodec<T, U> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<T, U> Codec for ServerCodec<T, U>
+where
+    T: Message + Send + 'static,
+    U: Message + Default + Send + 'static,
+{
+    type Encode = T;
+    type Decode = U;
+    type Encoder = ProstEncoder<T>;
+    type Decoder = ProstDecoder<U>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(
+            ENCODE_BUFFER_BYTES,
+            YIELD_THRESHOLD_BYTES,
+        ))
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        ProstCodec::<T, U>::new().decoder()
+    }
+}
 
 /// Encodes `event` as the `chittychat.v1.Event` message.
 pub fn encode_event(event: &Event) -> Bytes {
