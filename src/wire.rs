@@ -17,19 +17,21 @@ use std::sync::Arc;
 use tonic::codec::{BufferSettings, Codec};
 use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
-/// The bytes tonic sets aside up front for each response stream's encoding buffer.
+/// The bytes tonic sets aside up front for each call's encoding and decoding
+/// buffers.
 ///
-/// tonic's default is 8 KiB per call, held for as long as the call lasts: for a
-/// server whose every participant keeps its Join stream open, that is the largest
-/// single piece of memory per idle participant. A burst simply grows the buffer in
-/// steps of this size, so a small start costs a few extra copies under load and
-/// saves kilobytes per participant at rest.
-pub const ENCODE_BUFFER_BYTES: usize = 1024;
+/// tonic's default is 8 KiB each per call. An encoding buffer is held for as long
+/// as the call lasts: for a server whose every participant keeps its Join stream
+/// open, that is the largest single piece of memory per idle participant. Every
+/// request and reply here is a few hundred bytes at most, and 1 KiB is small enough
+/// for the allocator's per-thread cache, so each Publish also allocates faster. A
+/// burst simply grows a buffer in steps of this size.
+pub const CODEC_BUFFER_BYTES: usize = 1024;
 
 /// How much encoded data tonic gathers before handing it to HTTP/2 (tonic's default).
 const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
 
-/// The server's codec: protobuf through prost, with [`ENCODE_BUFFER_BYTES`].
+/// The server's codec: protobuf through prost, with [`CODEC_BUFFER_BYTES`] buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerCodec<T, U>(PhantomData<(T, U)>);
 
@@ -51,13 +53,16 @@ where
 
     fn encoder(&mut self) -> Self::Encoder {
         ProstCodec::<T, U>::raw_encoder(BufferSettings::new(
-            ENCODE_BUFFER_BYTES,
+            CODEC_BUFFER_BYTES,
             YIELD_THRESHOLD_BYTES,
         ))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::new().decoder()
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(
+            CODEC_BUFFER_BYTES,
+            YIELD_THRESHOLD_BYTES,
+        ))
     }
 }
 
