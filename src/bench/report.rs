@@ -121,8 +121,12 @@ impl fmt::Display for Report {
             .unwrap_or_default();
         writeln!(
             f,
-            "chittychat-bench {}: {} participants, {} publishers, {}-char messages{offered}",
-            self.mode, self.participants, self.publishers, self.message_chars
+            "chittychat-bench {}: {} participants, {} publisher{}, {}-char messages{offered}",
+            self.mode,
+            self.participants,
+            self.publishers,
+            if self.publishers == 1 { "" } else { "s" },
+            self.message_chars
         )?;
         let row = |f: &mut fmt::Formatter<'_>, label: &str, value: String| {
             writeln!(f, "  {label:<24}{value}")

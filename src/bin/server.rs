@@ -38,6 +38,12 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    // Every participant holds a connection, so lift the soft descriptor limit
+    // (often 1024) to the hard one; 10,000 participants need about 10,000.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "file-descriptor limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the file-descriptor limit"),
+    }
     let address = listener.local_addr()?;
     tracing::info!(%address, "Chitty-Chat server listening");
     let mut terminate = signal(SignalKind::terminate())?;
