@@ -23,6 +23,9 @@ pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:50051";
 /// How long connecting to the server may take before the client gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a Publish or Leave may take before the client gives up on it.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -95,6 +98,19 @@ pub struct Session {
     token: String,
 }
 
+/// What the client knows of one accepted Publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The client's Lamport time when it sent the request.
+    pub sent_lamport: LamportTime,
+    /// The broadcast's sequence number.
+    pub seq: u64,
+    /// The server's Lamport time of the broadcast.
+    pub server_lamport: LamportTime,
+    /// The client's Lamport time of receiving the reply, after the merge.
+    pub reply_lamport: LamportTime,
+}
+
 /// One event as the client received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
@@ -162,15 +178,16 @@ impl Session {
 
     /// Publishes `text` after checking it by the server's rules. Returns the sequence
     /// number and server Lamport time of the broadcast it became.
-    pub async fn publish(&self, text: &str) -> Result<(u64, LamportTime), ClientError> {
+    pub async fn publish(&self, text: &str) -> Result<Published, ClientError> {
         validate_message(text.as_bytes())?;
         let lamport = self.clock.tick();
         tracing::info!(rpc = "Publish", name = %self.name, text, lamport, "sent");
-        let request = pb::PublishRequest {
+        let mut request = tonic::Request::new(pb::PublishRequest {
             session_token: self.token.clone(),
             text: text.as_bytes().to_vec(),
             lamport,
-        };
+        });
+        request.set_timeout(RPC_TIMEOUT);
         let reply = self
             .grpc
             .clone()
@@ -189,17 +206,23 @@ impl Session {
             lamport = local,
             "reply"
         );
-        Ok((reply.seq, reply.lamport))
+        Ok(Published {
+            sent_lamport: lamport,
+            seq: reply.seq,
+            server_lamport: reply.lamport,
+            reply_lamport: local,
+        })
     }
 
     /// Leaves the chat. The feed delivers what the server queued before, then ends.
     pub async fn leave(&self) -> Result<(), ClientError> {
         let lamport = self.clock.tick();
         tracing::info!(rpc = "Leave", name = %self.name, lamport, "sent");
-        let request = pb::LeaveRequest {
+        let mut request = tonic::Request::new(pb::LeaveRequest {
             session_token: self.token.clone(),
             lamport,
-        };
+        });
+        request.set_timeout(RPC_TIMEOUT);
         let reply = self
             .grpc
             .clone()
