@@ -29,8 +29,7 @@ struct Args {
     log_file: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     // At a prompt, log lines on the terminal would tear through the line being typed.
     let log_file = args.log_file.or_else(|| {
@@ -49,10 +48,19 @@ async fn main() -> ExitCode {
             return ExitCode::from(client_app::EXIT_SESSION_LOST);
         }
     };
-    client_app::run(ClientOptions {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("chittychat-client: error: cannot start the async runtime: {err}");
+            return ExitCode::from(client_app::EXIT_SESSION_LOST);
+        }
+    };
+    let status = runtime.block_on(client_app::run(ClientOptions {
         name: args.name,
         server: args.server,
         log_file,
-    })
-    .await
+    }));
+    // A read of stdin may still be blocked in a thread; it must not keep us alive.
+    runtime.shutdown_background();
+    status
 }
