@@ -118,11 +118,6 @@ impl Process {
             .unwrap_or_else(|_| panic!("{} did not exit within {DEADLINE:?}", self.name))
     }
 
-    /// Waits until this client printed `line` exactly.
-    fn sees(&self, line: &str) -> String {
-        self.stdout.wait_for(line, |l| l == line)
-    }
-
     /// Waits until this client printed the chat message `text` from `sender`; returns
     /// the message's Lamport time.
     fn sees_chat(&self, sender: &str, text: &str) -> u64 {
