@@ -84,9 +84,6 @@ pub async fn run(options: ClientOptions) -> ExitCode {
     } else {
         (Input::piped(), Screen::Plain)
     };
-    let mut screen_for_feed = screen.clone();
-    let mut feed =
-        tokio::spawn(async move { show_feed(events, &mut screen_for_feed, colour).await });
     let mut screen = screen;
     if input.is_prompt() {
         let log = match &options.log_file {
@@ -100,6 +97,9 @@ pub async fn run(options: ClientOptions) -> ExitCode {
             ))
             .await;
     }
+    let mut screen_for_feed = screen.clone();
+    let mut feed =
+        tokio::spawn(async move { show_feed(events, &mut screen_for_feed, colour).await });
 
     let mut terminate = match signal(SignalKind::terminate()) {
         Ok(signal) => signal,
