@@ -56,8 +56,8 @@ pub enum ChatError {
     ShuttingDown,
     /// The participant fell too far behind the broadcast and was disconnected.
     #[error(
-        "disconnected: you fell {queued} events behind the chat (the limit is {queued}); \
-         join again to continue"
+        "disconnected: you fell {queued} events behind the chat, the most the server keeps \
+         for one participant; join again to continue"
     )]
     TooSlow {
         /// The per-participant queue bound that was exceeded.
