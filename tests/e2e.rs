@@ -99,8 +99,13 @@ impl Process {
     }
 
     fn say(&mut self, line: &str) {
+        self.say_bytes(line.as_bytes());
+    }
+
+    fn say_bytes(&mut self, line: &[u8]) {
         let stdin = self.stdin.as_mut().expect("stdin already closed");
-        writeln!(stdin, "{line}").unwrap();
+        stdin.write_all(line).unwrap();
+        stdin.write_all(b"\n").unwrap();
         stdin.flush().unwrap();
     }
 
@@ -203,6 +208,14 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
     bob.stderr.wait_for("the length error", |l| {
         l.contains("chittychat-client: error: message is 129 characters long; the limit is 128")
     });
+    bob.say_bytes(b"caf\xe9 in Latin-1");
+    bob.stderr.wait_for("the UTF-8 error", |l| {
+        l.contains("chittychat-client: error: message is not valid UTF-8")
+    });
+    bob.say("still here");
+    for p in [&alice, &bob, &carol] {
+        p.sees_chat("bob", "still here");
+    }
 
     // A fourth joins late: it sees its own join, not what was said before.
     let mut dave = Process::client("dave", &url);
