@@ -69,9 +69,23 @@ you join.";
 /// The environment variable that may hold the join secret.
 const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("chittychat-client: error: cannot start the async runtime: {err}");
+            return ExitCode::from(client_app::EXIT_SESSION_LOST);
+        }
+    };
+    let status = runtime.block_on(run(args));
+    // A read of piped stdin blocks a runtime thread until a line or end of input
+    // comes; when the session ends first, exit without waiting for it.
+    runtime.shutdown_background();
+    status
+}
+
+async fn run(args: Args) -> ExitCode {
     // At a prompt, log lines on the terminal would tear through the line being typed.
     let log_file = args.log_file.clone().or_else(|| {
         client_app::is_interactive().then(|| {
