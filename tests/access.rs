@@ -240,7 +240,7 @@ fn holds_a_token(text: &str) -> bool {
 async fn session_tokens_never_reach_a_log_even_at_trace_level() {
     let dir = tempfile::tempdir().unwrap();
     let trace = [("RUST_LOG", "trace")];
-    let mut server = ServerProcess::start_with_env("127.0.0.1:0", &[], &trace).await;
+    let mut server = ServerProcess::start_with_env(&["--listen", "127.0.0.1:0"], &[], &trace).await;
 
     // A raw client sees its token, to look for it in the server's log.
     let mut raw = ChittyChatClient::new(connect(&server.url()).await.unwrap());
