@@ -136,3 +136,42 @@ impl From<ChatError> for Status {
         Status::new(err.code(), err.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_refusal_says_when_to_retry_in_tenths_of_a_second() {
+        let refusal = |retry_after_ms| {
+            ChatError::RateLimited {
+                per_second: 10,
+                burst: 20,
+                retry_after_ms,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refusal(87),
+            "slow down: you may publish 10 messages a second, in bursts of up to 20; retry in 0.1 s"
+        );
+        assert!(refusal(0).ends_with("retry in 0.1 s"));
+        assert!(refusal(1450).ends_with("retry in 1.5 s"));
+    }
+
+    #[test]
+    fn every_limit_is_resource_exhausted_and_the_secret_unauthenticated() {
+        for err in [
+            ChatError::ServerFull { max: 1 },
+            ChatError::RequestTooLarge { found: 9, max: 1 },
+            ChatError::TooSlow { queued: 1 },
+        ] {
+            assert_eq!(Status::from(err).code(), Code::ResourceExhausted);
+        }
+        for err in [ChatError::JoinSecretMissing, ChatError::JoinSecretWrong] {
+            let status = Status::from(err);
+            assert_eq!(status.code(), Code::Unauthenticated);
+            assert!(!status.message().ends_with('.'));
+        }
+    }
+}

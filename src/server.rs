@@ -10,7 +10,8 @@ use crate::hub::{Feed, Hub, HubConfig};
 use crate::pb;
 use crate::pb::chitty_chat_server::{ChittyChat, ChittyChatServer};
 use crate::transport::{
-    DEFAULT_MAX_REQUEST_BYTES, JOIN_SECRET_METADATA, JoinSecret, Keepalive, TlsIdentity,
+    DEFAULT_MAX_REQUEST_BYTES, JOIN_SECRET_METADATA, JoinSecret, Keepalive, TLS_HANDSHAKE_TIMEOUT,
+    TlsIdentity,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -82,7 +83,10 @@ pub async fn run(
         .http2_keepalive_timeout(Some(config.keepalive.timeout));
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
-        builder = builder.tls_config(ServerTlsConfig::new().identity(identity))?;
+        let tls = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        builder = builder.tls_config(tls)?;
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();

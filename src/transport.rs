@@ -24,6 +24,10 @@ pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// fields a newer client may add while nobody can make the server buffer megabytes.
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 4096;
 
+/// How long a TLS handshake may take before the server drops the connection, so
+/// a peer that opens TCP and never speaks holds nothing for long.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The request metadata key under which a client presents the join secret to Join.
 pub const JOIN_SECRET_METADATA: &str = "chittychat-join-secret";
 
