@@ -282,7 +282,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let path = request.uri().path().to_owned();
+        let uri = request.uri().clone();
         let max = self.max_request_bytes;
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -295,7 +295,7 @@ where
                 return Ok(response);
             };
             let err = ChatError::RequestTooLarge { found, max };
-            let rpc = path.rsplit('/').next().unwrap_or_default();
+            let rpc = uri.path().rsplit('/').next().unwrap_or_default();
             tracing::warn!(
                 rpc,
                 participant = "<unknown>",
