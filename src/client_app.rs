@@ -225,6 +225,12 @@ async fn join(
 /// server shut down, or this participant fell behind; not a refusal that would
 /// only repeat.
 fn worth_reconnecting(err: &ClientError) -> bool {
+    connection_failed(err) || err.code() == Some(Code::ResourceExhausted)
+}
+
+/// Whether a call failed because the connection did (or the server shut down),
+/// rather than because the server refused it.
+fn connection_failed(err: &ClientError) -> bool {
     match err {
         ClientError::Rpc { status, .. } => matches!(
             status.code(),
@@ -233,7 +239,6 @@ fn worth_reconnecting(err: &ClientError) -> bool {
                 | Code::Cancelled
                 | Code::Internal
                 | Code::DeadlineExceeded
-                | Code::ResourceExhausted
         ),
         ClientError::Unreachable { .. } => true,
         _ => false,
@@ -265,11 +270,11 @@ async fn rejoin(
             Err(err)
                 if worth_retrying_join(&err) && started.elapsed() < options.reconnect_timeout =>
             {
-                tracing::info!(error = %err, retry_in_ms = delay.as_millis() as u64, "rejoin failed");
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+                tracing::info!(error = %err, next_delay_ms = delay.as_millis() as u64, "rejoin failed");
             }
             Err(err) => return Err(err),
         }
-        delay = (delay * 2).min(RECONNECT_MAX_DELAY);
     }
 }
 
@@ -285,7 +290,14 @@ async fn publish_line(session: &Session, line: &[u8], screen: &mut Screen) {
     // validate_message checked the UTF-8 above.
     let text = String::from_utf8_lossy(line);
     if let Err(err) = session.publish(&text).await {
-        screen.error(&format!("{err} (not sent)")).await;
+        // When the connection failed, the server may have broadcast the message
+        // before its reply was lost; it is not sent again, so nobody sees it twice.
+        let outcome = if connection_failed(&err) {
+            "perhaps not sent"
+        } else {
+            "not sent"
+        };
+        screen.error(&format!("{err} ({outcome})")).await;
     }
 }
 
@@ -435,4 +447,62 @@ fn trim_line_ending(mut line: Vec<u8>) -> Vec<u8> {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    fn failed(status: Status) -> ClientError {
+        ClientError::Rpc {
+            rpc: "Join",
+            status,
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_or_a_shutdown_is_worth_reconnecting_a_refusal_is_not() {
+        assert!(worth_reconnecting(&failed(ChatError::ShuttingDown.into())));
+        assert!(worth_reconnecting(&failed(Status::unknown(
+            "h2 protocol error"
+        ))));
+        assert!(worth_reconnecting(&failed(
+            ChatError::TooSlow { queued: 4 }.into()
+        )));
+        assert!(!worth_reconnecting(&failed(
+            ChatError::JoinSecretWrong.into()
+        )));
+        assert!(!worth_reconnecting(&failed(
+            ChatError::UnknownSession.into()
+        )));
+        assert!(!worth_reconnecting(&ClientError::Invalid(
+            ChatError::MessageEmpty
+        )));
+    }
+
+    #[test]
+    fn a_rejoin_is_retried_while_the_old_session_holds_the_name_or_the_server_is_full() {
+        let taken = ChatError::NameTaken {
+            name: "alice".into(),
+        };
+        assert!(worth_retrying_join(&failed(taken.into())));
+        assert!(worth_retrying_join(&failed(
+            ChatError::ServerFull { max: 1 }.into()
+        )));
+        assert!(!worth_retrying_join(&failed(
+            ChatError::JoinSecretMissing.into()
+        )));
+    }
+
+    #[test]
+    fn a_rate_limited_publish_was_not_sent_a_cut_one_perhaps_was() {
+        let limited = ChatError::RateLimited {
+            per_second: 1,
+            burst: 1,
+            retry_after_ms: 10,
+        };
+        assert!(!connection_failed(&failed(limited.into())));
+        assert!(connection_failed(&failed(Status::unavailable("gone"))));
+    }
 }
