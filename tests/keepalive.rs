@@ -7,7 +7,7 @@ use chittychat::client::{ConnectOptions, Session, connect, connect_with};
 use chittychat::event::EventKind;
 use chittychat::server::ServerConfig;
 use chittychat::transport::Keepalive;
-use fixture::{DEADLINE, Relay, TestServer, await_notice, within};
+use fixture::{ClientProcess, DEADLINE, Relay, ServerProcess, TestServer, await_notice, within};
 use std::time::{Duration, Instant};
 
 /// A keepalive short enough for a test: a dead peer is noticed within a second.
@@ -108,4 +108,39 @@ async fn a_client_notices_a_server_that_went_silent() {
     println!("the client noticed the silent server after {took:?}: {err}");
     drop(relay);
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_binary_takes_its_keepalive_from_the_command_line() {
+    let logs = tempfile::tempdir().unwrap();
+    let server =
+        ServerProcess::start(&["--keepalive-interval", "0.4", "--keepalive-timeout", "0.4"]).await;
+    let relay = Relay::start(server.addr).await;
+    let mut bob = ClientProcess::start(&server.url(), "bob", &[], &[], logs.path());
+    bob.await_joined("bob").await;
+    let mut alice = ClientProcess::start(
+        &relay.url(),
+        "alice",
+        &["--keepalive-interval", "300", "--no-reconnect"],
+        &[],
+        logs.path(),
+    );
+    alice.await_joined("alice").await;
+    bob.stdout
+        .await_line("alice's join", |l| {
+            l.starts_with("Participant alice joined ")
+        })
+        .await;
+
+    relay.stall();
+    let stalled_at = Instant::now();
+    bob.stdout
+        .await_line("alice's leave", |l| {
+            l.starts_with("Participant alice left ")
+        })
+        .await;
+    let took = stalled_at.elapsed();
+    assert!(took < SHORT.detection_bound() + SLACK, "took {took:?}");
+    drop(alice);
+    assert!(bob.finish().await.0.success());
 }
