@@ -31,15 +31,23 @@ fn both_binaries_tell_their_version() {
 /// Each option of a `--help` text, with the block of text that explains it.
 fn options(help: &str) -> Vec<(String, String)> {
     let mut options: Vec<(String, String)> = Vec::new();
-    for line in help.lines() {
+    let section = help
+        .split_once("\nOptions:\n")
+        .expect("a section of options")
+        .1;
+    for line in section.lines() {
+        if !line.is_empty() && !line.starts_with(' ') {
+            break; // The closing words after the options.
+        }
         let trimmed = line.trim_start();
-        if trimmed.starts_with("--") || trimmed.starts_with("-h, --") {
-            let flag = trimmed
-                .split([' ', ','])
-                .find(|word| word.starts_with("--"))
-                .unwrap()
-                .to_owned();
-            options.push((flag, String::new()));
+        // "--flag <VALUE>" or "-h, --help"; not "- text: …", a listed value.
+        let flag = trimmed
+            .split([' ', ','])
+            .take(3)
+            .find(|word| word.starts_with("--"));
+        if let Some(flag) = flag.filter(|_| trimmed.starts_with('-') && !trimmed.starts_with("- "))
+        {
+            options.push((flag.to_owned(), String::new()));
         } else if let Some((_, text)) = options.last_mut() {
             text.push_str(trimmed);
             text.push('\n');

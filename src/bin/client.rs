@@ -59,12 +59,13 @@ struct Args {
 
 /// The help's closing words: the environment-only setting and the exit statuses.
 const AFTER_HELP: &str = "\
-Environment: CHITTYCHAT_JOIN_SECRET holds the join secret, if the server needs one
-(or use --join-secret-file). RUST_LOG filters the log (default: info).
+Environment: each flag may instead be set in the variable shown with it.
+CHITTYCHAT_JOIN_SECRET holds the join secret, if the server needs one (or use
+--join-secret-file). RUST_LOG filters the log (default: info).
 
-Exit status: 0 after leaving, 1 when the session was lost and could not be resumed,
-2 for a usage error (or an unreadable file), 3 when the server cannot be reached, 4 when it refused to let
-you join.";
+Exit status: 0 after leaving; 1 when the session was lost and could not be
+resumed; 2 for a usage error or an unreadable file; 3 when the server cannot be
+reached; 4 when the server refused to let you join.";
 
 /// The environment variable that may hold the join secret.
 const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";

@@ -20,7 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 /// The Chitty-Chat server: holds the participants and a Lamport clock, and
 /// broadcasts every message, join and leave to everyone present.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Args {
     /// Address to listen on; port 0 picks a free port (the bound address is logged).
     #[arg(long, env = "CHITTYCHAT_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -98,6 +98,14 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
 }
+
+/// The help's closing words.
+const AFTER_HELP: &str = "\
+Environment: each flag may instead be set in the variable shown with it. RUST_LOG
+filters the log (default: info).
+
+Every refusal (a limit reached, a bad request, a missing join secret) is logged at
+warn level as \"refused\" with the participant's name.";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
