@@ -97,10 +97,7 @@ pub async fn run(
         let _ = stopped_tx.send(());
     };
     let serve = builder
-        .layer(layer_fn(move |inner| OversizeExplained {
-            inner,
-            max_request_bytes,
-        }))
+        .layer(layer_fn(|inner| OversizeExplained { inner }))
         .add_service(ChittyChatServer::new(service).max_decoding_message_size(max_request_bytes))
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
@@ -265,7 +262,6 @@ fn to_pb(event: &Event) -> pb::Event {
 #[derive(Debug, Clone)]
 struct OversizeExplained<S> {
     inner: S,
-    max_request_bytes: usize,
 }
 
 impl<S, B> Service<http::Request<B>> for OversizeExplained<S>
@@ -283,15 +279,11 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let uri = request.uri().clone();
-        let max = self.max_request_bytes;
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            let found = response
-                .extensions()
-                .get::<Status>()
-                .and_then(|status| oversize_found(status, max));
-            let Some(found) = found else {
+            let oversize = response.extensions().get::<Status>().and_then(oversize);
+            let Some((found, max)) = oversize else {
                 return Ok(response);
             };
             let err = ChatError::RequestTooLarge { found, max };
@@ -308,11 +300,32 @@ where
     }
 }
 
-/// The size tonic found, when `status` is its refusal of a request over `max` bytes.
-fn oversize_found(status: &Status, max: usize) -> Option<usize> {
+/// The size tonic found and its limit, when `status` is tonic's refusal of a
+/// request over the limit (each service has its own; ours is `max_request_bytes`).
+fn oversize(status: &Status) -> Option<(usize, usize)> {
+    if status.code() != Code::OutOfRange {
+        return None;
+    }
     let rest = status
         .message()
         .strip_prefix("Error, decoded message length too large: found ")?;
-    let found = rest.split_once(' ')?.0.parse().ok()?;
-    (status.code() == Code::OutOfRange && found > max).then_some(found)
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let max = rest.strip_suffix(" bytes")?;
+    Some((found.parse().ok()?, max.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonics_oversize_refusal_is_recognised_and_nothing_else() {
+        let tonic = Status::out_of_range(
+            "Error, decoded message length too large: found 70000 bytes, the limit is: 4096 bytes",
+        );
+        assert_eq!(oversize(&tonic), Some((70000, 4096)));
+        assert_eq!(oversize(&Status::out_of_range("something else")), None);
+        let other_code = Status::internal(tonic.message());
+        assert_eq!(oversize(&other_code), None);
+    }
 }
