@@ -135,6 +135,25 @@ async fn a_flooder_is_slowed_and_the_others_are_not() {
         hint.contains("slow down") && hint.contains("retry in"),
         "the refusal says when to retry: {hint}"
     );
+
+    // Once refused, the flooder is accepted again after the time it is told.
+    let mut refusal = None;
+    for _ in 0..=BURST {
+        if let Err(err) = flooder.publish("spam").await {
+            refusal = Some(err);
+            break;
+        }
+    }
+    let err = refusal.expect("a refusal once the bucket is empty");
+    let seconds: f64 = err
+        .to_string()
+        .rsplit_once("retry in ")
+        .and_then(|(_, rest)| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no retry time in: {err}"));
+    tokio::time::sleep(Duration::from_secs_f64(seconds)).await;
+    flooder.publish("patient").await.unwrap();
+    server.stop().await;
 }
 
 #[tokio::test]
