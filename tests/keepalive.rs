@@ -10,10 +10,11 @@ use chittychat::transport::Keepalive;
 use fixture::{ClientProcess, DEADLINE, Relay, ServerProcess, TestServer, await_notice, within};
 use std::time::{Duration, Instant};
 
-/// A keepalive short enough for a test: a dead peer is noticed within a second.
+/// A keepalive short enough for a test: a dead peer is noticed within 1.5 s, while
+/// a live one on a loaded machine still has a second to answer.
 const SHORT: Keepalive = Keepalive {
-    interval: Duration::from_millis(400),
-    timeout: Duration::from_millis(400),
+    interval: Duration::from_millis(500),
+    timeout: Duration::from_millis(1000),
 };
 
 /// A keepalive that never fires during a test.
@@ -114,7 +115,7 @@ async fn a_client_notices_a_server_that_went_silent() {
 async fn the_server_binary_takes_its_keepalive_from_the_command_line() {
     let logs = tempfile::tempdir().unwrap();
     let server =
-        ServerProcess::start(&["--keepalive-interval", "0.4", "--keepalive-timeout", "0.4"]).await;
+        ServerProcess::start(&["--keepalive-interval", "0.5", "--keepalive-timeout", "1"]).await;
     let relay = Relay::start(server.addr).await;
     let mut bob = ClientProcess::start(&server.url(), "bob", &[], &[], logs.path());
     bob.await_joined("bob").await;
