@@ -220,6 +220,33 @@ async fn the_binaries_take_the_secret_from_a_file_or_the_environment() {
     }
     let log = server.log.drain().join("\n");
     assert!(!log.contains("sesame"), "the join secret reached the log");
+
+    // The server also takes the secret from its environment.
+    let server = ServerProcess::start_with_env(
+        &["--listen", "127.0.0.1:0"],
+        &[],
+        &[("CHITTYCHAT_JOIN_SECRET", "open barley")],
+    )
+    .await;
+    let mut wrong = ClientProcess::start(
+        &server.url(),
+        "carol",
+        &["--join-secret-file", secret_file],
+        &[],
+        dir.path(),
+    );
+    assert_eq!(wrong.exit_status().await.code(), Some(4));
+    let said = wrong.stderr.read_to_end().await.join("\n");
+    assert!(said.contains("wrong join secret"), "{said}");
+    let mut right = ClientProcess::start(
+        &server.url(),
+        "carol",
+        &[],
+        &[("CHITTYCHAT_JOIN_SECRET", "open barley")],
+        dir.path(),
+    );
+    right.await_joined("carol").await;
+    assert!(right.finish().await.0.success());
 }
 
 /// Whether `text` holds something shaped like a session token: hex, a dot, then
