@@ -13,10 +13,21 @@ use common::{join, next, start_server, within};
 use std::collections::{HashMap, HashSet};
 use tonic::Code;
 
+/// A server whose publishers may go as fast as they like, so the tests measure
+/// ordering and delivery rather than the rate limit (tests/limits.rs covers that).
 fn config(queue_depth: usize) -> ServerConfig {
     ServerConfig {
-        hub: HubConfig { queue_depth },
+        hub: HubConfig {
+            queue_depth,
+            publish_rate: None,
+            ..HubConfig::default()
+        },
+        ..ServerConfig::default()
     }
+}
+
+fn unlimited() -> ServerConfig {
+    config(HubConfig::default().queue_depth)
 }
 
 #[tokio::test]
@@ -345,7 +356,7 @@ async fn many_participants_publishing_at_once_see_one_order_and_causal_timestamp
     const PARTICIPANTS: usize = 20;
     const MESSAGES: usize = 50;
     const TOTAL: usize = PARTICIPANTS * MESSAGES;
-    let server = start_server(ServerConfig::default()).await;
+    let server = start_server(unlimited()).await;
 
     let mut joined = Vec::new();
     for p in 0..PARTICIPANTS {

@@ -93,8 +93,12 @@ impl Process {
     }
 
     fn client(name: &str, url: &str) -> Process {
+        Process::client_with(name, url, &[])
+    }
+
+    fn client_with(name: &str, url: &str, extra: &[&str]) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chittychat-client"));
-        command.args(["--name", name, "--server", url]);
+        command.args(["--name", name, "--server", url]).args(extra);
         Process::spawn(name, command)
     }
 
@@ -297,7 +301,8 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
 #[test]
 fn a_server_shutdown_ends_clients_with_a_clear_message() {
     let (server, url) = start_server();
-    let erin = Process::client("erin", &url);
+    // Without reconnecting (tests/reconnect.rs covers that), the client ends.
+    let erin = Process::client_with("erin", &url, &["--no-reconnect"]);
     erin.sees_notice("erin", "joined");
     server.signal(Signal::SIGINT);
     assert_eq!(server.wait_exit().code(), Some(0));
