@@ -9,6 +9,7 @@
 //! - [`hub`]: the chat room: participants, the server's clock, sequence numbers and
 //!   the broadcast into bounded per-participant queues.
 //! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`health`]: the gRPC health service, server reflection and the health probe.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
 //! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
 //! - [`display`]: how events look on a person's terminal.
@@ -20,6 +21,7 @@ pub mod client_app;
 pub mod display;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod hub;
 pub mod lamport;
 pub mod logging;
