@@ -12,6 +12,7 @@
 //! - [`health`]: the gRPC health service, server reflection and the health probe.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
 //! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
+//! - [`script`]: scripted participants, for demos and the container test.
 //! - [`display`]: how events look on a person's terminal.
 //! - [`logging`]: text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
@@ -26,5 +27,6 @@ pub mod hub;
 pub mod lamport;
 pub mod logging;
 pub mod pb;
+pub mod script;
 pub mod server;
 pub mod validate;

@@ -4,6 +4,7 @@
 use chittychat::client::DEFAULT_SERVER_URL;
 use chittychat::client_app::{self, ClientOptions};
 use chittychat::logging::{self, LogFormat};
+use chittychat::script::{self, ScriptOptions};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +28,11 @@ struct Args {
     /// interactive prompt, to a file in the temporary directory.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Play a scripted part of a conversation from this file instead of reading
+    /// input (steps: say, meet, await, leave; see the documentation of
+    /// `chittychat::script`).
+    #[arg(long, env = "CHITTYCHAT_SCRIPT")]
+    script: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -49,6 +55,14 @@ async fn main() -> ExitCode {
             return ExitCode::from(client_app::EXIT_SESSION_LOST);
         }
     };
+    if let Some(script) = args.script {
+        return script::run(ScriptOptions {
+            name: args.name,
+            server: args.server,
+            script,
+        })
+        .await;
+    }
     client_app::run(ClientOptions {
         name: args.name,
         server: args.server,
