@@ -23,12 +23,12 @@ esac
 # --target keeps the static flag off build scripts and proc macros, and the
 # static binaries in their own folder, apart from the usual target/release.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --locked --target "$host" \
+    cargo build --release --target "$host" \
     --bin chittychat-server --bin chittychat-client
 
 mkdir -p target/docker
 for bin in chittychat-server chittychat-client; do
-    built="target/$host/release/$bin"
+    built="${CARGO_TARGET_DIR:-target}/$host/release/$bin"
     if ldd "$built" 2>&1 | grep -q '=>'; then
         echo "docker/build.sh: error: $built is not statically linked:" >&2
         ldd "$built" >&2
