@@ -1,16 +1,29 @@
 //! Scripted participants: the demo conversation in `docker/conversation/` played by
-//! three real `chittychat-client --script` processes against a real server, and a
-//! broken script refused before joining.
+//! three real `chittychat-client --script` processes against a real server, joining
+//! in several orders (the rendezvous must not depend on it), and a broken script
+//! refused before joining.
 
 use chittychat::server::{self, ServerConfig};
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use tokio::process::{Child, Command};
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, ChildStdout, Command};
 
-/// How long the whole conversation may take.
+/// How long the whole conversation, or any one wait, may take.
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// The lines of the conversation that bob and carol, who stay, both see.
+const CONVERSATION: [&str; 8] = [
+    "bob: Hello carol and dave, bob here",
+    "carol: Hi bob, hi dave",
+    "dave: Hi both, I can only stay a moment",
+    "bob: Too bad, dave. What time is it in Lamport land?",
+    "dave: Later than you think. Bye!",
+    "Participant dave left Chitty-Chat at Lamport time",
+    "bob: Bye dave. carol, it is just us now",
+    "carol: Fine by me",
+];
 fn scripted(url: &str, name: &str, script: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_chittychat-client"))
         .args(["--name", name, "--server", url, "--script"])
@@ -31,8 +44,60 @@ fn conversation(name: &str) -> std::path::PathBuf {
         .join(format!("{name}.script"))
 }
 
-#[tokio::test]
-async fn the_demo_conversation_reaches_everyone_in_any_join_order() {
+/// A scripted participant and everything it has printed so far.
+struct Participant {
+    name: &'static str,
+    child: Child,
+    stdout: ChildStdout,
+    seen: String,
+}
+
+impl Participant {
+    fn start(url: &str, name: &'static str) -> Participant {
+        let mut child = scripted(url, name, &conversation(name));
+        let stdout = child.stdout.take().expect("stdout");
+        Participant {
+            name,
+            child,
+            stdout,
+            seen: String::new(),
+        }
+    }
+
+    /// Reads stdout until it holds `needle`, failing the test after [`DEADLINE`].
+    async fn wait_for(&mut self, needle: &str) {
+        let reading = async {
+            let mut buffer = [0u8; 4096];
+            while !self.seen.contains(needle) {
+                let n = self.stdout.read(&mut buffer).await.expect("read stdout");
+                if n == 0 {
+                    break;
+                }
+                self.seen.push_str(&String::from_utf8_lossy(&buffer[..n]));
+            }
+        };
+        let finished = tokio::time::timeout(DEADLINE, reading).await;
+        assert!(
+            finished.is_ok() && self.seen.contains(needle),
+            "{} printed no {needle:?} in time:\n{}",
+            self.name,
+            self.seen
+        );
+    }
+
+    /// Waits for the process to exit; its status code.
+    async fn exit_code(mut self) -> Option<i32> {
+        tokio::time::timeout(DEADLINE, self.child.wait())
+            .await
+            .expect("the participant exits in time")
+            .expect("wait for the participant")
+            .code()
+    }
+}
+
+/// Plays the demo conversation with the participants joining one after another in
+/// `order`, each started once the one before has seen its own join notice.
+async fn play_in_order(order: [&'static str; 3]) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
@@ -42,77 +107,60 @@ async fn the_demo_conversation_reaches_everyone_in_any_join_order() {
         let _ = stopped.await;
     }));
 
-    // Started leaver first and opener last; they join in whatever order they get to.
-    let dave = scripted(&url, "dave", &conversation("dave"));
-    let carol = scripted(&url, "carol", &conversation("carol"));
-    let bob = scripted(&url, "bob", &conversation("bob"));
+    let mut stayers = Vec::new();
+    let mut leaver = None;
+    for name in order {
+        let mut participant = Participant::start(&url, name);
+        participant
+            .wait_for(&format!("Participant {name} joined Chitty-Chat"))
+            .await;
+        if name == "dave" {
+            leaver = Some(participant);
+        } else {
+            stayers.push(participant);
+        }
+    }
+    let mut dave = leaver.expect("dave takes part");
+    dave.wait_for("dave: Later than you think. Bye!").await;
+    for line in &CONVERSATION[..5] {
+        assert!(dave.seen.contains(line), "dave missed {line:?} ({order:?})");
+    }
+    assert_eq!(dave.exit_code().await, Some(0), "dave leaves as scripted");
 
-    let dave = tokio::time::timeout(DEADLINE, dave.wait_with_output())
-        .await
-        .expect("dave leaves in time")
-        .expect("dave's output");
-    assert_eq!(dave.status.code(), Some(0), "{dave:?}");
+    for participant in &mut stayers {
+        participant.wait_for(CONVERSATION[7]).await;
+        for line in CONVERSATION {
+            assert!(
+                participant.seen.contains(line),
+                "{} did not see {line:?} ({order:?}):\n{}",
+                participant.name,
+                participant.seen
+            );
+        }
+    }
 
     // bob and carol stay after the script; stopping the server ends their sessions.
-    let mut outputs = Vec::new();
-    for (name, mut child) in [("bob", bob), ("carol", carol)] {
-        let stdout = child.stdout.take().expect("stdout");
-        outputs.push((name, child, stdout));
-    }
-    let last_line = "carol: Fine by me";
-    for (name, _, stdout) in &mut outputs {
-        let seen = read_until(stdout, last_line).await;
-        for line in [
-            "bob: Hello carol and dave, bob here",
-            "carol: Hi bob, hi dave",
-            "dave: Hi both, I can only stay a moment",
-            "bob: Too bad, dave. What time is it in Lamport land?",
-            "dave: Later than you think. Bye!",
-            "Participant dave left Chitty-Chat at Lamport time",
-            "bob: Bye dave. carol, it is just us now",
-        ] {
-            assert!(seen.contains(line), "{name} did not see {line:?}:\n{seen}");
-        }
-        assert!(
-            seen.contains(&format!("Participant {name} joined Chitty-Chat")),
-            "{name} did not see its own join:\n{seen}"
-        );
-    }
-    let dave_out = String::from_utf8_lossy(&dave.stdout);
-    assert!(
-        dave_out.contains("dave: Later than you think. Bye!"),
-        "{dave_out}"
-    );
-
     let _ = stop.send(());
-    for (name, child, _) in outputs {
-        let ended = tokio::time::timeout(DEADLINE, child.wait_with_output())
-            .await
-            .expect("the session ends with the server")
-            .expect("output");
-        assert_eq!(ended.status.code(), Some(1), "{name}: {ended:?}");
+    for participant in stayers {
+        let name = participant.name;
+        assert_eq!(participant.exit_code().await, Some(1), "{name}");
     }
     let _ = tokio::time::timeout(DEADLINE, server).await;
 }
 
-/// Reads stdout until a line containing `needle` arrives; everything read so far.
-async fn read_until(stdout: &mut tokio::process::ChildStdout, needle: &str) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut seen = Vec::new();
-    let reading = async {
-        let mut buffer = [0u8; 4096];
-        loop {
-            let n = stdout.read(&mut buffer).await.expect("read stdout");
-            seen.extend_from_slice(&buffer[..n]);
-            if n == 0 || String::from_utf8_lossy(&seen).contains(needle) {
-                break;
-            }
-        }
-    };
-    let finished = tokio::time::timeout(DEADLINE, reading).await;
-    let seen = String::from_utf8_lossy(&seen).into_owned();
-    assert!(finished.is_ok(), "no {needle:?} in time:\n{seen}");
-    seen
+#[tokio::test]
+async fn the_conversation_holds_when_the_leaver_joins_first() {
+    play_in_order(["dave", "carol", "bob"]).await;
+}
+
+#[tokio::test]
+async fn the_conversation_holds_when_the_opener_joins_first() {
+    play_in_order(["bob", "carol", "dave"]).await;
+}
+
+#[tokio::test]
+async fn the_conversation_holds_when_the_last_speaker_joins_last() {
+    play_in_order(["dave", "bob", "carol"]).await;
 }
 
 #[tokio::test]
