@@ -306,7 +306,8 @@ impl Player {
         let newcomers: Vec<String> = names
             .iter()
             .filter(|name| {
-                !self.welcomed.contains(*name)
+                name.as_str() != self.session.name()
+                    && !self.welcomed.contains(*name)
                     && self.seen.iter().any(|event| {
                         event.kind == EventKind::Joined && &*event.participant == name.as_str()
                     })
