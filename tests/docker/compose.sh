@@ -15,8 +15,10 @@ cd "$(dirname "$0")/../.."
 
 # How long the conversation, and each later wait, may take.
 readonly WAIT_SECS=${CHITTYCHAT_DOCKER_WAIT_SECS:-90}
-# How long one docker or compose command may take (a cold image build included).
+# How long one docker or compose command may take.
 readonly COMMAND_SECS=300
+# How long the release build may take: minutes when cold on a small machine.
+readonly BUILD_SECS=${CHITTYCHAT_DOCKER_BUILD_SECS:-1200}
 readonly PARTICIPANTS=(bob carol dave)
 # The conversation in docker/conversation/, line by line, as "participant: text".
 readonly LINES=(
@@ -146,7 +148,7 @@ seqs_contiguous() {
 
 say "engine: Docker $(docker version -f '{{.Server.Version}}'), compose: ${compose_cmd[*]} $("${compose_cmd[@]}" version --short 2>/dev/null || true)"
 say "building the static binaries (docker/build.sh)"
-timeout "$COMMAND_SECS" docker/build.sh
+timeout "$BUILD_SECS" docker/build.sh
 
 say "building the images and starting project $project"
 compose build --quiet
