@@ -3,7 +3,8 @@
 # the images need no base image and no shared library, staged in target/docker/;
 # and the log folder the containers write to, writable by their unprivileged user.
 #
-# Usage: docker/build.sh    (then: docker compose up)
+# Usage: docker/build.sh             then: docker compose up
+#        docker/build.sh up [ARGS]  builds, then runs Compose with these arguments
 # Environment: CHITTYCHAT_LOG_DIR, the log folder (default: logs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,4 +51,14 @@ elif [ "$(stat -c %u "$log_dir")" != "$CONTAINER_UID" ]; then
 fi
 
 ls -l target/docker/chittychat-server target/docker/chittychat-client
-echo "docker/build.sh: binaries staged in target/docker/, logs go to $log_dir/; now run: docker compose up"
+if [ "$#" = 0 ]; then
+    echo "docker/build.sh: binaries staged in target/docker/, logs go to $log_dir/; now run: docker compose up"
+    exit 0
+fi
+if docker compose version >/dev/null 2>&1; then
+    exec docker compose "$@"
+elif command -v docker-compose >/dev/null 2>&1; then
+    exec docker-compose "$@"
+fi
+echo "docker/build.sh: error: neither 'docker compose' nor 'docker-compose' is installed" >&2
+exit 1
