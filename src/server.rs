@@ -9,6 +9,7 @@ use crate::event::{Event, EventKind};
 use crate::hub::{Feed, Hub, HubConfig};
 use crate::pb;
 use crate::pb::chitty_chat_server::{ChittyChat, ChittyChatServer};
+use crate::validate::name_for_display;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -116,8 +117,7 @@ impl ChittyChat for ChatService {
             .hub
             .join(&request.name, request.lamport)
             .inspect_err(|err| {
-                let name = String::from_utf8_lossy(&request.name);
-                self.refused("Join", Some(&name.escape_debug().to_string()), err);
+                self.refused("Join", Some(&name_for_display(&request.name)), err);
             })?;
         let mut response = Response::new(EventStream(joined.feed));
         // The token is hex and a dot, always a valid metadata value.

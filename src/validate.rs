@@ -15,6 +15,13 @@ pub const MAX_NAME_CHARS: usize = 32;
 /// The characters a name may hold besides ASCII letters and digits.
 pub const NAME_PUNCTUATION: &[u8] = b"-_.";
 
+/// How many characters of a refused name an error message repeats.
+///
+/// Enough to recognise the name, few enough that a hostile megabyte-long name
+/// cannot swell the status message (an HTTP/2 header, which the peer would
+/// reject as a protocol error instead of showing the reason) or a log line.
+pub const MAX_ECHOED_NAME_CHARS: usize = 40;
+
 /// Checks a chat message and returns it as text.
 ///
 /// A valid message is UTF-8 of 1 to [`MAX_MESSAGE_CHARS`] characters with no
@@ -51,13 +58,30 @@ pub fn validate_name(bytes: &[u8]) -> Result<&str, ChatError> {
     let allowed = |b: &u8| b.is_ascii_alphanumeric() || NAME_PUNCTUATION.contains(b);
     if bytes.is_empty() || bytes.len() > MAX_NAME_CHARS || !bytes.iter().all(allowed) {
         return Err(ChatError::InvalidName {
-            name: String::from_utf8_lossy(bytes).escape_debug().to_string(),
+            name: name_for_display(bytes),
         });
     }
     // Every byte is ASCII, so this cannot fail.
     std::str::from_utf8(bytes).map_err(|_| ChatError::InvalidName {
-        name: String::from_utf8_lossy(bytes).escape_debug().to_string(),
+        name: name_for_display(bytes),
     })
+}
+
+/// A name as received, made safe to show in an error or a log line: invalid UTF-8
+/// replaced, control characters escaped, and cut after [`MAX_ECHOED_NAME_CHARS`]
+/// characters (marked with "…").
+pub fn name_for_display(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut chars = text.chars();
+    let mut shown: String = chars
+        .by_ref()
+        .take(MAX_ECHOED_NAME_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -157,5 +181,16 @@ mod tests {
             !err.contains('\x1b'),
             "the raw escape must not be echoed: {err}"
         );
+    }
+
+    #[test]
+    fn a_huge_name_is_echoed_only_in_part() {
+        let err = validate_name(&[b' '; 1 << 20]).unwrap_err().to_string();
+        assert!(err.len() < 200, "{} bytes: {err}", err.len());
+        assert!(err.contains(&format!("{}…", " ".repeat(MAX_ECHOED_NAME_CHARS))));
+        // Every character escaped at its longest still stays small.
+        let err = validate_name("\u{10ffff}".repeat(1000).as_bytes()).unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
+        assert_eq!(name_for_display(b"ok\x1b"), "ok\\u{1b}");
     }
 }
