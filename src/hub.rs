@@ -13,7 +13,7 @@
 use crate::error::ChatError;
 use crate::event::{Event, EventKind, joined_sentence, left_sentence};
 use crate::lamport::{LamportClock, LamportTime};
-use crate::validate::{validate_message, validate_name};
+use crate::validate::{validate_lamport, validate_message, validate_name};
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
@@ -182,6 +182,7 @@ impl Hub {
         client_lamport: LamportTime,
     ) -> Result<Joined, ChatError> {
         let name: Arc<str> = Arc::from(validate_name(name)?);
+        validate_lamport(client_lamport, self.clock.now())?;
         let secret: [u8; SECRET_BYTES] = rand::random();
         let (queue, rx) = mpsc::channel(self.config.queue_depth);
         let closed = Arc::new(OnceLock::new());
@@ -238,6 +239,7 @@ impl Hub {
         client_lamport: LamportTime,
     ) -> Result<Stamp, ChatError> {
         let text = validate_message(text)?.to_owned();
+        validate_lamport(client_lamport, self.clock.now())?;
         let mut logged = Vec::new();
         let stamp = {
             let mut state = self.lock();
@@ -255,6 +257,7 @@ impl Hub {
     /// Removes the holder of `token`, whose request was sent at `client_lamport`, and
     /// tells the others. The leaver's feed delivers what was queued before, then ends.
     pub fn leave(&self, token: &str, client_lamport: LamportTime) -> Result<Stamp, ChatError> {
+        validate_lamport(client_lamport, self.clock.now())?;
         let mut logged = Vec::new();
         let stamp = {
             let mut state = self.lock();
@@ -507,6 +510,7 @@ impl Drop for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::MAX_LAMPORT_LEAD;
     use tokio_stream::StreamExt;
 
     fn hub(queue_depth: usize) -> Arc<Hub> {
@@ -557,6 +561,44 @@ mod tests {
                 seq: 3
             }
         );
+    }
+
+    #[tokio::test]
+    async fn a_time_far_ahead_is_refused_so_the_clock_keeps_rising() {
+        let hub = hub(8);
+        let mut alice = hub.join(b"alice", 0).unwrap();
+        let token = alice.token.expose().to_owned();
+        let before = hub.lamport_now();
+        assert!(matches!(
+            hub.publish(&token, b"x", u64::MAX),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            hub.join(b"bob", u64::MAX),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            hub.leave(&token, before + MAX_LAMPORT_LEAD + 1),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert_eq!(hub.lamport_now(), before);
+        assert_eq!(hub.present(), ["alice"]);
+        // The largest lead is accepted, and later events are still stamped later.
+        let far = hub
+            .publish(&token, b"far", before + MAX_LAMPORT_LEAD)
+            .unwrap();
+        let later = hub.publish(&token, b"later", 0).unwrap();
+        assert_eq!(far.lamport, before + MAX_LAMPORT_LEAD + 1);
+        assert!(later.lamport > far.lamport);
+        let seqs: Vec<u64> = [
+            next(&mut alice.feed).await,
+            next(&mut alice.feed).await,
+            next(&mut alice.feed).await,
+        ]
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 
     #[tokio::test]

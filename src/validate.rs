@@ -5,6 +5,7 @@
 //! person learns of a bad message at once.
 
 use crate::error::ChatError;
+use crate::lamport::LamportTime;
 
 /// The longest chat message, in characters (Unicode scalar values, not bytes).
 pub const MAX_MESSAGE_CHARS: usize = 128;
@@ -21,6 +22,28 @@ pub const NAME_PUNCTUATION: &[u8] = b"-_.";
 /// cannot swell the status message (an HTTP/2 header, which the peer would
 /// reject as a protocol error instead of showing the reason) or a log line.
 pub const MAX_ECHOED_NAME_CHARS: usize = 40;
+
+/// How far ahead of the server's clock a request's Lamport time may be.
+///
+/// An honest client runs ahead of the server only by the few events it made since
+/// it last heard from it, or, after the server restarted with a fresh clock, by the
+/// old server's whole history; four billion covers both with room to spare. A
+/// request further ahead is refused: accepted, a time near `u64::MAX` would
+/// saturate the server's clock and stamp every later event with the same time,
+/// while leaps of at most this size would take billions of requests to get there.
+pub const MAX_LAMPORT_LEAD: LamportTime = 1 << 32;
+
+/// Checks a request's Lamport time against the server's clock at `server_now`.
+pub fn validate_lamport(request: LamportTime, server_now: LamportTime) -> Result<(), ChatError> {
+    if request > server_now.saturating_add(MAX_LAMPORT_LEAD) {
+        return Err(ChatError::LamportTooFarAhead {
+            lamport: request,
+            server: server_now,
+            max_lead: MAX_LAMPORT_LEAD,
+        });
+    }
+    Ok(())
+}
 
 /// Checks a chat message and returns it as text.
 ///
@@ -180,6 +203,30 @@ mod tests {
         assert!(
             !err.contains('\x1b'),
             "the raw escape must not be echoed: {err}"
+        );
+    }
+
+    #[test]
+    fn lamport_times_may_lead_the_server_by_a_bounded_amount() {
+        assert_eq!(validate_lamport(0, 0), Ok(()));
+        assert_eq!(validate_lamport(MAX_LAMPORT_LEAD, 0), Ok(()));
+        assert_eq!(validate_lamport(5 + MAX_LAMPORT_LEAD, 5), Ok(()));
+        assert_eq!(validate_lamport(u64::MAX, u64::MAX - 1), Ok(()));
+        // Behind the server is always fine: the server's clock takes the maximum.
+        assert_eq!(validate_lamport(3, 1_000), Ok(()));
+        let err = validate_lamport(u64::MAX, 7).unwrap_err();
+        assert_eq!(
+            err,
+            ChatError::LamportTooFarAhead {
+                lamport: u64::MAX,
+                server: 7,
+                max_lead: MAX_LAMPORT_LEAD
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&u64::MAX.to_string()) && text.contains("4294967296"),
+            "{text}"
         );
     }
 
