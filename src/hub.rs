@@ -442,9 +442,16 @@ fn log_broadcasts(logged: &[Logged]) {
 }
 
 /// Finds the session a token names, comparing its secret in constant time.
+///
+/// Only the token's one spelling is accepted: lower-case hex, no sign, no leading
+/// zero, as [`Hub::join`] wrote it, so that no second string opens the session.
 fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
-    let (id, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
-    let id = u64::from_str_radix(id, 16).map_err(|_| ChatError::UnknownSession)?;
+    let lower_hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (id_text, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
+    let id = u64::from_str_radix(id_text, 16).map_err(|_| ChatError::UnknownSession)?;
+    if id_text != format!("{id:x}") || !lower_hex(secret) {
+        return Err(ChatError::UnknownSession);
+    }
     let secret = from_hex(secret).ok_or(ChatError::UnknownSession)?;
     let session = state.sessions.get(&id).ok_or(ChatError::UnknownSession)?;
     if bool::from(session.secret.ct_eq(&secret)) {
@@ -617,6 +624,11 @@ mod tests {
             format!("ff.{secret}"),
             format!("{id}.{}", &secret[..30]),
             format!("{id}.é{}", &secret[2..]),
+            // Other spellings of the same numbers.
+            format!("0{id}.{secret}"),
+            format!("+{id}.{secret}"),
+            format!("{id}.{}", secret.to_uppercase()),
+            format!("{id}.+{}", &secret[1..]),
         ] {
             assert_eq!(hub.publish(&bad, b"x", 0), Err(ChatError::UnknownSession));
             assert_eq!(hub.leave(&bad, 0), Err(ChatError::UnknownSession));
