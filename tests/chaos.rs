@@ -15,7 +15,7 @@
 //! - the server's resident memory stayed bounded, it never panicked, and it shut
 //!   down cleanly on SIGTERM.
 //!
-//! The run takes about half a minute. Its random choices come from one seed, printed
+//! The run takes about 21 seconds. Its random choices come from one seed, printed
 //! at the start; `CHITTYCHAT_CHAOS_SEED=<seed>` replays them (timing still varies).
 
 use chittychat::client::{ClientError, Events, Session, connect};
