@@ -33,6 +33,19 @@ pub enum ChatError {
         /// The offending code point.
         code_point: u32,
     },
+    /// The request's Lamport time is implausibly far ahead of the server's clock.
+    #[error(
+        "Lamport time {lamport} is more than {max_lead} ahead of the server's clock \
+         ({server}); a client's clock runs ahead only by the events it made itself"
+    )]
+    LamportTooFarAhead {
+        /// The request's Lamport time.
+        lamport: u64,
+        /// The server's Lamport time when the request arrived.
+        server: u64,
+        /// The largest lead allowed.
+        max_lead: u64,
+    },
     /// The name breaks the naming rule.
     #[error(
         "invalid name \"{name}\": a name is 1 to 32 characters, each an ASCII letter, \
@@ -116,7 +129,8 @@ impl ChatError {
             | ChatError::MessageEmpty
             | ChatError::MessageTooLong { .. }
             | ChatError::MessageControlCharacter { .. }
-            | ChatError::InvalidName { .. } => Code::InvalidArgument,
+            | ChatError::InvalidName { .. }
+            | ChatError::LamportTooFarAhead { .. } => Code::InvalidArgument,
             ChatError::NameTaken { .. } => Code::AlreadyExists,
             ChatError::UnknownSession
             | ChatError::JoinSecretMissing

@@ -13,7 +13,7 @@
 use crate::error::ChatError;
 use crate::event::{Event, EventKind, joined_sentence, left_sentence};
 use crate::lamport::{LamportClock, LamportTime};
-use crate::validate::{validate_message, validate_name};
+use crate::validate::{validate_lamport, validate_message, validate_name};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
@@ -248,6 +248,7 @@ impl Hub {
         client_lamport: LamportTime,
     ) -> Result<Joined, ChatError> {
         let name: Arc<str> = Arc::from(validate_name(name)?);
+        validate_lamport(client_lamport, self.clock.now())?;
         let secret: [u8; SECRET_BYTES] = rand::random();
         let (queue, rx) = mpsc::channel(self.config.queue_depth);
         let closed = Arc::new(OnceLock::new());
@@ -310,6 +311,7 @@ impl Hub {
         client_lamport: LamportTime,
     ) -> Result<Stamp, ChatError> {
         let text = validate_message(text)?.to_owned();
+        validate_lamport(client_lamport, self.clock.now())?;
         let mut logged = Vec::new();
         let stamp = {
             let mut state = self.lock();
@@ -331,6 +333,7 @@ impl Hub {
     /// Removes the holder of `token`, whose request was sent at `client_lamport`, and
     /// tells the others. The leaver's feed delivers what was queued before, then ends.
     pub fn leave(&self, token: &str, client_lamport: LamportTime) -> Result<Stamp, ChatError> {
+        validate_lamport(client_lamport, self.clock.now())?;
         let mut logged = Vec::new();
         let stamp = {
             let mut state = self.lock();
@@ -515,9 +518,16 @@ fn log_broadcasts(logged: &[Logged]) {
 }
 
 /// Finds the session a token names, comparing its secret in constant time.
+///
+/// Only the token's one spelling is accepted: lower-case hex, no sign, no leading
+/// zero, as [`Hub::join`] wrote it, so that no second string opens the session.
 fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
-    let (id, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
-    let id = u64::from_str_radix(id, 16).map_err(|_| ChatError::UnknownSession)?;
+    let lower_hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (id_text, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
+    let id = u64::from_str_radix(id_text, 16).map_err(|_| ChatError::UnknownSession)?;
+    if id_text != format!("{id:x}") || !lower_hex(secret) {
+        return Err(ChatError::UnknownSession);
+    }
     let secret = from_hex(secret).ok_or(ChatError::UnknownSession)?;
     let session = state.sessions.get(&id).ok_or(ChatError::UnknownSession)?;
     if bool::from(session.secret.ct_eq(&secret)) {
@@ -583,6 +593,7 @@ impl Drop for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::MAX_LAMPORT_LEAD;
     use tokio_stream::StreamExt;
 
     fn hub(queue_depth: usize) -> Arc<Hub> {
@@ -640,6 +651,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_time_far_ahead_is_refused_so_the_clock_keeps_rising() {
+        let hub = hub(8);
+        let mut alice = hub.join(b"alice", 0).unwrap();
+        let token = alice.token.expose().to_owned();
+        let before = hub.lamport_now();
+        assert!(matches!(
+            hub.publish(&token, b"x", u64::MAX),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            hub.join(b"bob", u64::MAX),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            hub.leave(&token, before + MAX_LAMPORT_LEAD + 1),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert_eq!(hub.lamport_now(), before);
+        assert_eq!(hub.present(), ["alice"]);
+        // The largest lead is accepted, and later events are still stamped later.
+        let far = hub
+            .publish(&token, b"far", before + MAX_LAMPORT_LEAD)
+            .unwrap();
+        let later = hub.publish(&token, b"later", 0).unwrap();
+        assert_eq!(far.lamport, before + MAX_LAMPORT_LEAD + 1);
+        assert!(later.lamport > far.lamport);
+        let seqs: Vec<u64> = [
+            next(&mut alice.feed).await,
+            next(&mut alice.feed).await,
+            next(&mut alice.feed).await,
+        ]
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[tokio::test]
     async fn a_wrong_token_is_refused_and_changes_nothing() {
         let hub = hub(8);
         let alice = hub.join(b"alice", 0).unwrap();
@@ -655,6 +704,11 @@ mod tests {
             format!("ff.{secret}"),
             format!("{id}.{}", &secret[..30]),
             format!("{id}.é{}", &secret[2..]),
+            // Other spellings of the same numbers.
+            format!("0{id}.{secret}"),
+            format!("+{id}.{secret}"),
+            format!("{id}.{}", secret.to_uppercase()),
+            format!("{id}.+{}", &secret[1..]),
         ] {
             assert_eq!(hub.publish(&bad, b"x", 0), Err(ChatError::UnknownSession));
             assert_eq!(hub.leave(&bad, 0), Err(ChatError::UnknownSession));

@@ -14,6 +14,7 @@ use crate::transport::{
     DEFAULT_MAX_REQUEST_BYTES, JOIN_SECRET_METADATA, JoinSecret, Keepalive, TLS_HANDSHAKE_TIMEOUT,
     TlsIdentity,
 };
+use crate::validate::name_for_display;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -189,8 +190,7 @@ impl ChittyChat for ChatService {
         let joined = secret_checked
             .and_then(|()| self.hub.join(&request.name, request.lamport))
             .inspect_err(|err| {
-                let name = String::from_utf8_lossy(&request.name);
-                self.refused("Join", Some(&name.escape_debug().to_string()), err);
+                self.refused("Join", Some(&name_for_display(&request.name)), err);
             })?;
         let mut response = Response::new(EventStream(joined.feed));
         // The token is hex and a dot, always a valid metadata value.
