@@ -1,0 +1,213 @@
+//! The run as a space-time diagram in SVG: one vertical line per process, Lamport
+//! time growing downward, each event a dot labelled with its Lamport time, and an
+//! arrow for every message, from its send down to its receive.
+//!
+//! An event's height is its Lamport time, so every arrow points down (the clock
+//! condition, drawn), and no two labels of one process share a row (a process
+//! never repeats a time). The server's times and broadcast texts sit left of its
+//! line, one per row; each client's labels sit right of its own line, short of the
+//! next one.
+
+use super::causality::{Message, MessageKind};
+use super::parse::{Action, Role, Run, shorten};
+use std::fmt::Write;
+
+/// Pixels per unit of Lamport time.
+const ROW: f64 = 17.0;
+/// Pixels between two process lines.
+const LANE_GAP: f64 = 150.0;
+/// Where the server's line is; broadcast texts fill the space to its left.
+const FIRST_LANE: f64 = 300.0;
+/// How many characters of a broadcast text are shown.
+const BROADCAST_CHARS: usize = 34;
+/// Where the first Lamport row is.
+const TOP: f64 = 70.0;
+/// The radius of an event's dot.
+const DOT: f64 = 3.5;
+
+/// The SVG document for `run`.
+pub fn svg(run: &Run, messages: &[Message]) -> String {
+    let max_time = run
+        .processes
+        .iter()
+        .flat_map(|p| p.events.iter().map(|e| e.lamport))
+        .max()
+        .unwrap_or(0);
+    let lanes = run.processes.len().max(1);
+    let width = FIRST_LANE + LANE_GAP * (lanes as f64 - 1.0) + 130.0;
+    let bottom = y(max_time) + 20.0;
+    let height = bottom + 50.0;
+    let x = |p: usize| FIRST_LANE + LANE_GAP * p as f64;
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Verdana, sans-serif" font-size="10">"#
+    );
+    out.push_str(concat!(
+        r#"<defs>"#,
+        r##"<marker id="request" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#1f5fa8"/></marker>"##,
+        r##"<marker id="broadcast" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8a8a8a"/></marker>"##,
+        r##"<marker id="reply" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#2e8b3a"/></marker>"##,
+        "</defs>\n",
+        r#"<rect width="100%" height="100%" fill="white"/>"#,
+        "\n"
+    ));
+    let _ = writeln!(
+        out,
+        r#"<text x="10" y="18" font-size="13" font-weight="bold">Chitty-Chat run: Lamport time grows downward</text>"#
+    );
+
+    // Process lines and their names.
+    for (p, process) in run.processes.iter().enumerate() {
+        let last = process.events.iter().map(|e| e.lamport).max().unwrap_or(0);
+        let first = process.events.iter().map(|e| e.lamport).min().unwrap_or(0);
+        let colour = if process.role == Role::Server {
+            "#333"
+        } else {
+            "#666"
+        };
+        let _ = writeln!(
+            out,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12" font-weight="bold">{}</text>"#,
+            x(p),
+            TOP - 28.0,
+            escape(&shorten(&process.name, 20))
+        );
+        let _ = writeln!(
+            out,
+            r#"<line x1="{0:.1}" y1="{1:.1}" x2="{0:.1}" y2="{2:.1}" stroke="{colour}" stroke-width="1.5"/>"#,
+            x(p),
+            y(first) - 10.0,
+            y(last) + 10.0
+        );
+    }
+
+    // Arrows under the dots.
+    for message in messages {
+        let (x1, y1) = (x(message.from.process), y(run.event(message.from).lamport));
+        let (x2, y2) = (x(message.to.process), y(run.event(message.to).lamport));
+        let (dx, dy) = (x2 - x1, y2 - y1);
+        let length = (dx * dx + dy * dy).sqrt().max(1.0);
+        // Stop at the dot's rim, so the head is seen.
+        let (x2, y2) = (x2 - dx / length * DOT, y2 - dy / length * DOT);
+        let (class, style) = match message.kind {
+            MessageKind::Request => ("request", r##"stroke="#1f5fa8" stroke-width="1.4""##),
+            MessageKind::Broadcast => ("broadcast", r##"stroke="#8a8a8a" stroke-width="0.8""##),
+            MessageKind::Reply => (
+                "reply",
+                r##"stroke="#2e8b3a" stroke-width="1" stroke-dasharray="4 3""##,
+            ),
+        };
+        let _ = writeln!(
+            out,
+            r#"<line class="{class}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {style} marker-end="url(#{class})"/>"#
+        );
+    }
+
+    // Dots and labels.
+    for (p, process) in run.processes.iter().enumerate() {
+        for event in &process.events {
+            let (cx, cy) = (x(p), y(event.lamport));
+            let fill = match event.action {
+                Action::Broadcast { .. } => "#333",
+                Action::Sent { .. } => "#1f5fa8",
+                Action::Reply { .. } => "#2e8b3a",
+                Action::Received { .. } => "#8a8a8a",
+            };
+            let _ = writeln!(
+                out,
+                r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{DOT}" fill="{fill}"><title>{}</title></circle>"#,
+                escape(&format!(
+                    "{} at Lamport {}: {}",
+                    process.name,
+                    event.lamport,
+                    event.describe()
+                ))
+            );
+            if let Action::Broadcast {
+                kind,
+                participant,
+                text,
+                seq,
+                cause,
+                ..
+            } = &event.action
+            {
+                // Left of the server's line, where no arrow ends: requests arrive
+                // from the right.
+                let what = match (kind.as_str(), cause.as_str()) {
+                    ("chat", _) => format!("{participant}: {text}"),
+                    (_, "disconnected" | "too_slow") => format!("{participant} {kind} ({cause})"),
+                    _ => format!("{participant} {kind}"),
+                };
+                let _ = writeln!(
+                    out,
+                    r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end" font-weight="bold">{}</text>"##,
+                    cx - 30.0,
+                    cy + 3.5,
+                    escape(&format!("#{seq} {}", shorten(&what, BROADCAST_CHARS))),
+                    cx - 7.0,
+                    cy + 3.5,
+                    event.lamport
+                );
+                continue;
+            }
+            // Right of a client's line: its time, and the call for a request. The
+            // text is shown once, at the server's broadcast.
+            let label = match &event.action {
+                Action::Sent { rpc, .. } => format!("{} {rpc}", event.lamport),
+                _ => event.lamport.to_string(),
+            };
+            let _ = writeln!(
+                out,
+                r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
+                cx + 6.0,
+                cy + 3.5,
+                escape(&label)
+            );
+        }
+    }
+
+    // Legend.
+    let legend = bottom + 22.0;
+    let items = [
+        ("request", "#1f5fa8", "", "request (Join, Publish, Leave)"),
+        ("broadcast", "#8a8a8a", "", "broadcast event on a feed"),
+        ("reply", "#2e8b3a", r#" stroke-dasharray="4 3""#, "reply"),
+    ];
+    let mut lx = 10.0;
+    for (class, colour, dash, text) in items {
+        let _ = writeln!(
+            out,
+            r#"<line x1="{lx:.1}" y1="{legend:.1}" x2="{:.1}" y2="{legend:.1}" stroke="{colour}" stroke-width="1.4"{dash} marker-end="url(#{class})"/><text x="{:.1}" y="{:.1}">{text}</text>"#,
+            lx + 30.0,
+            lx + 36.0,
+            legend + 3.5
+        );
+        lx += 50.0 + 6.0 * text.len() as f64;
+    }
+    out.push_str("</svg>\n");
+    out
+}
+
+/// The height of Lamport time `t`.
+fn y(t: u64) -> f64 {
+    TOP + ROW * t as f64
+}
+
+/// Escapes text for XML.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
