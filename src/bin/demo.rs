@@ -1,7 +1,7 @@
 //! `chittychat-demo`: runs the scripted demonstration in `chittychat::demo` with a
 //! real server and real client processes, then checks and draws the run.
 
-use chittychat::demo::{self, DEFAULT_STEP_TIMEOUT, DemoOptions, MIN_CLIENTS};
+use chittychat::demo::{self, DEFAULT_STEP_TIMEOUT, DemoOptions, MAX_CLIENTS, MIN_CLIENTS};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -19,8 +19,9 @@ const EXIT_DEMO_FAILED: u8 = 3;
 #[command(version, about)]
 struct Args {
     /// How many clients join at first; one more joins late.
-    #[arg(long, default_value_t = MIN_CLIENTS)]
-    clients: usize,
+    #[arg(long, default_value_t = MIN_CLIENTS as u64,
+          value_parser = clap::value_parser!(u64).range(MIN_CLIENTS as u64..=MAX_CLIENTS as u64))]
+    clients: u64,
     /// The run's folder; must be new or empty [default: a fresh runs/<UTC time>].
     #[arg(long)]
     out: Option<PathBuf>,
@@ -40,7 +41,7 @@ async fn main() -> ExitCode {
         Err(err) => return fail(&err),
     };
     let options = DemoOptions {
-        clients: args.clients,
+        clients: args.clients as usize,
         out: args.out,
         seed: args.seed,
         bin_dir,

@@ -386,7 +386,8 @@ impl Checker<'_> {
                     continue;
                 }
                 seen.insert(seq, id);
-                if !present(seq) {
+                // A broadcast the server never made is the unmatched-receive rule's.
+                if self.index.broadcasts.contains_key(&seq) && !present(seq) {
                     let message = format!(
                         "{name} received #{seq} ({}), but it was broadcast while {name} was not present ({stay})",
                         self.run.location(id)
