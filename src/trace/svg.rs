@@ -24,6 +24,13 @@ const BROADCAST_CHARS: usize = 34;
 const TOP: f64 = 70.0;
 /// The radius of an event's dot.
 const DOT: f64 = 3.5;
+/// An arrowhead's length and half its width.
+const HEAD_LENGTH: f64 = 7.0;
+const HEAD_HALF_WIDTH: f64 = 2.8;
+/// The colours of requests, broadcasts and replies, arrows and dots alike.
+const REQUEST: &str = "#1f5fa8";
+const BROADCAST: &str = "#8a8a8a";
+const REPLY: &str = "#2e8b3a";
 
 /// The SVG document for `run`.
 pub fn svg(run: &Run, messages: &[Message]) -> String {
@@ -44,15 +51,7 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
         out,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="DejaVu Sans, Verdana, sans-serif" font-size="10">"#
     );
-    out.push_str(concat!(
-        r#"<defs>"#,
-        r##"<marker id="request" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#1f5fa8"/></marker>"##,
-        r##"<marker id="broadcast" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#8a8a8a"/></marker>"##,
-        r##"<marker id="reply" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" fill="#2e8b3a"/></marker>"##,
-        "</defs>\n",
-        r#"<rect width="100%" height="100%" fill="white"/>"#,
-        "\n"
-    ));
+    out.push_str("<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n");
     let _ = writeln!(
         out,
         r#"<text x="10" y="18" font-size="13" font-weight="bold">Chitty-Chat run: Lamport time grows downward</text>"#
@@ -91,17 +90,15 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
         let length = (dx * dx + dy * dy).sqrt().max(1.0);
         // Stop at the dot's rim, so the head is seen.
         let (x2, y2) = (x2 - dx / length * DOT, y2 - dy / length * DOT);
-        let (class, style) = match message.kind {
-            MessageKind::Request => ("request", r##"stroke="#1f5fa8" stroke-width="1.4""##),
-            MessageKind::Broadcast => ("broadcast", r##"stroke="#8a8a8a" stroke-width="0.8""##),
-            MessageKind::Reply => (
-                "reply",
-                r##"stroke="#2e8b3a" stroke-width="1" stroke-dasharray="4 3""##,
-            ),
+        let (class, colour, style) = match message.kind {
+            MessageKind::Request => ("request", REQUEST, r#"stroke-width="1.4""#),
+            MessageKind::Broadcast => ("broadcast", BROADCAST, r#"stroke-width="0.8""#),
+            MessageKind::Reply => ("reply", REPLY, r#"stroke-width="1" stroke-dasharray="4 3""#),
         };
         let _ = writeln!(
             out,
-            r#"<line class="{class}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" {style} marker-end="url(#{class})"/>"#
+            r#"<line class="{class}" x1="{x1:.1}" y1="{y1:.1}" x2="{x2:.1}" y2="{y2:.1}" stroke="{colour}" {style}/>{}"#,
+            head(x1, y1, x2, y2, colour)
         );
     }
 
@@ -111,9 +108,9 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
             let (cx, cy) = (x(p), y(event.lamport));
             let fill = match event.action {
                 Action::Broadcast { .. } => "#333",
-                Action::Sent { .. } => "#1f5fa8",
-                Action::Reply { .. } => "#2e8b3a",
-                Action::Received { .. } => "#8a8a8a",
+                Action::Sent { .. } => REQUEST,
+                Action::Reply { .. } => REPLY,
+                Action::Received { .. } => BROADCAST,
             };
             let _ = writeln!(
                 out,
@@ -172,16 +169,17 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
     // Legend.
     let legend = bottom + 22.0;
     let items = [
-        ("request", "#1f5fa8", "", "request (Join, Publish, Leave)"),
-        ("broadcast", "#8a8a8a", "", "broadcast event on a feed"),
-        ("reply", "#2e8b3a", r#" stroke-dasharray="4 3""#, "reply"),
+        (REQUEST, "", "request (Join, Publish, Leave)"),
+        (BROADCAST, "", "broadcast event on a feed"),
+        (REPLY, r#" stroke-dasharray="4 3""#, "reply"),
     ];
     let mut lx = 10.0;
-    for (class, colour, dash, text) in items {
+    for (colour, dash, text) in items {
         let _ = writeln!(
             out,
-            r#"<line x1="{lx:.1}" y1="{legend:.1}" x2="{:.1}" y2="{legend:.1}" stroke="{colour}" stroke-width="1.4"{dash} marker-end="url(#{class})"/><text x="{:.1}" y="{:.1}">{text}</text>"#,
+            r#"<line x1="{lx:.1}" y1="{legend:.1}" x2="{:.1}" y2="{legend:.1}" stroke="{colour}" stroke-width="1.4"{dash}/>{}<text x="{:.1}" y="{:.1}">{text}</text>"#,
             lx + 30.0,
+            head(lx, legend, lx + 30.0, legend, colour),
             lx + 36.0,
             legend + 3.5
         );
@@ -189,6 +187,23 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// An arrowhead at `(x2, y2)` for a line from `(x1, y1)`: a filled triangle
+/// rather than an SVG marker, which not every renderer draws (weasyprint does not).
+fn head(x1: f64, y1: f64, x2: f64, y2: f64, colour: &str) -> String {
+    let (dx, dy) = (x2 - x1, y2 - y1);
+    let length = (dx * dx + dy * dy).sqrt().max(1.0);
+    let (ux, uy) = (dx / length, dy / length);
+    let (bx, by) = (x2 - ux * HEAD_LENGTH, y2 - uy * HEAD_LENGTH);
+    let (px, py) = (-uy * HEAD_HALF_WIDTH, ux * HEAD_HALF_WIDTH);
+    format!(
+        r#"<polygon points="{x2:.1},{y2:.1} {:.1},{:.1} {:.1},{:.1}" fill="{colour}"/>"#,
+        bx + px,
+        by + py,
+        bx - px,
+        by - py
+    )
 }
 
 /// The height of Lamport time `t`.
