@@ -116,7 +116,7 @@ pub struct DemoOutcome {
     pub check_ok: bool,
 }
 
-/// The path of a sibling binary: `name` in the folder of the running program.
+/// The folder of the running program, where its sibling binaries are.
 pub fn sibling_dir() -> Result<PathBuf, DemoError> {
     let exe = std::env::current_exe().map_err(|source| DemoError::Io {
         what: "cannot find the running program".into(),
@@ -428,20 +428,28 @@ impl Stage {
 
     /// Has each `(name, line)` typed at once, then waits until everyone shows them.
     async fn say(&mut self, lines: &[(&String, &String)]) -> Result<(), DemoError> {
-        for (name, line) in lines {
-            let participant = self.find(name)?;
-            let stdin = participant
-                .stdin
-                .as_mut()
-                .ok_or_else(|| DemoError::Process(format!("{name}'s input is already closed")))?;
-            stdin
-                .write_all(format!("{line}\n").as_bytes())
-                .await
-                .map_err(|source| DemoError::Io {
-                    what: format!("cannot type into {name}'s client"),
-                    source,
-                })?;
+        for (name, _) in lines {
+            self.find(name)?;
         }
+        // All lines are typed at once, so that "at the same moment" is as close as
+        // two processes can get.
+        let writes = self.present.iter_mut().filter_map(|participant| {
+            let (_, line) = lines.iter().find(|(name, _)| **name == participant.name)?;
+            Some(async move {
+                let name = &participant.name;
+                let stdin = participant.stdin.as_mut().ok_or_else(|| {
+                    DemoError::Process(format!("{name}'s input is already closed"))
+                })?;
+                stdin
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .map_err(|source| DemoError::Io {
+                        what: format!("cannot type into {name}'s client"),
+                        source,
+                    })
+            })
+        });
+        futures::future::try_join_all(writes).await?;
         for (name, line) in lines {
             let suffix = format!("] {name}: {line}");
             self.everyone_shows(&format!("{name}'s message"), |l| {
@@ -477,14 +485,10 @@ impl Stage {
                         source,
                     })?;
                 if !status.success() {
-                    let stderr = participant
-                        .stderr
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .join(" | ");
+                    let stderr = last_words(&participant.stderr);
                     self.gone.push(participant);
                     return Err(DemoError::Process(format!(
-                        "{name}'s client exited with {status} on leaving: {stderr}"
+                        "{name}'s client exited with {status} on leaving{stderr}"
                     )));
                 }
             }
@@ -537,13 +541,9 @@ impl Stage {
             }
             for participant in &mut self.present {
                 if let Ok(Some(status)) = participant.child.try_wait() {
-                    let stderr = participant
-                        .stderr
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .join(" | ");
+                    let stderr = last_words(&participant.stderr);
                     return Err(DemoError::Process(format!(
-                        "{}'s client exited with {status} while waiting for {what}: {stderr}",
+                        "{}'s client exited with {status} while waiting for {what}{stderr}",
                         participant.name
                     )));
                 }
@@ -601,6 +601,16 @@ fn collect(
     });
 }
 
+/// What a process said on stderr, as ": line | line", or nothing if it said nothing.
+fn last_words(stderr: &Mutex<Vec<String>>) -> String {
+    let lines = stderr.lock().unwrap_or_else(|e| e.into_inner());
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", lines.join(" | "))
+    }
+}
+
 /// The server process.
 struct Server {
     child: Child,
@@ -642,9 +652,9 @@ async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, D
             });
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let stderr = stderr.lock().unwrap_or_else(|e| e.into_inner()).join(" | ");
+            let stderr = last_words(&stderr);
             return Err(DemoError::Process(format!(
-                "the server exited with {status} at start: {stderr}"
+                "the server exited with {status} at start{stderr}"
             )));
         }
         if Instant::now() >= deadline {

@@ -5,6 +5,8 @@ use chittychat::trace::causality::{self, format_clock};
 use chittychat::trace::parse::Run;
 use chittychat::trace::{check, mermaid, shiviz, svg, timeline};
 use clap::{Parser, Subcommand};
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -84,12 +86,14 @@ fn main() -> ExitCode {
         Err(err) => return fail(EXIT_IO, &err),
     };
     let messages = causality::messages(&run);
+    let mut out = String::new();
+    let mut status = ExitCode::SUCCESS;
     match args.command {
         Command::Check { .. } => {
             let report = check::check(&run);
-            println!("{report}");
+            let _ = writeln!(out, "{report}");
             if !report.ok() {
-                return ExitCode::from(EXIT_VIOLATIONS);
+                status = ExitCode::from(EXIT_VIOLATIONS);
             }
         }
         Command::Diagram { svg, mermaid, .. } => {
@@ -107,27 +111,28 @@ fn main() -> ExitCode {
                 if let Err(err) = write(path, &content) {
                     return fail(EXIT_IO, &err);
                 }
-                println!("wrote {}", path.display());
+                let _ = writeln!(out, "wrote {}", path.display());
             }
         }
         Command::Shiviz { .. } => {
             let clocks = causality::vector_clocks(&run, &messages);
-            print!("{}", shiviz::shiviz(&run, &messages, &clocks));
+            out = shiviz::shiviz(&run, &messages, &clocks);
         }
         Command::Timeline { vector, .. } => {
             let clocks = vector.then(|| causality::vector_clocks(&run, &messages));
-            print!("{}", timeline::timeline(&run, clocks.as_ref()));
+            out = timeline::timeline(&run, clocks.as_ref());
         }
         Command::Concurrent { limit, .. } => {
             let clocks = causality::vector_clocks(&run, &messages);
             let pairs = causality::concurrent_requests(&run, &clocks);
             if pairs.is_empty() {
-                println!("no two Publish requests of this run are concurrent");
+                let _ = writeln!(out, "no two requests of this run are concurrent");
             }
             for (a, b) in pairs.into_iter().take(limit) {
                 for id in [a, b] {
                     let event = run.event(id);
-                    println!(
+                    let _ = writeln!(
+                        out,
                         "{} at Lamport {}: {}  {}",
                         run.processes[id.process].name,
                         event.lamport,
@@ -135,7 +140,8 @@ fn main() -> ExitCode {
                         format_clock(&run, &clocks[&id])
                     );
                 }
-                println!(
+                let _ = writeln!(
+                    out,
                     "  Lamport {} < {}, yet neither vector clock is below the other: concurrent",
                     run.event(a).lamport,
                     run.event(b).lamport
@@ -143,7 +149,13 @@ fn main() -> ExitCode {
             }
         }
     }
-    ExitCode::SUCCESS
+    match std::io::stdout().lock().write_all(out.as_bytes()) {
+        // A reader that stopped early (`| head`) wanted no more: not an error.
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            fail(EXIT_IO, &format!("cannot write to stdout: {err}"))
+        }
+        _ => status,
+    }
 }
 
 fn write(path: &Path, content: &str) -> Result<(), String> {

@@ -16,8 +16,13 @@ use std::fmt::Write;
 const ROW: f64 = 17.0;
 /// Pixels between two process lines.
 const LANE_GAP: f64 = 150.0;
-/// Where the server's line is; broadcast texts fill the space to its left.
-const FIRST_LANE: f64 = 300.0;
+/// The least room left of the server's line, for its times and broadcast texts.
+const MIN_MARGIN: f64 = 120.0;
+/// A generous width of one character at the labels' 10 px (DejaVu Sans averages
+/// less), so that the room reserved for a label is never too small.
+const CHAR_WIDTH: f64 = 6.2;
+/// The legend's width, which the drawing never gets narrower than.
+const LEGEND_WIDTH: f64 = 620.0;
 /// How many characters of a broadcast text are shown.
 const BROADCAST_CHARS: usize = 34;
 /// Where the first Lamport row is.
@@ -41,10 +46,18 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
         .max()
         .unwrap_or(0);
     let lanes = run.processes.len().max(1);
-    let width = FIRST_LANE + LANE_GAP * (lanes as f64 - 1.0) + 130.0;
+    // Room left of the server's line for the longest broadcast text and the time.
+    let first_lane = run
+        .processes
+        .iter()
+        .flat_map(|p| &p.events)
+        .filter_map(|e| broadcast_label(&e.action))
+        .map(|label| CHAR_WIDTH * label.chars().count() as f64 + 50.0)
+        .fold(MIN_MARGIN, f64::max);
+    let width = (first_lane + LANE_GAP * (lanes as f64 - 1.0) + 130.0).max(LEGEND_WIDTH);
     let bottom = y(max_time) + 20.0;
     let height = bottom + 50.0;
-    let x = |p: usize| FIRST_LANE + LANE_GAP * p as f64;
+    let x = |p: usize| first_lane + LANE_GAP * p as f64;
 
     let mut out = String::new();
     let _ = writeln!(
@@ -122,28 +135,15 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
                     event.describe()
                 ))
             );
-            if let Action::Broadcast {
-                kind,
-                participant,
-                text,
-                seq,
-                cause,
-                ..
-            } = &event.action
-            {
-                // Left of the server's line, where no arrow ends: requests arrive
-                // from the right.
-                let what = match (kind.as_str(), cause.as_str()) {
-                    ("chat", _) => format!("{participant}: {text}"),
-                    (_, "disconnected" | "too_slow") => format!("{participant} {kind} ({cause})"),
-                    _ => format!("{participant} {kind}"),
-                };
+            // Left of the server's line, where no arrow ends: requests arrive from
+            // the right.
+            if let Some(label) = broadcast_label(&event.action) {
                 let _ = writeln!(
                     out,
                     r##"<text x="{:.1}" y="{:.1}" text-anchor="end" fill="#333">{}</text><text x="{:.1}" y="{:.1}" text-anchor="end" font-weight="bold">{}</text>"##,
                     cx - 30.0,
                     cy + 3.5,
-                    escape(&format!("#{seq} {}", shorten(&what, BROADCAST_CHARS))),
+                    escape(&label),
                     cx - 7.0,
                     cy + 3.5,
                     event.lamport
@@ -187,6 +187,27 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// The text beside a broadcast: `#4 alice: hello`, `#7 bob left (disconnected)`.
+fn broadcast_label(action: &Action) -> Option<String> {
+    let Action::Broadcast {
+        kind,
+        participant,
+        text,
+        seq,
+        cause,
+        ..
+    } = action
+    else {
+        return None;
+    };
+    let what = match (kind.as_str(), cause.as_str()) {
+        ("chat", _) => format!("{participant}: {text}"),
+        (_, "disconnected" | "too_slow") => format!("{participant} {kind} ({cause})"),
+        _ => format!("{participant} {kind}"),
+    };
+    Some(format!("#{seq} {}", shorten(&what, BROADCAST_CHARS)))
 }
 
 /// An arrowhead at `(x2, y2)` for a line from `(x1, y1)`: a filled triangle
