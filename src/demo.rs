@@ -3,13 +3,16 @@
 //! its JSON log into one run folder, which is then checked and drawn.
 //!
 //! The script: the first clients join one after another; each publishes; two
-//! publish at the same moment; one more joins late and greets; one leaves with
+//! publish at the same moment (the server is paused until both have sent, so
+//! the two are concurrent for certain); one more joins late and greets; one leaves with
 //! `/quit`; one is killed (SIGKILL); the rest leave (end of input); the server is
 //! stopped with SIGTERM. Every step waits, with a deadline, until every client still
 //! present has shown its outcome on stdout, so the script never races itself.
 
 use crate::event::{joined_sentence, left_sentence};
 use crate::trace;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -31,6 +34,9 @@ pub const MAX_CLIENTS: usize = 12;
 
 /// How long one step may take by default before the demo gives up.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often a log file is read again while waiting for a line in it.
+const LOG_POLL: Duration = Duration::from_millis(10);
 
 /// The server's log line that names its address.
 const LISTENING: &str = "Chitty-Chat server listening";
@@ -161,8 +167,10 @@ pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         present: Vec::new(),
         gone: Vec::new(),
         step: 0,
+        server: None,
     };
     let mut server = start_server(&server_bin, &dir, &stage).await?;
+    stage.server = server.child.id().map(|id| Pid::from_raw(id as i32));
     let result = stage.play(&plan, &server.url).await;
     // Stop the server on every path, so its log is complete.
     let stopped = server.stop(stage.timeout).await;
@@ -315,6 +323,10 @@ struct Participant {
     ending: &'static str,
     /// Its place in the joining order.
     joined: usize,
+    /// Its JSON log.
+    log: PathBuf,
+    /// How many messages it was asked to publish.
+    published: usize,
 }
 
 impl Participant {
@@ -337,6 +349,8 @@ struct Stage {
     present: Vec<Participant>,
     gone: Vec<Participant>,
     step: usize,
+    /// The server's process id, to pause it while two messages cross.
+    server: Option<Pid>,
 }
 
 impl Stage {
@@ -352,7 +366,7 @@ impl Stage {
         let [(a, a_line), (b, b_line)] = &plan.together;
         let (a, b) = (&plan.first[*a], &plan.first[*b]);
         self.announce(&format!(
-            "{a} and {b} publish at the same moment: \"{a_line}\" and \"{b_line}\""
+            "{a} and {b} publish at the same moment, the server paused until both have sent: \"{a_line}\" and \"{b_line}\""
         ));
         self.say(&[(a, a_line), (b, b_line)]).await?;
         let late = &plan.late;
@@ -417,6 +431,8 @@ impl Stage {
             stderr,
             ending: "present at the end",
             joined: self.present.len() + self.gone.len(),
+            log,
+            published: 0,
         });
         let notice = joined_sentence(name, 0);
         let prefix = notice.trim_end_matches('0').to_owned();
@@ -427,12 +443,59 @@ impl Stage {
     }
 
     /// Has each `(name, line)` typed at once, then waits until everyone shows them.
+    /// Has each `(name, line)` typed, then waits until everyone shows them.
+    ///
+    /// Two or more lines are made concurrent for certain: the server is paused
+    /// (SIGSTOP) until every one of them has been sent, so no sender can hear of
+    /// another's message before sending its own.
     async fn say(&mut self, lines: &[(&String, &String)]) -> Result<(), DemoError> {
         for (name, _) in lines {
             self.find(name)?;
         }
-        // All lines are typed at once, so that "at the same moment" is as close as
-        // two processes can get.
+        let pause = lines.len() > 1;
+        if pause {
+            self.signal_server(Signal::SIGSTOP);
+        }
+        let typed = self.type_lines(lines).await;
+        let sent = match typed {
+            Ok(()) if pause => {
+                let mut all = Ok(());
+                for (name, _) in lines {
+                    let wanted = self.find(name)?.published + 1;
+                    all = self.logged(name, "sent", wanted).await;
+                    if all.is_err() {
+                        break;
+                    }
+                }
+                all
+            }
+            other => other,
+        };
+        if pause {
+            // On every path: a paused server would fail every later step.
+            self.signal_server(Signal::SIGCONT);
+        }
+        sent?;
+        for (name, line) in lines {
+            let suffix = format!("] {name}: {line}");
+            self.everyone_shows(&format!("{name}'s message"), |l| {
+                l.starts_with("[Lamport ") && l.ends_with(&suffix)
+            })
+            .await?;
+            self.find(name)?.published += 1;
+        }
+        // A client reads its next line only once Publish has returned, and the
+        // reply may trail the broadcast: wait for it, so the next step starts
+        // from a client that is ready.
+        for (name, _) in lines {
+            let wanted = self.find(name)?.published;
+            self.logged(name, "reply", wanted).await?;
+        }
+        Ok(())
+    }
+
+    /// Types every line into its client's stdin at once.
+    async fn type_lines(&mut self, lines: &[(&String, &String)]) -> Result<(), DemoError> {
         let writes = self.present.iter_mut().filter_map(|participant| {
             let (_, line) = lines.iter().find(|(name, _)| **name == participant.name)?;
             Some(async move {
@@ -449,15 +512,38 @@ impl Stage {
                     })
             })
         });
-        futures::future::try_join_all(writes).await?;
-        for (name, line) in lines {
-            let suffix = format!("] {name}: {line}");
-            self.everyone_shows(&format!("{name}'s message"), |l| {
-                l.starts_with("[Lamport ") && l.ends_with(&suffix)
-            })
-            .await?;
+        futures::future::try_join_all(writes).await.map(drop)
+    }
+
+    fn signal_server(&self, signal: Signal) {
+        if let Some(pid) = self.server {
+            let _ = nix::sys::signal::kill(pid, signal);
         }
-        Ok(())
+    }
+
+    /// Waits until `name`'s log has `wanted` Publish lines of kind `message`
+    /// ("sent" or "reply").
+    async fn logged(&mut self, name: &str, message: &str, wanted: usize) -> Result<(), DemoError> {
+        let deadline = Instant::now() + self.timeout;
+        let log = self.find(name)?.log.clone();
+        let message = format!(r#""message":"{message}""#);
+        loop {
+            // The log is written by a background thread; read what is there.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let count = text
+                .lines()
+                .filter(|l| l.contains(&message) && l.contains(r#""rpc":"Publish""#))
+                .count();
+            if count >= wanted {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    self.timeout_error(&format!("{name}'s log to show {message} for Publish"))
+                );
+            }
+            tokio::time::sleep(LOG_POLL).await;
+        }
     }
 
     async fn leave(&mut self, name: &str, how: Leaving) -> Result<(), DemoError> {
@@ -663,7 +749,7 @@ async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, D
                 secs: stage.timeout.as_secs(),
             });
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(LOG_POLL).await;
     }
 }
 
@@ -680,8 +766,7 @@ impl Server {
     /// Stops the server with SIGTERM, so it flushes its log; SIGKILL if it hangs.
     async fn stop(&mut self, timeout: Duration) -> Result<(), DemoError> {
         if let Some(pid) = self.child.id() {
-            let pid = nix::unistd::Pid::from_raw(pid as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         }
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),

@@ -98,6 +98,22 @@ fn the_demo_plays_every_requirement_and_its_run_checks_out() {
         .unwrap();
     assert!(check.status.success(), "{check:?}");
 
+    // The two lines typed at the same moment are concurrent: Lamport times order
+    // them, vector clocks do not.
+    let concurrent = Command::new(env!("CARGO_BIN_EXE_chittychat-trace"))
+        .args(["concurrent", "--limit", "1"])
+        .arg(&run)
+        .output()
+        .unwrap();
+    let pair = String::from_utf8_lossy(&concurrent.stdout);
+    let lines: Vec<&str> = pair.lines().collect();
+    assert_eq!(lines.len(), 3, "{pair}");
+    assert!(
+        lines[0].contains(": sent Publish") && lines[1].contains(": sent Publish"),
+        "{pair}"
+    );
+    assert!(lines[2].ends_with("concurrent"), "{pair}");
+
     // A second run into the same folder is refused, leaving the first intact.
     let before = read(&run.join("server.log"));
     let again = demo(&["--out", run.to_str().unwrap()], &root);
