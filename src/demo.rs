@@ -25,6 +25,15 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+/// Writes a line for the person running the demo. A reader that went away
+/// (`| head`) is no reason to stop: the run and its logs matter more.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The fewest clients that show a broadcast to "all participants" and the
 /// assignment's "at least 3 client nodes".
 pub const MIN_CLIENTS: usize = 3;
@@ -152,7 +161,7 @@ pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
     }
     let dir = run_folder(options.out.as_deref())?;
     let plan = Plan::new(options.clients, options.seed);
-    println!(
+    say!(
         "Chitty-Chat demo: {} clients, seed {}, run folder {}",
         options.clients + 1,
         options.seed,
@@ -177,40 +186,40 @@ pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
     result?;
     stopped?;
 
-    println!("\nThe conversation as each participant saw it:");
+    say!("\nThe conversation as each participant saw it:");
     let mut everyone: Vec<&Participant> = stage.gone.iter().chain(&stage.present).collect();
     everyone.sort_by_key(|p| p.joined);
     for participant in everyone {
-        println!("\n  {} ({}):", participant.name, participant.ending);
+        say!("\n  {} ({}):", participant.name, participant.ending);
         for line in participant
             .lines
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
         {
-            println!("    {line}");
+            say!("    {line}");
         }
     }
 
     let run = trace::parse::Run::read(std::slice::from_ref(&dir))?;
     let report = trace::check::check(&run);
-    println!(
+    say!(
         "\nChecking the logs (chittychat-trace check {}):",
         dir.display()
     );
     for line in report.to_string().lines() {
-        println!("  {line}");
+        say!("  {line}");
     }
     let written = trace::write_diagrams(&run, &dir).map_err(|source| DemoError::Io {
         what: format!("cannot write the diagrams into {}", dir.display()),
         source,
     })?;
-    println!("\nLogs (one JSON object per line): {}/*.log", dir.display());
-    println!("Diagrams and exports:");
+    say!("\nLogs (one JSON object per line): {}/*.log", dir.display());
+    say!("Diagrams and exports:");
     for path in written {
-        println!("  {}", path.display());
+        say!("  {}", path.display());
     }
-    println!(
+    say!(
         "Open the SVG in a browser; paste run.shiviz into https://bestchai.bitbucket.io/shiviz/ to explore concurrency."
     );
     Ok(DemoOutcome {
@@ -391,7 +400,7 @@ impl Stage {
 
     fn announce(&mut self, what: &str) {
         self.step += 1;
-        println!("{:>3}. {what}", self.step);
+        say!("{:>3}. {what}", self.step);
     }
 
     async fn join(&mut self, name: &str, url: &str) -> Result<(), DemoError> {
