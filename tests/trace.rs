@@ -24,7 +24,7 @@ fn read_run(name: &str) -> Run {
 
 #[test]
 fn good_runs_pass() {
-    for name in ["good", "demo"] {
+    for name in ["good", "demo", "rejoin"] {
         let report = check::check(&read_run(name));
         assert!(report.ok(), "{name}: {report}");
         assert!(report.messages > 0);
@@ -132,6 +132,21 @@ fn a_vanished_participant_may_lose_only_the_tail() {
     }
     let report = check::check(&Run::new(processes));
     assert!(report.ok(), "{report}");
+}
+
+#[test]
+fn a_name_that_leaves_and_joins_again_is_two_processes() {
+    let run = read_run("rejoin");
+    let report = check::check(&run);
+    assert!(report.ok(), "{report}");
+    let labels: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["server", "bob", "alice", "alice#2"]);
+    // Each is its own ShiViz host, counting its own events from 1.
+    let messages = causality::messages(&run);
+    let clocks = causality::vector_clocks(&run, &messages);
+    let events = assert_shiviz_well_formed(&shiviz::shiviz(&run, &messages, &clocks));
+    assert!(events.iter().any(|(host, _)| host == "alice#2"));
+    assert_svg_well_formed(&svg::svg(&run, &messages));
 }
 
 #[test]

@@ -134,7 +134,7 @@ fn main() -> ExitCode {
                     let _ = writeln!(
                         out,
                         "{} at Lamport {}: {}  {}",
-                        run.processes[id.process].name,
+                        run.processes[id.process].label,
                         event.lamport,
                         event.describe(),
                         format_clock(&run, &clocks[&id])

@@ -37,8 +37,9 @@ pub struct Message {
 pub struct Index {
     /// The server's broadcasts by sequence number.
     pub broadcasts: HashMap<u64, EventId>,
-    /// The clients' requests by (participant, rpc, Lamport time).
-    pub requests: HashMap<(String, String, u64), EventId>,
+    /// The clients' requests by (participant, rpc, Lamport time); more than one
+    /// when a name left and joined again as a new process.
+    pub requests: HashMap<(String, String, u64), Vec<EventId>>,
     /// The client processes by name.
     pub clients: HashMap<String, usize>,
 }
@@ -68,7 +69,8 @@ impl Index {
                     index
                         .requests
                         .entry((process.name.clone(), rpc.clone(), event.lamport))
-                        .or_insert(id);
+                        .or_default()
+                        .push(id);
                 }
                 _ => {}
             }
@@ -83,11 +85,27 @@ impl Index {
                 cause,
                 participant,
                 client_lamport: Some(t),
+                seq,
                 ..
-            } => self
-                .requests
-                .get(&(participant.clone(), cause.clone(), *t))
-                .map(|&from| (MessageKind::Request, from)),
+            } => {
+                let candidates = self
+                    .requests
+                    .get(&(participant.clone(), cause.clone(), *t))?;
+                // Two processes of one name (a rejoin) may have sent the same
+                // request at the same time: the sender is the one that got this
+                // broadcast back, on its feed or as its reply.
+                let from = candidates
+                    .iter()
+                    .copied()
+                    .find(|c| {
+                        run.processes[c.process].events.iter().any(|e| {
+                            matches!(&e.action,
+                                Action::Received { seq: s, .. } | Action::Reply { seq: s, .. } if s == seq)
+                        })
+                    })
+                    .or_else(|| candidates.first().copied())?;
+                Some((MessageKind::Request, from))
+            }
             Action::Received { seq, .. } => self
                 .broadcasts
                 .get(seq)
@@ -230,7 +248,7 @@ pub fn format_clock(run: &Run, clock: &VectorClock) -> String {
         .iter()
         .enumerate()
         .filter(|(_, n)| **n > 0)
-        .map(|(p, n)| format!("{}: {n}", run.processes[p].name))
+        .map(|(p, n)| format!("{}: {n}", run.processes[p].label))
         .collect();
     format!("{{{}}}", parts.join(", "))
 }

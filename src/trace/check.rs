@@ -143,8 +143,14 @@ impl Checker<'_> {
         )
     }
 
+    /// The participant's name of the process of `id`, for matching.
     fn name(&self, id: EventId) -> &str {
         &self.run.processes[id.process].name
+    }
+
+    /// The process of `id` as shown to people.
+    fn label(&self, id: EventId) -> &str {
+        &self.run.processes[id.process].label
     }
 
     /// The server's broadcasts in sequence order.
@@ -173,7 +179,7 @@ impl Checker<'_> {
                 if let Some(&first) = by_time.get(&lamport) {
                     let message = format!(
                         "{} has two events at Lamport time {lamport}: {} and {}",
-                        process.name,
+                        process.label,
                         self.at(first),
                         self.at(id)
                     );
@@ -206,7 +212,7 @@ impl Checker<'_> {
                     if self.run.event(b).lamport <= self.run.event(a).lamport {
                         let message = format!(
                             "{}'s Lamport time does not rise {task}: {} is followed by {}",
-                            process.name,
+                            process.label,
                             self.at(a),
                             self.at(b)
                         );
@@ -263,9 +269,9 @@ impl Checker<'_> {
             if received <= sent {
                 let message = format!(
                     "{} sent at Lamport time {sent}: {}; {} received it at {received}: {}; a receive must be later than its send",
-                    self.name(from),
+                    self.label(from),
                     self.at(from),
-                    self.name(to),
+                    self.label(to),
                     self.at(to)
                 );
                 self.violation(Rule::ClockCondition, message);
@@ -335,15 +341,14 @@ impl Checker<'_> {
                 continue;
             }
             let name = process.name.clone();
-            // Its join: the server's broadcast of its Join request.
-            let join_sent = process.events.iter().find_map(|e| match &e.action {
-                Action::Sent { rpc, .. } if rpc == "Join" => Some(e.lamport),
-                _ => None,
-            });
+            let who = process.label.clone();
+            // Its join: the server's broadcast of this process's Join request.
             let Some(&(join_seq, _)) = broadcasts.iter().find(|(_, id)| {
-                matches!(&self.run.event(*id).action,
-                    Action::Broadcast { cause, participant, client_lamport, .. }
-                        if cause == "Join" && *participant == name && *client_lamport == join_sent)
+                matches!(&self.run.event(*id).action, Action::Broadcast { cause, .. } if cause == "Join")
+                    && self
+                        .index
+                        .send_of(self.run, *id)
+                        .is_some_and(|(_, from)| from.process == p)
             }) else {
                 // Refused or never reached the server: nothing to deliver.
                 continue;
@@ -378,7 +383,7 @@ impl Checker<'_> {
             for &(seq, id) in &received {
                 if let Some(&first) = seen.get(&seq) {
                     let message = format!(
-                        "{name} received #{seq} twice: {} and {}",
+                        "{who} received #{seq} twice: {} and {}",
                         self.run.location(first),
                         self.run.location(id)
                     );
@@ -389,7 +394,7 @@ impl Checker<'_> {
                 // A broadcast the server never made is the unmatched-receive rule's.
                 if self.index.broadcasts.contains_key(&seq) && !present(seq) {
                     let message = format!(
-                        "{name} received #{seq} ({}), but it was broadcast while {name} was not present ({stay})",
+                        "{who} received #{seq} ({}), but it was broadcast while {who} was not present ({stay})",
                         self.run.location(id)
                     );
                     self.violation(Rule::Delivery, message);
@@ -398,7 +403,7 @@ impl Checker<'_> {
                     && seq < prev
                 {
                     let message = format!(
-                        "{name} received #{seq} ({}) after #{prev} ({}); broadcasts must arrive in sequence order, the same for everyone",
+                        "{who} received #{seq} ({}) after #{prev} ({}); broadcasts must arrive in sequence order, the same for everyone",
                         self.run.location(id),
                         self.run.location(prev_id)
                     );
@@ -416,7 +421,7 @@ impl Checker<'_> {
                     continue;
                 }
                 let message = format!(
-                    "{name} never received #{seq}, {}, though it was present ({stay})",
+                    "{who} never received #{seq}, {}, though it was present ({stay})",
                     self.at(from)
                 );
                 self.violation(Rule::Delivery, message);

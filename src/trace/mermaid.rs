@@ -13,7 +13,7 @@ const TEXT_CHARS: usize = 24;
 pub fn mermaid(run: &Run, messages: &[Message]) -> String {
     let mut out = String::from("sequenceDiagram\n");
     for (p, process) in run.processes.iter().enumerate() {
-        let _ = writeln!(out, "    participant P{p} as {}", escape(&process.name));
+        let _ = writeln!(out, "    participant P{p} as {}", escape(&process.label));
     }
     // Broadcasts nobody asked for (a participant vanished) get a note, so the leave
     // notices that follow have a visible cause.

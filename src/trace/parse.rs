@@ -58,6 +58,9 @@ pub enum Role {
 pub struct Process {
     /// `server`, or the participant's name.
     pub name: String,
+    /// The name shown for it: its name, with `#2`, `#3`, ... for later processes
+    /// of the same name (a participant that left and joined again).
+    pub label: String,
     /// Server or client.
     pub role: Role,
     /// The log file it came from.
@@ -227,6 +230,16 @@ impl Run {
         // The server first, then clients by the sequence number of their own join
         // notice, then by name: the order in which they joined.
         processes.sort_by_key(|p| (p.role == Role::Client, own_join_seq(p), p.name.clone()));
+        let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for process in &mut processes {
+            let count = seen.entry(process.name.clone()).or_default();
+            *count += 1;
+            // Names cannot contain '#', so a label never collides with a name.
+            process.label = match *count {
+                1 => process.name.clone(),
+                n => format!("{}#{n}", process.name),
+            };
+        }
         Run { processes }
     }
 
@@ -377,6 +390,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
         (Role::Client, name.unwrap_or(stem))
     };
     Ok(Some(Process {
+        label: name.clone(),
         name,
         role,
         file: path.to_owned(),

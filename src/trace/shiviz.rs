@@ -25,7 +25,7 @@ pub fn host_name(name: &str) -> String {
 
 /// The ShiViz log of `run`.
 pub fn shiviz(run: &Run, messages: &[Message], clocks: &HashMap<EventId, VectorClock>) -> String {
-    let hosts: Vec<String> = run.processes.iter().map(|p| host_name(&p.name)).collect();
+    let hosts: Vec<String> = run.processes.iter().map(|p| host_name(&p.label)).collect();
     let peers: HashMap<EventId, EventId> = messages.iter().map(|m| (m.to, m.from)).collect();
     let mut out = format!("{SHIVIZ_REGEX}\n\n");
     for id in causality::linear_order(run) {

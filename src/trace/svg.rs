@@ -84,7 +84,7 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="12" font-weight="bold">{}</text>"#,
             x(p),
             TOP - 28.0,
-            escape(&shorten(&process.name, 20))
+            escape(&shorten(&process.label, 20))
         );
         let _ = writeln!(
             out,
@@ -130,7 +130,7 @@ pub fn svg(run: &Run, messages: &[Message]) -> String {
                 r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{DOT}" fill="{fill}"><title>{}</title></circle>"#,
                 escape(&format!(
                     "{} at Lamport {}: {}",
-                    process.name,
+                    process.label,
                     event.lamport,
                     event.describe()
                 ))

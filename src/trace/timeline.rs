@@ -11,7 +11,7 @@ pub fn timeline(run: &Run, clocks: Option<&HashMap<EventId, VectorClock>>) -> St
     let width = run
         .processes
         .iter()
-        .map(|p| p.name.chars().count())
+        .map(|p| p.label.chars().count())
         .max()
         .unwrap_or(0)
         .max("process".len());
@@ -23,7 +23,7 @@ pub fn timeline(run: &Run, clocks: Option<&HashMap<EventId, VectorClock>>) -> St
     out.push('\n');
     for id in causality::linear_order(run) {
         let event = run.event(id);
-        let name = &run.processes[id.process].name;
+        let name = &run.processes[id.process].label;
         let _ = write!(
             out,
             "{:>7}  {name:<width$}  {}  ({})",
