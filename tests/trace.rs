@@ -32,6 +32,14 @@ fn good_runs_pass() {
 }
 
 #[test]
+fn the_reports_run_passes() {
+    // The report shows this run's check; it must hold for the current checker.
+    let run = Run::read(&[Path::new(env!("CARGO_MANIFEST_DIR")).join("report/run")]).unwrap();
+    let report = check::check(&run);
+    assert!(report.ok(), "{report}");
+}
+
+#[test]
 fn each_broken_run_is_caught_and_explained() {
     // (fixture, the rule it breaks, words the explanation must contain)
     let cases: [(&str, Rule, &[&str]); 8] = [
