@@ -229,6 +229,19 @@ fn the_svg_escapes_text() {
 }
 
 #[test]
+fn a_focused_run_keeps_one_participants_story() {
+    let run = causality::focus(&read_run("demo"), &["alice".to_owned()]);
+    let labels: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["server", "alice"]);
+    // alice was present from broadcast #1 to #11: each reached her or came from her.
+    assert_eq!(run.processes[0].events.len(), 11);
+    let messages = causality::messages(&run);
+    assert!(messages.iter().all(|m| m.from.process + m.to.process == 1));
+    assert_svg_well_formed(&svg::svg(&run, &messages));
+    assert_mermaid_well_formed(&mermaid::mermaid(&run, &messages));
+}
+
+#[test]
 fn the_mermaid_diagram_is_well_formed_with_an_arrow_per_message() {
     let run = read_run("demo");
     let messages = causality::messages(&run);

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 /// Exit status when the logs break a rule.
 const EXIT_VIOLATIONS: u8 = 1;
+/// Exit status for a request that does not fit the run (clap uses it too).
+const EXIT_USAGE: u8 = 2;
 /// Exit status when the logs cannot be read or an output cannot be written.
 const EXIT_IO: u8 = 3;
 
@@ -44,6 +46,10 @@ enum Command {
         /// Where to write the Mermaid source [default: diagram.mmd next to the SVG].
         #[arg(long)]
         mermaid: Option<PathBuf>,
+        /// Draw only the server and this participant (repeat for more): one
+        /// participant's story.
+        #[arg(long, value_name = "NAME")]
+        only: Vec<String>,
     },
     /// Print the run in ShiViz's input format, with vector clocks.
     Shiviz {
@@ -85,7 +91,8 @@ fn main() -> ExitCode {
         Ok(run) => run,
         Err(err) => return fail(EXIT_IO, &err),
     };
-    let messages = causality::messages(&run);
+    let mut run = run;
+    let mut messages = causality::messages(&run);
     let mut out = String::new();
     let mut status = ExitCode::SUCCESS;
     match args.command {
@@ -96,7 +103,32 @@ fn main() -> ExitCode {
                 status = ExitCode::from(EXIT_VIOLATIONS);
             }
         }
-        Command::Diagram { svg, mermaid, .. } => {
+        Command::Diagram {
+            svg, mermaid, only, ..
+        } => {
+            if !only.is_empty() {
+                let unknown: Vec<&String> = only
+                    .iter()
+                    .filter(|name| !run.processes.iter().any(|p| &p.label == *name))
+                    .collect();
+                if !unknown.is_empty() {
+                    let known: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
+                    return fail(
+                        EXIT_USAGE,
+                        &format!(
+                            "no process named {} in this run; it has {}",
+                            unknown
+                                .iter()
+                                .map(|n| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            known.join(", ")
+                        ),
+                    );
+                }
+                run = causality::focus(&run, &only);
+                messages = causality::messages(&run);
+            }
             let folder = logs
                 .first()
                 .filter(|p| p.is_dir())

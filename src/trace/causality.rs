@@ -252,3 +252,41 @@ pub fn format_clock(run: &Run, clock: &VectorClock) -> String {
         .collect();
     format!("{{{}}}", parts.join(", "))
 }
+
+/// The part of `run` that involves the processes labelled `labels`: the server,
+/// those processes, and only the server's events that exchange a message with
+/// them. For drawing one participant's story; a checker would find the rest
+/// missing.
+pub fn focus(run: &Run, labels: &[String]) -> Run {
+    let keep: Vec<usize> = run
+        .processes
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.role == Role::Server || labels.contains(&p.label))
+        .map(|(i, _)| i)
+        .collect();
+    let mut server_events = std::collections::HashSet::new();
+    for m in messages(run) {
+        let (from, to) = (m.from.process, m.to.process);
+        if run.processes[from].role == Role::Server && keep.contains(&to) {
+            server_events.insert(m.from);
+        }
+        if run.processes[to].role == Role::Server && keep.contains(&from) {
+            server_events.insert(m.to);
+        }
+    }
+    let processes = keep
+        .into_iter()
+        .map(|p| {
+            let mut process = run.processes[p].clone();
+            if process.role == Role::Server {
+                process.events = (0..process.events.len())
+                    .filter(|&index| server_events.contains(&EventId { process: p, index }))
+                    .map(|index| process.events[index].clone())
+                    .collect();
+            }
+            process
+        })
+        .collect();
+    Run { processes }
+}
