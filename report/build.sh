@@ -35,6 +35,7 @@ grep -E '^ *[0-9]+\. ' "$run/demo.txt" >"$run/steps.txt"
 first=$(sed -n 's/^ *1\. \(.*\) joins$/\1/p' "$run/steps.txt")
 awk -v who="$first" 'NR == 1 || $2 == who || ($2 == "server" && ($5 == who || $5 == who ":"))' \
     "$work/timeline.txt" >"$run/story.txt"
+"$bin/chittychat-trace" diagram "$run" --only "$first" --svg "$run/story.svg" >/dev/null
 {
     for log in "$run"/server.log $(ls "$run"/*.log | grep -v '/server.log$'); do
         printf '\n**%s**\n\n~~~ {.log}\n' "$(basename "$log")"
