@@ -42,7 +42,7 @@ fn the_reports_run_passes() {
 #[test]
 fn each_broken_run_is_caught_and_explained() {
     // (fixture, the rule it breaks, words the explanation must contain)
-    let cases: [(&str, Rule, &[&str]); 8] = [
+    let cases: [(&str, Rule, &[&str]); 9] = [
         (
             "broken-clock-condition",
             Rule::ClockCondition,
@@ -90,6 +90,11 @@ fn each_broken_run_is_caught_and_explained() {
             "broken-unmatched-receive",
             Rule::UnmatchedReceive,
             &["bob.log:8", "no broadcast #7"],
+        ),
+        (
+            "broken-duplicate-seq",
+            Rule::ProcessOrder,
+            &["two broadcasts #2", "server.log:3", "server.log:4"],
         ),
         (
             "broken-vanished-gap",

@@ -196,6 +196,23 @@ impl Checker<'_> {
                         Action::Broadcast { seq, .. } => *seq,
                         _ => 0,
                     });
+                    // Each sequence number names one broadcast.
+                    for pair in chain.windows(2) {
+                        let seq = |id: EventId| match &self.run.event(id).action {
+                            Action::Broadcast { seq, .. } => Some(*seq),
+                            _ => None,
+                        };
+                        if let (Some(a), Some(b)) = (seq(pair[0]), seq(pair[1]))
+                            && a == b
+                        {
+                            let message = format!(
+                                "the server numbered two broadcasts #{a}: {} and {}",
+                                self.at(pair[0]),
+                                self.at(pair[1])
+                            );
+                            self.violation(Rule::ProcessOrder, message);
+                        }
+                    }
                     vec![("in sequence order", chain)]
                 }
                 Role::Client => {
