@@ -14,8 +14,11 @@ use crate::error::ChatError;
 use crate::event::{Event, EventKind, joined_sentence, left_sentence};
 use crate::lamport::{LamportClock, LamportTime};
 use crate::validate::{validate_message, validate_name};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
@@ -28,6 +31,23 @@ use tokio::sync::mpsc;
 /// 100 KiB; a reader that keeps up never has more than a handful queued.
 pub const DEFAULT_QUEUE_DEPTH: u32 = 1024;
 
+/// How many participants may be present at once.
+///
+/// Each one costs at most a full queue ([`DEFAULT_QUEUE_DEPTH`] events, about
+/// 100 KiB) and one HTTP/2 connection, so this caps a crowded server near 100 MiB.
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 1000;
+
+/// How many messages a second one participant may publish, sustained.
+///
+/// Far above what a person types, low enough that one script cannot flood everyone
+/// else's queues: at this rate a participant needs a hundred seconds to fill a
+/// stalled reader's queue on its own.
+pub const DEFAULT_PUBLISH_RATE: u32 = 10;
+
+/// How many messages one participant may publish at once after a quiet spell (the
+/// token bucket's size), so pasting a few lines is never refused.
+pub const DEFAULT_PUBLISH_BURST: u32 = 20;
+
 /// How many random bytes a session token's secret has (128 bits).
 const SECRET_BYTES: usize = 16;
 
@@ -36,13 +56,56 @@ const SECRET_BYTES: usize = 16;
 pub struct HubConfig {
     /// The per-participant queue bound; at least 1.
     pub queue_depth: usize,
+    /// How many participants may be present at once; at least 1.
+    pub max_participants: usize,
+    /// Each participant's publish rate limit; `None` for no limit.
+    pub publish_rate: Option<PublishRate>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
             queue_depth: DEFAULT_QUEUE_DEPTH as usize,
+            max_participants: DEFAULT_MAX_PARTICIPANTS as usize,
+            publish_rate: Some(PublishRate::default()),
         }
+    }
+}
+
+/// A per-participant publish rate limit: a token bucket that holds `burst` messages
+/// and refills at `per_second` messages a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRate {
+    /// The sustained rate, in messages a second.
+    pub per_second: NonZeroU32,
+    /// The bucket's size: how many messages may go at once after a quiet spell.
+    pub burst: NonZeroU32,
+}
+
+impl Default for PublishRate {
+    fn default() -> Self {
+        Self {
+            per_second: NonZeroU32::new(DEFAULT_PUBLISH_RATE).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(DEFAULT_PUBLISH_BURST).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+impl PublishRate {
+    fn limiter(self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(Quota::per_second(self.per_second).allow_burst(self.burst))
+    }
+
+    /// Takes a token from `limiter`, or says when to retry.
+    fn check(self, limiter: &DefaultDirectRateLimiter) -> Result<(), ChatError> {
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            ChatError::RateLimited {
+                per_second: self.per_second.get(),
+                burst: self.burst.get(),
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            }
+        })
     }
 }
 
@@ -132,6 +195,8 @@ struct Session {
     secret: [u8; SECRET_BYTES],
     queue: mpsc::Sender<Arc<Event>>,
     closed: Arc<OnceLock<ChatError>>,
+    /// The publish rate limit's bucket; `None` when publishing is not limited.
+    limiter: Option<DefaultDirectRateLimiter>,
 }
 
 /// A broadcast made under the lock, logged after it is released.
@@ -146,6 +211,7 @@ impl Hub {
     /// An empty chat room.
     pub fn new(mut config: HubConfig) -> Self {
         config.queue_depth = config.queue_depth.max(1);
+        config.max_participants = config.max_participants.max(1);
         Self {
             config,
             clock: LamportClock::new(),
@@ -196,6 +262,11 @@ impl Hub {
                     name: name.to_string(),
                 });
             }
+            if state.sessions.len() >= self.config.max_participants {
+                return Err(ChatError::ServerFull {
+                    max: self.config.max_participants,
+                });
+            }
             state.next_session += 1;
             let id = state.next_session;
             state.names.insert(Arc::clone(&name), id);
@@ -206,6 +277,7 @@ impl Hub {
                     secret,
                     queue,
                     closed: Arc::clone(&closed),
+                    limiter: self.config.publish_rate.map(PublishRate::limiter),
                 },
             );
             let lamport = self.clock.observe(client_lamport);
@@ -242,7 +314,11 @@ impl Hub {
         let stamp = {
             let mut state = self.lock();
             let id = authenticate(&state, token)?;
-            let name = Arc::clone(&state.sessions[&id].name);
+            let session = &state.sessions[&id];
+            if let (Some(rate), Some(limiter)) = (self.config.publish_rate, &session.limiter) {
+                rate.check(limiter)?;
+            }
+            let name = Arc::clone(&session.name);
             let lamport = self.clock.observe(client_lamport);
             let event = self.broadcast(&mut state, EventKind::Chat, name, text, lamport);
             logged.push(Logged::new(event, "Publish", Some(client_lamport), &state));
@@ -510,7 +586,11 @@ mod tests {
     use tokio_stream::StreamExt;
 
     fn hub(queue_depth: usize) -> Arc<Hub> {
-        Arc::new(Hub::new(HubConfig { queue_depth }))
+        Arc::new(Hub::new(HubConfig {
+            queue_depth,
+            publish_rate: None,
+            ..HubConfig::default()
+        }))
     }
 
     async fn next(feed: &mut Feed) -> Arc<Event> {
@@ -679,6 +759,52 @@ mod tests {
             hub.join(b"no spaces", 0).unwrap_err(),
             ChatError::InvalidName { .. }
         ));
+    }
+
+    #[test]
+    fn a_full_server_refuses_joins_until_someone_leaves() {
+        let hub = Arc::new(Hub::new(HubConfig {
+            max_participants: 2,
+            ..HubConfig::default()
+        }));
+        let alice = hub.join(b"alice", 0).unwrap();
+        let _bob = hub.join(b"bob", 0).unwrap();
+        assert_eq!(
+            hub.join(b"carol", 0).unwrap_err(),
+            ChatError::ServerFull { max: 2 }
+        );
+        hub.leave(alice.token.expose(), 0).unwrap();
+        hub.join(b"carol", 0).unwrap();
+    }
+
+    #[test]
+    fn publishing_beyond_the_burst_is_refused_with_a_retry_time() {
+        let rate = PublishRate {
+            per_second: NonZeroU32::new(2).unwrap(),
+            burst: NonZeroU32::new(3).unwrap(),
+        };
+        let hub = Arc::new(Hub::new(HubConfig {
+            publish_rate: Some(rate),
+            ..HubConfig::default()
+        }));
+        let flooder = hub.join(b"flooder", 0).unwrap();
+        let other = hub.join(b"other", 0).unwrap();
+        let flooder = flooder.token.expose();
+        for _ in 0..3 {
+            hub.publish(flooder, b"spam", 0).unwrap();
+        }
+        let before = hub.lamport_now();
+        match hub.publish(flooder, b"spam", 0).unwrap_err() {
+            ChatError::RateLimited {
+                per_second: 2,
+                burst: 3,
+                retry_after_ms,
+            } => assert!((1..=500).contains(&retry_after_ms), "{retry_after_ms}"),
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+        // A refused publish broadcasts nothing, and the others keep their own bucket.
+        assert_eq!(hub.lamport_now(), before);
+        hub.publish(other.token.expose(), b"hello", 0).unwrap();
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`hub`]: the chat room: participants, the server's clock, sequence numbers and
 //!   the broadcast into bounded per-participant queues.
 //! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`transport`]: connection settings shared by server and client: keepalive,
+//!   the request size limit, TLS files and the join secret.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
 //! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
 //! - [`display`]: how events look on a person's terminal.
@@ -29,4 +31,5 @@ pub mod logging;
 pub mod pb;
 pub mod server;
 pub mod trace;
+pub mod transport;
 pub mod validate;

@@ -152,7 +152,7 @@ mod tests {
     fn name_error_says_what_is_allowed_and_escapes_the_input() {
         let err = validate_name(b"bad\x1bname").unwrap_err().to_string();
         assert!(err.contains("1 to 32"), "{err}");
-        assert!(err.contains("letters"), "{err}");
+        assert!(err.contains("ASCII letter"), "{err}");
         assert!(
             !err.contains('\x1b'),
             "the raw escape must not be echoed: {err}"
