@@ -24,7 +24,7 @@ fn read_run(name: &str) -> Run {
 
 #[test]
 fn good_runs_pass() {
-    for name in ["good", "demo", "rejoin"] {
+    for name in ["good", "demo", "rejoin", "reconnect"] {
         let report = check::check(&read_run(name));
         assert!(report.ok(), "{name}: {report}");
         assert!(report.messages > 0);
@@ -42,7 +42,7 @@ fn the_reports_run_passes() {
 #[test]
 fn each_broken_run_is_caught_and_explained() {
     // (fixture, the rule it breaks, words the explanation must contain)
-    let cases: [(&str, Rule, &[&str]); 9] = [
+    let cases: [(&str, Rule, &[&str]); 10] = [
         (
             "broken-clock-condition",
             Rule::ClockCondition,
@@ -95,6 +95,11 @@ fn each_broken_run_is_caught_and_explained() {
             "broken-duplicate-seq",
             Rule::ProcessOrder,
             &["two broadcasts #2", "server.log:3", "server.log:4"],
+        ),
+        (
+            "broken-reconnect-gap",
+            Rule::Delivery,
+            &["bob never received #7", "joined at #5, left at #8"],
         ),
         (
             "broken-vanished-gap",

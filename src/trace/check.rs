@@ -120,6 +120,27 @@ pub fn check(run: &Run) -> Report {
     }
 }
 
+/// One stay of a participant: from its join's broadcast to its leave's.
+struct Session {
+    join: u64,
+    leave: Option<u64>,
+    /// It left without asking (killed, disconnected, too slow) or never left.
+    vanished: bool,
+}
+
+impl Session {
+    fn contains(&self, seq: u64) -> bool {
+        seq >= self.join && self.leave.is_none_or(|leave| seq < leave)
+    }
+
+    fn describe(&self) -> String {
+        match self.leave {
+            Some(leave) => format!("joined at #{}, left at #{leave}", self.join),
+            None => format!("joined at #{}, never left", self.join),
+        }
+    }
+}
+
 struct Checker<'a> {
     run: &'a Run,
     index: Index,
@@ -359,35 +380,45 @@ impl Checker<'_> {
             }
             let name = process.name.clone();
             let who = process.label.clone();
-            // Its join: the server's broadcast of this process's Join request.
-            let Some(&(join_seq, _)) = broadcasts.iter().find(|(_, id)| {
-                matches!(&self.run.event(*id).action, Action::Broadcast { cause, .. } if cause == "Join")
-                    && self
-                        .index
-                        .send_of(self.run, *id)
-                        .is_some_and(|(_, from)| from.process == p)
-            }) else {
-                // Refused or never reached the server: nothing to deliver.
+            // Each Join the server accepted opens a session (a client that
+            // reconnects joins again, keeping its clock): the session lasts from
+            // the join's broadcast to the first leave of this name after it.
+            let mut sessions: Vec<Session> = Vec::new();
+            for (join_seq, id) in &broadcasts {
+                let is_join = matches!(&self.run.event(*id).action,
+                    Action::Broadcast { cause, .. } if cause == "Join");
+                let ours = self
+                    .index
+                    .send_of(self.run, *id)
+                    .is_some_and(|(_, from)| from.process == p);
+                if !(is_join && ours) {
+                    continue;
+                }
+                let leave = broadcasts.iter().find(|(seq, id)| {
+                    *seq > *join_seq
+                        && matches!(&self.run.event(*id).action,
+                            Action::Broadcast { kind, participant, .. } if kind == "left" && *participant == name)
+                });
+                sessions.push(match leave {
+                    Some((seq, id)) => Session {
+                        join: *join_seq,
+                        leave: Some(*seq),
+                        vanished: !matches!(&self.run.event(*id).action,
+                            Action::Broadcast { cause, .. } if cause == "Leave"),
+                    },
+                    // Still present when the logs end: whatever was in flight may
+                    // be lost.
+                    None => Session {
+                        join: *join_seq,
+                        leave: None,
+                        vanished: true,
+                    },
+                });
+            }
+            if sessions.is_empty() {
+                // Refused, or never reached the server: nothing to deliver.
                 continue;
-            };
-            let leave = broadcasts.iter().find(|(seq, id)| {
-                *seq > join_seq
-                    && matches!(&self.run.event(*id).action,
-                        Action::Broadcast { kind, participant, .. } if kind == "left" && *participant == name)
-            });
-            let (leave_seq, vanished) = match leave {
-                Some((seq, id)) => match &self.run.event(*id).action {
-                    Action::Broadcast { cause, .. } => (Some(*seq), cause != "Leave"),
-                    _ => (Some(*seq), false),
-                },
-                // Still present when the logs end: whatever was in flight may be lost.
-                None => (None, true),
-            };
-            let present = |seq: u64| seq >= join_seq && leave_seq.is_none_or(|l| seq < l);
-            let stay = match leave_seq {
-                Some(l) => format!("joined at #{join_seq}, left at #{l}"),
-                None => format!("joined at #{join_seq}, never left"),
-            };
+            }
             let received: Vec<(u64, EventId)> = (0..process.events.len())
                 .map(|index| EventId { process: p, index })
                 .filter_map(|id| match &self.run.event(id).action {
@@ -409,10 +440,14 @@ impl Checker<'_> {
                 }
                 seen.insert(seq, id);
                 // A broadcast the server never made is the unmatched-receive rule's.
-                if self.index.broadcasts.contains_key(&seq) && !present(seq) {
+                if self.index.broadcasts.contains_key(&seq)
+                    && !sessions.iter().any(|s| s.contains(seq))
+                {
+                    let stays: Vec<String> = sessions.iter().map(Session::describe).collect();
                     let message = format!(
-                        "{who} received #{seq} ({}), but it was broadcast while {who} was not present ({stay})",
-                        self.run.location(id)
+                        "{who} received #{seq} ({}), but it was broadcast while {who} was not present ({})",
+                        self.run.location(id),
+                        stays.join("; ")
                     );
                     self.violation(Rule::Delivery, message);
                 }
@@ -428,20 +463,28 @@ impl Checker<'_> {
                 }
                 last = Some((seq, id));
             }
-            let last_received = received.iter().map(|(s, _)| *s).max().unwrap_or(0);
-            for &(seq, from) in &broadcasts {
-                if !present(seq) || seen.contains_key(&seq) {
-                    continue;
+            for session in &sessions {
+                let last_received = received
+                    .iter()
+                    .map(|(s, _)| *s)
+                    .filter(|s| session.contains(*s))
+                    .max()
+                    .unwrap_or(0);
+                for &(seq, from) in &broadcasts {
+                    if !session.contains(seq) || seen.contains_key(&seq) {
+                        continue;
+                    }
+                    // A vanished participant may lose the tail that was in flight.
+                    if session.vanished && seq > last_received {
+                        continue;
+                    }
+                    let message = format!(
+                        "{who} never received #{seq}, {}, though it was present ({})",
+                        self.at(from),
+                        session.describe()
+                    );
+                    self.violation(Rule::Delivery, message);
                 }
-                // A vanished participant may lose the tail that was in flight.
-                if vanished && seq > last_received {
-                    continue;
-                }
-                let message = format!(
-                    "{who} never received #{seq}, {}, though it was present ({stay})",
-                    self.at(from)
-                );
-                self.violation(Rule::Delivery, message);
             }
         }
     }
