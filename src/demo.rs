@@ -820,11 +820,9 @@ mod tests {
 
     #[test]
     fn a_non_empty_folder_is_refused() {
-        let dir = std::env::temp_dir().join(format!("chittychat-demo-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("server.log"), "").unwrap();
-        let err = run_folder(Some(&dir)).unwrap_err();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.log"), "").unwrap();
+        let err = run_folder(Some(dir.path())).unwrap_err();
         assert!(err.to_string().contains("is not empty"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

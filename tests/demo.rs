@@ -31,7 +31,8 @@ fn steps(stdout: &str) -> Vec<String> {
 
 #[test]
 fn the_demo_plays_every_requirement_and_its_run_checks_out() {
-    let root = fresh_dir("demo");
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path();
     let run = root.join("run");
     let out = demo(
         &[
@@ -42,7 +43,7 @@ fn the_demo_plays_every_requirement_and_its_run_checks_out() {
             "--clients",
             "4",
         ],
-        &root,
+        root,
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -116,20 +117,20 @@ fn the_demo_plays_every_requirement_and_its_run_checks_out() {
 
     // A second run into the same folder is refused, leaving the first intact.
     let before = read(&run.join("server.log"));
-    let again = demo(&["--out", run.to_str().unwrap()], &root);
+    let again = demo(&["--out", run.to_str().unwrap()], root);
     assert_eq!(again.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&again.stderr);
     assert!(stderr.contains("is not empty"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert_eq!(read(&run.join("server.log")), before);
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
 fn two_runs_get_two_folders_and_the_seed_fixes_the_script() {
-    let root = fresh_dir("demo-twice");
-    let first = demo(&["--seed", "11"], &root);
-    let second = demo(&["--seed", "11"], &root);
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path();
+    let first = demo(&["--seed", "11"], root);
+    let second = demo(&["--seed", "11"], root);
     for out in [&first, &second] {
         assert!(
             out.status.success(),
@@ -148,14 +149,13 @@ fn two_runs_get_two_folders_and_the_seed_fixes_the_script() {
     );
     assert!(!steps(&a).is_empty());
     assert_eq!(steps(&a), steps(&b));
-    std::fs::remove_dir_all(&root).unwrap();
 }
 
 #[test]
 fn too_few_clients_is_a_usage_error() {
-    let root = fresh_dir("demo-usage");
-    let out = demo(&["--clients", "2", "--out", "x"], &root);
+    let temp = tempfile::tempdir().unwrap();
+    let root = temp.path();
+    let out = demo(&["--clients", "2", "--out", "x"], root);
     assert_eq!(out.status.code(), Some(2));
     assert!(!root.join("x").exists());
-    std::fs::remove_dir_all(&root).unwrap();
 }

@@ -322,7 +322,8 @@ fn the_binary_exits_by_the_verdict() {
 
 #[test]
 fn the_binary_writes_diagrams_where_asked() {
-    let dir = fresh_dir("trace-diagram");
+    let temp = tempfile::tempdir().unwrap();
+    let dir = temp.path();
     let svg_path = dir.join("run.svg");
     let out = trace(&[
         "diagram",
@@ -337,5 +338,4 @@ fn the_binary_writes_diagrams_where_asked() {
     assert_shiviz_well_formed(&String::from_utf8_lossy(&shiviz.stdout));
     let concurrent = trace(&["concurrent", fixture("good").to_str().unwrap()]);
     assert!(String::from_utf8_lossy(&concurrent.stdout).contains("concurrent"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }

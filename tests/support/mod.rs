@@ -4,21 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-
-/// A fresh, empty folder under the system's temporary folder.
-pub fn fresh_dir(label: &str) -> PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "chittychat-{label}-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create a temporary folder");
-    dir
-}
+use std::path::Path;
 
 /// The SVG parses as XML; every arrow points down (from the earlier Lamport time
 /// to the later); no two labels on one row overlap. Returns the arrow count by class.
