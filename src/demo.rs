@@ -117,6 +117,9 @@ pub enum DemoError {
     /// A process ended unexpectedly or badly.
     #[error("{0}")]
     Process(String),
+    /// SIGINT or SIGTERM arrived; the processes were stopped.
+    #[error("interrupted by {0}; stopped the server and the clients")]
+    Interrupted(&'static str),
     /// The run's logs could not be read back.
     #[error("cannot read the run's logs: {0}")]
     Logs(#[from] trace::parse::ParseError),
@@ -180,7 +183,12 @@ pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
     };
     let mut server = start_server(&server_bin, &dir, &stage).await?;
     stage.server = server.child.id().map(|id| Pid::from_raw(id as i32));
-    let result = stage.play(&plan, &server.url).await;
+    // Interrupted, the demo still stops what it started: the server gracefully,
+    // the clients when `stage` drops.
+    let result = tokio::select! {
+        result = stage.play(&plan, &server.url) => result,
+        signal = interrupted() => Err(DemoError::Interrupted(signal)),
+    };
     // Stop the server on every path, so its log is complete.
     let stopped = server.stop(stage.timeout).await;
     result?;
@@ -759,6 +767,21 @@ async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, D
             });
         }
         tokio::time::sleep(LOG_POLL).await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let Ok(mut terminate) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        // Without a SIGTERM handler, wait for SIGINT alone.
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
     }
 }
 
