@@ -9,10 +9,12 @@
 //! - [`hub`]: the chat room: participants, the server's clock, sequence numbers and
 //!   the broadcast into bounded per-participant queues.
 //! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`health`]: the gRPC health service, server reflection and the health probe.
 //! - [`transport`]: connection settings shared by server and client: keepalive,
 //!   the request size limit, TLS files and the join secret.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
 //! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
+//! - [`script`]: scripted participants, for demos and the container test.
 //! - [`display`]: how events look on a person's terminal.
 //! - [`logging`]: text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
@@ -25,10 +27,12 @@ pub mod demo;
 pub mod display;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod hub;
 pub mod lamport;
 pub mod logging;
 pub mod pb;
+pub mod script;
 pub mod server;
 pub mod trace;
 pub mod transport;

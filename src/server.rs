@@ -6,6 +6,7 @@
 
 use crate::error::ChatError;
 use crate::event::{Event, EventKind};
+use crate::health;
 use crate::hub::{Feed, Hub, HubConfig};
 use crate::pb;
 use crate::pb::chitty_chat_server::{ChittyChat, ChittyChatServer};
@@ -67,9 +68,11 @@ impl Default for ServerConfig {
 
 /// Serves Chitty-Chat on `listener` until `shutdown` completes.
 ///
-/// On shutdown every participant's feed ends with `UNAVAILABLE` ("the Chitty-Chat
-/// server is shutting down"), so clients exit with a clear message; the server then
-/// waits up to [`SHUTDOWN_GRACE`] for connections to close.
+/// Beside the chat service it serves the gRPC health service and server reflection
+/// (see [`health`]). On shutdown health turns `NOT_SERVING` and every participant's
+/// feed ends with `UNAVAILABLE` ("the Chitty-Chat server is shutting down"), so
+/// clients exit with a clear message; the server then waits up to
+/// [`SHUTDOWN_GRACE`] for connections to close.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
@@ -78,6 +81,11 @@ pub async fn run(
     let hub = Arc::new(Hub::new(config.hub));
     let service = ChatService::new(Arc::clone(&hub)).with_join_secret(config.join_secret);
     let max_request_bytes = config.max_request_bytes;
+    let (health_reporter, health_service) = health::serving().await;
+    let (reflection_v1, reflection_v1alpha) = health::reflection()
+        .inspect_err(|err| tracing::error!(error = %err, "server reflection is off"))
+        .ok()
+        .unzip();
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive.interval))
         .http2_keepalive_timeout(Some(config.keepalive.timeout));
@@ -92,6 +100,7 @@ pub async fn run(
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        health::shutting_down(&health_reporter).await;
         let present = hub.shutdown();
         tracing::info!(present, "shutting down: told every participant");
         let _ = stopped_tx.send(());
@@ -99,6 +108,9 @@ pub async fn run(
     let serve = builder
         .layer(layer_fn(|inner| OversizeExplained { inner }))
         .add_service(ChittyChatServer::new(service).max_decoding_message_size(max_request_bytes))
+        .add_service(health_service)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
     tokio::select! {

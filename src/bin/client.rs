@@ -4,6 +4,7 @@
 use chittychat::client::{ConnectOptions, DEFAULT_SERVER_URL};
 use chittychat::client_app::{self, ClientOptions, DEFAULT_RECONNECT_TIMEOUT};
 use chittychat::logging::{self, LogFormat};
+use chittychat::script::{self, ScriptOptions};
 use chittychat::transport::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, JoinSecret, Keepalive, Seconds,
 };
@@ -55,6 +56,11 @@ struct Args {
     /// interactive prompt, to a file in the temporary directory.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Play a scripted part of a conversation from this file instead of reading
+    /// input (steps: say, meet, await, leave; see the documentation of
+    /// `chittychat::script`).
+    #[arg(long, env = "CHITTYCHAT_SCRIPT")]
+    script: Option<PathBuf>,
 }
 
 /// The help's closing words: the environment-only setting and the exit statuses.
@@ -104,6 +110,14 @@ async fn run(args: Args) -> ExitCode {
             return ExitCode::from(client_app::EXIT_SESSION_LOST);
         }
     };
+    if let Some(script) = args.script {
+        return script::run(ScriptOptions {
+            name: args.name,
+            server: args.server,
+            script,
+        })
+        .await;
+    }
     let (tls_ca, join_secret) = match (read_tls_ca(&args), read_join_secret(&args)) {
         (Ok(tls_ca), Ok(join_secret)) => (tls_ca, join_secret),
         (Err(err), _) | (_, Err(err)) => {

@@ -1,7 +1,9 @@
 //! `chittychat-server`: parses the command line, sets up logging, binds the listener
-//! and serves until SIGINT or SIGTERM.
+//! and serves until SIGINT or SIGTERM; or, with `--health-check`, probes a running
+//! server.
 
 use anyhow::Context;
+use chittychat::health::{self, Probed};
 use chittychat::hub::{
     DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE, DEFAULT_QUEUE_DEPTH,
     HubConfig, PublishRate,
@@ -15,6 +17,7 @@ use chittychat::transport::{
 use clap::Parser;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Chitty-Chat server: holds the participants and a Lamport clock, and
@@ -97,6 +100,12 @@ struct Args {
     /// Append logs to this file instead of stderr.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Do not serve: ask the server listening at --listen (over loopback when it
+    /// listens on all addresses) whether it is serving, through the gRPC health
+    /// service, print one line and exit: 0 serving, 1 not serving or unreachable.
+    /// Container health checks use this.
+    #[arg(long)]
+    health_check: bool,
 }
 
 /// The help's closing words.
@@ -108,8 +117,11 @@ Every refusal (a limit reached, a bad request, a missing join secret) is logged 
 warn level as \"refused\" with the participant's name.";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if args.health_check {
+        return Ok(health_check(&args.listen).await);
+    }
     let _log = logging::init(args.log_format, args.log_file.as_deref(), "info")
         .with_context(|| format!("cannot open the log file {:?}", args.log_file))?;
     let config = server_config(&args)?;
@@ -127,7 +139,27 @@ async fn main() -> anyhow::Result<()> {
     };
     server::run(listener, config, shutdown).await?;
     tracing::info!("Chitty-Chat server stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probes the server at `listen`; logs nothing, so a probe never writes into the
+/// server's log file.
+async fn health_check(listen: &str) -> ExitCode {
+    let url = health::probe_url(listen);
+    match health::probe(&url, "").await {
+        Ok(Probed::Serving) => {
+            println!("chittychat-server: the server at {url} is SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Probed::NotServing(status)) => {
+            eprintln!("chittychat-server: error: the server at {url} is {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("chittychat-server: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
