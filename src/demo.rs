@@ -44,6 +44,9 @@ pub const MAX_CLIENTS: usize = 12;
 /// How long one step may take by default before the demo gives up.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// How often the demo looks again whether the paused server has stopped.
+const STOP_POLL: Duration = Duration::from_millis(1);
+
 /// How often a log file is read again while waiting for a line in it.
 const LOG_POLL: Duration = Duration::from_millis(10);
 
@@ -470,10 +473,16 @@ impl Stage {
             self.find(name)?;
         }
         let pause = lines.len() > 1;
-        if pause {
+        let typed = if pause {
             self.signal_server(Signal::SIGSTOP);
-        }
-        let typed = self.type_lines(lines).await;
+            self.server_stopped().await
+        } else {
+            Ok(())
+        };
+        let typed = match typed {
+            Ok(()) => self.type_lines(lines).await,
+            err => err,
+        };
         let sent = match typed {
             Ok(()) if pause => {
                 let mut all = Ok(());
@@ -530,6 +539,39 @@ impl Stage {
             })
         });
         futures::future::try_join_all(writes).await.map(drop)
+    }
+
+    /// Waits until the server has stopped. SIGSTOP only starts a stop: until one
+    /// of its threads gets a CPU to carry it out, the others keep serving, so a
+    /// loaded machine could still let one message through.
+    async fn server_stopped(&self) -> Result<(), DemoError> {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let Some(pid) = self.server else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            // WUNTRACED reports the stop once every thread has stopped; WNOHANG
+            // keeps the call from blocking. Neither reaps the process.
+            match waitpid(pid, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Stopped(..)) => return Ok(()),
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(other) => {
+                    return Err(DemoError::Process(format!(
+                        "the server did not stop as asked: {other:?}"
+                    )));
+                }
+                Err(err) => {
+                    return Err(DemoError::Process(format!(
+                        "cannot tell whether the server stopped: {err}"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error("the server to pause"));
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
     }
 
     fn signal_server(&self, signal: Signal) {
