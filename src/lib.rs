@@ -18,9 +18,12 @@
 //! - [`display`]: how events look on a person's terminal.
 //! - [`logging`]: text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
+//! - [`trace`]: reads a run's JSON logs, checks them and draws space-time diagrams.
+//! - [`demo`]: the scripted demonstration run by `chittychat-demo`.
 
 pub mod client;
 pub mod client_app;
+pub mod demo;
 pub mod display;
 pub mod error;
 pub mod event;
@@ -31,5 +34,6 @@ pub mod logging;
 pub mod pb;
 pub mod script;
 pub mod server;
+pub mod trace;
 pub mod transport;
 pub mod validate;
