@@ -1,7 +1,7 @@
 //! Integration tests: a real server on 127.0.0.1:0, driven over the network by the
 //! library's client and by raw gRPC calls.
 
-mod common;
+mod fixture;
 
 use chittychat::client::{ClientError, Received, connect};
 use chittychat::event::EventKind;
@@ -9,7 +9,7 @@ use chittychat::hub::HubConfig;
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
 use chittychat::server::ServerConfig;
-use common::{join, next, start_server, within};
+use fixture::{DEADLINE, TestServer, join, next_event as next, within};
 use std::collections::{HashMap, HashSet};
 use tonic::Code;
 
@@ -32,14 +32,16 @@ fn unlimited() -> ServerConfig {
 
 #[tokio::test]
 async fn join_publish_leave() {
-    let server = start_server(ServerConfig::default()).await;
-    let (alice, mut alice_events) = join(&server.url, "alice").await;
-    let (bob, mut bob_events) = join(&server.url, "bob").await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (alice, mut alice_events) = join(&server.url(), "alice").await;
+    let (bob, mut bob_events) = join(&server.url(), "bob").await;
     let bob_joined = next(&mut alice_events).await.event;
     assert_eq!(bob_joined.kind, EventKind::Joined);
     assert_eq!(&*bob_joined.participant, "bob");
 
-    let published = within(alice.publish("hello, bob")).await.unwrap();
+    let published = within(DEADLINE, "alice.publish", alice.publish("hello, bob"))
+        .await
+        .unwrap();
     for events in [&mut alice_events, &mut bob_events] {
         let received = next(events).await;
         assert_eq!(received.event.kind, EventKind::Chat);
@@ -49,7 +51,9 @@ async fn join_publish_leave() {
         assert_eq!(received.event.lamport, published.server_lamport);
     }
 
-    within(alice.leave()).await.unwrap();
+    within(DEADLINE, "alice.leave", alice.leave())
+        .await
+        .unwrap();
     let left = next(&mut bob_events).await.event;
     assert_eq!(left.kind, EventKind::Left);
     assert_eq!(
@@ -60,15 +64,20 @@ async fn join_publish_leave() {
         )
     );
     // The leaver's feed ends cleanly, without its own leave notice.
-    assert!(within(alice_events.next()).await.unwrap().is_none());
-    within(bob.leave()).await.unwrap();
+    assert!(
+        within(DEADLINE, "alice_events.next", alice_events.next())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    within(DEADLINE, "bob.leave", bob.leave()).await.unwrap();
     server.stop().await;
 }
 
 #[tokio::test]
 async fn the_newcomer_gets_its_own_join_notice_with_the_servers_time() {
-    let server = start_server(ServerConfig::default()).await;
-    let channel = connect(&server.url).await.unwrap();
+    let server = TestServer::start(ServerConfig::default()).await;
+    let channel = connect(&server.url()).await.unwrap();
     let (session, mut events) = chittychat::client::Session::join(channel, "carol")
         .await
         .unwrap();
@@ -87,18 +96,20 @@ async fn the_newcomer_gets_its_own_join_notice_with_the_servers_time() {
 
 #[tokio::test]
 async fn a_dropped_feed_is_announced_as_a_leave_once() {
-    let server = start_server(ServerConfig::default()).await;
-    let (alice, alice_events) = join(&server.url, "alice").await;
-    let (_bob, mut bob_events) = join(&server.url, "bob").await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (alice, alice_events) = join(&server.url(), "alice").await;
+    let (_bob, mut bob_events) = join(&server.url(), "bob").await;
     // alice's process vanishes: its stream and connection go away without Leave.
     drop(alice_events);
     let left = next(&mut bob_events).await.event;
     assert_eq!((left.kind, &*left.participant), (EventKind::Left, "alice"));
     // A Leave arriving afterwards changes nothing and announces nothing more.
-    let err = within(alice.leave()).await.unwrap_err();
+    let err = within(DEADLINE, "alice.leave", alice.leave())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::Unauthenticated));
     drop(alice);
-    let (carol, _carol_events) = join(&server.url, "carol").await;
+    let (carol, _carol_events) = join(&server.url(), "carol").await;
     let next_event = next(&mut bob_events).await.event;
     assert_eq!(
         (next_event.kind, &*next_event.participant),
@@ -111,9 +122,9 @@ async fn a_dropped_feed_is_announced_as_a_leave_once() {
 
 #[tokio::test]
 async fn a_taken_name_is_refused_with_already_exists() {
-    let server = start_server(ServerConfig::default()).await;
-    let (_alice, _events) = join(&server.url, "alice").await;
-    let channel = connect(&server.url).await.unwrap();
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (_alice, _events) = join(&server.url(), "alice").await;
+    let channel = connect(&server.url()).await.unwrap();
     let err = chittychat::client::Session::join(channel, "alice")
         .await
         .unwrap_err();
@@ -146,7 +157,9 @@ async fn assert_nothing_broadcast_since(
     events: &mut chittychat::client::Events,
     last_seq: u64,
 ) {
-    let marker = within(session.publish("marker")).await.unwrap();
+    let marker = within(DEADLINE, "session.publish", session.publish("marker"))
+        .await
+        .unwrap();
     let received = next(events).await.event;
     assert_eq!(received.text, "marker");
     assert_eq!(received.seq, last_seq + 1);
@@ -155,14 +168,14 @@ async fn assert_nothing_broadcast_since(
 
 #[tokio::test]
 async fn wrong_or_stale_tokens_are_unauthenticated_and_change_nothing() {
-    let server = start_server(ServerConfig::default()).await;
-    let (alice, mut events) = join(&server.url, "alice").await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (alice, mut events) = join(&server.url(), "alice").await;
     let last_seq = 1;
     for token in ["", "garbage", "1.00000000000000000000000000000000", "1.zz"] {
-        let status = raw_publish(&server.url, token, b"spoofed").await;
+        let status = raw_publish(&server.url(), token, b"spoofed").await;
         assert_eq!(status.code(), Code::Unauthenticated, "{token:?}");
         assert!(status.message().contains("session token"), "{status:?}");
-        let status = raw(&server.url)
+        let status = raw(&server.url())
             .await
             .leave(pb::LeaveRequest {
                 session_token: token.to_owned(),
@@ -178,11 +191,11 @@ async fn wrong_or_stale_tokens_are_unauthenticated_and_change_nothing() {
 
 #[tokio::test]
 async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
-    let server = start_server(ServerConfig::default()).await;
-    let (alice, mut events) = join(&server.url, "alice").await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (alice, mut events) = join(&server.url(), "alice").await;
     // Take alice's real token from a second Join's metadata to send raw requests as
     // her: the library's client refuses bad input before sending it.
-    let mut grpc = raw(&server.url).await;
+    let mut grpc = raw(&server.url()).await;
     let response = grpc
         .join(pb::JoinRequest {
             name: b"mallory".to_vec(),
@@ -198,7 +211,10 @@ async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
         .unwrap()
         .to_owned();
     let mut mallory_feed = response.into_inner();
-    let joined = within(mallory_feed.message()).await.unwrap().unwrap();
+    let joined = within(DEADLINE, "mallory_feed.message", mallory_feed.message())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next(&mut events).await.event.seq, joined.seq);
 
     let cases: Vec<(Vec<u8>, &str)> = vec![
@@ -217,7 +233,7 @@ async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
         (b"two\nlines".to_vec(), "U+000A"),
     ];
     for (text, expected) in cases {
-        let status = raw_publish(&server.url, &token, &text).await;
+        let status = raw_publish(&server.url(), &token, &text).await;
         assert_eq!(status.code(), Code::InvalidArgument, "{text:?}");
         assert!(
             status.message().contains(expected),
@@ -246,7 +262,9 @@ async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
         );
     }
     // 128 characters of any width are fine.
-    let ok = within(alice.publish(&"😀".repeat(128))).await.unwrap();
+    let ok = within(DEADLINE, "alice.publish", alice.publish(&"😀".repeat(128)))
+        .await
+        .unwrap();
     assert_eq!(ok.seq, joined.seq + 1);
     assert_eq!(next(&mut events).await.event.seq, ok.seq);
     assert_nothing_broadcast_since(&alice, &mut events, ok.seq).await;
@@ -255,8 +273,8 @@ async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
 
 #[tokio::test]
 async fn the_library_client_refuses_bad_input_before_sending() {
-    let server = start_server(ServerConfig::default()).await;
-    let (alice, mut events) = join(&server.url, "alice").await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (alice, mut events) = join(&server.url(), "alice").await;
     let before = alice.clock().now();
     for text in ["", "\x07bell", &"x".repeat(129)] {
         let err = alice.publish(text).await.unwrap_err();
@@ -274,22 +292,25 @@ async fn a_stalled_participant_does_not_delay_the_others_and_is_dropped() {
     // More than enough 128-character messages to fill the stalled participant's
     // HTTP/2 window and the server's send buffer for it, and then its queue.
     const MAX_MESSAGES: usize = 5000;
-    let server = start_server(config(QUEUE_DEPTH)).await;
+    let server = TestServer::start(config(QUEUE_DEPTH)).await;
     // hyper's client accepts 2 MiB per stream before it stops reading; a small window
     // makes the stalled reader's buffers fill within a few hundred messages.
-    let small_window = tonic::transport::Endpoint::from_shared(server.url.clone())
+    let small_window = tonic::transport::Endpoint::from_shared(server.url())
         .unwrap()
         .initial_stream_window_size(Some(16 * 1024))
         .initial_connection_window_size(Some(16 * 1024))
         .connect()
         .await
         .unwrap();
-    let (_stalled, mut stalled_events) =
-        within(chittychat::client::Session::join(small_window, "stalled"))
-            .await
-            .unwrap();
-    let (alice, mut alice_events) = join(&server.url, "alice").await;
-    let (_bob, mut bob_events) = join(&server.url, "bob").await;
+    let (_stalled, mut stalled_events) = fixture::within(
+        DEADLINE,
+        "the call",
+        chittychat::client::Session::join(small_window, "stalled"),
+    )
+    .await
+    .unwrap();
+    let (alice, mut alice_events) = join(&server.url(), "alice").await;
+    let (_bob, mut bob_events) = join(&server.url(), "bob").await;
     next(&mut alice_events).await;
 
     // The stalled participant never reads again. alice publishes and both alice and
@@ -305,7 +326,9 @@ async fn a_stalled_participant_does_not_delay_the_others_and_is_dropped() {
             }
         }
         let text = format!("{i:06} {}", "x".repeat(121));
-        let published = within(alice.publish(&text)).await.unwrap();
+        let published = within(DEADLINE, "alice.publish", alice.publish(&text))
+            .await
+            .unwrap();
         for events in [&mut alice_events, &mut bob_events] {
             loop {
                 let event = next(events).await.event;
@@ -327,7 +350,7 @@ async fn a_stalled_participant_does_not_delay_the_others_and_is_dropped() {
     // When it reads again it gets what fit in its buffers, in order, then the reason.
     let mut last_seq = 0;
     let err = loop {
-        match within(stalled_events.next()).await {
+        match within(DEADLINE, "stalled_events.next", stalled_events.next()).await {
             Ok(Some(Received { event, .. })) => {
                 assert!(event.seq > last_seq);
                 last_seq = event.seq;
@@ -356,11 +379,11 @@ async fn many_participants_publishing_at_once_see_one_order_and_causal_timestamp
     const PARTICIPANTS: usize = 20;
     const MESSAGES: usize = 50;
     const TOTAL: usize = PARTICIPANTS * MESSAGES;
-    let server = start_server(unlimited()).await;
+    let server = TestServer::start(unlimited()).await;
 
     let mut joined = Vec::new();
     for p in 0..PARTICIPANTS {
-        joined.push(join(&server.url, &format!("p{p}")).await);
+        joined.push(join(&server.url(), &format!("p{p}")).await);
     }
     // Everyone has seen every join before anyone publishes.
     for (p, (_, events)) in joined.iter_mut().enumerate() {
@@ -397,7 +420,9 @@ async fn many_participants_publishing_at_once_see_one_order_and_causal_timestamp
                 for m in 0..MESSAGES {
                     published.push(session.publish(&format!("p{p} m{m}")).await.unwrap());
                 }
-                let (events, _feed) = within(receiver).await.unwrap();
+                let (events, _feed) = fixture::within(DEADLINE, "the call", receiver)
+                    .await
+                    .unwrap();
                 Seen {
                     name: session.name().to_owned(),
                     events,
@@ -408,7 +433,7 @@ async fn many_participants_publishing_at_once_see_one_order_and_causal_timestamp
         .collect();
     let mut all = Vec::new();
     for task in tasks {
-        all.push(within(task).await.unwrap());
+        all.push(fixture::within(DEADLINE, "the call", task).await.unwrap());
     }
 
     // One order for everyone: the server's sequence order, without gaps.
@@ -488,11 +513,15 @@ async fn many_participants_publishing_at_once_see_one_order_and_causal_timestamp
 
 #[tokio::test]
 async fn shutdown_tells_every_participant() {
-    let server = start_server(ServerConfig::default()).await;
-    let (_alice, mut events) = join(&server.url, "alice").await;
+    let server = TestServer::start(ServerConfig::default()).await;
+    let (_alice, mut events) = join(&server.url(), "alice").await;
     let stopping = tokio::spawn(server.stop());
-    let err = within(events.next()).await.unwrap_err();
+    let err = within(DEADLINE, "events.next", events.next())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(Code::Unavailable));
     assert!(err.to_string().contains("shutting down"), "{err}");
-    within(stopping).await.unwrap();
+    fixture::within(DEADLINE, "the call", stopping)
+        .await
+        .unwrap();
 }
