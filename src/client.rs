@@ -11,17 +11,23 @@ use crate::lamport::{LamportClock, LamportTime};
 use crate::pb;
 use crate::pb::chitty_chat_client::ChittyChatClient;
 use crate::server::SESSION_TOKEN_METADATA;
+use crate::transport::{JOIN_SECRET_METADATA, JoinSecret, Keepalive};
 use crate::validate::{validate_message, validate_name};
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Code, Status};
+use tonic::metadata::AsciiMetadataValue;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
 
 /// The default server URL.
 pub const DEFAULT_SERVER_URL: &str = "http://127.0.0.1:50051";
 
 /// How long connecting to the server may take before the client gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a Publish or Leave may take before the client gives up on it.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What can go wrong on the client side.
 #[derive(Debug, thiserror::Error)]
@@ -68,15 +74,54 @@ impl ClientError {
     }
 }
 
-/// Opens a channel to the server at `url` (`http://host:port`).
+/// How the client connects: keepalive and TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// HTTP/2 keepalive, which notices a server that went silent.
+    pub keepalive: Keepalive,
+    /// For `https://` URLs: the certificate authority (PEM) the server's certificate
+    /// must chain to. Without one, the system's trusted roots are used.
+    pub tls_ca: Option<Vec<u8>>,
+}
+
+/// Opens a channel to the server at `url` (`http://host:port`) with the default
+/// [`ConnectOptions`].
 pub async fn connect(url: &str) -> Result<Channel, ClientError> {
-    let endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|err| ClientError::InvalidUrl {
-            url: url.to_owned(),
-            reason: error_chain(&err),
-        })?
+    connect_with(url, &ConnectOptions::default()).await
+}
+
+/// Opens a channel to the server at `url`: `http://host:port`, or `https://host:port`
+/// for a server that serves TLS.
+pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Channel, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidUrl {
+        url: url.to_owned(),
+        reason,
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(|err| invalid(error_chain(&err)))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(options.keepalive.interval)
+        .keep_alive_timeout(options.keepalive.timeout)
+        .keep_alive_while_idle(true);
+    match endpoint.uri().scheme_str() {
+        Some("https") => {
+            let tls = match &options.tls_ca {
+                Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                None => ClientTlsConfig::new().with_native_roots(),
+            };
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|err| invalid(error_chain(&err)))?;
+        }
+        Some("http") if options.tls_ca.is_some() => {
+            return Err(invalid(
+                "a TLS certificate authority was given, so use an https:// URL".to_owned(),
+            ));
+        }
+        Some("http") => {}
+        _ => return Err(invalid("use an http:// or https:// URL".to_owned())),
+    }
     endpoint
         .connect()
         .await
@@ -87,12 +132,47 @@ pub async fn connect(url: &str) -> Result<Channel, ClientError> {
 }
 
 /// A joined participant: publishes and leaves on behalf of one name.
-#[derive(Debug, Clone)]
+///
+/// `Debug` leaves out the session token.
+#[derive(Clone)]
 pub struct Session {
     grpc: ChittyChatClient<Channel>,
     clock: Arc<LamportClock>,
     name: String,
     token: String,
+}
+
+/// What the client knows of one accepted Publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Published {
+    /// The client's Lamport time when it sent the request.
+    pub sent_lamport: LamportTime,
+    /// The broadcast's sequence number.
+    pub seq: u64,
+    /// The server's Lamport time of the broadcast.
+    pub server_lamport: LamportTime,
+    /// The client's Lamport time of receiving the reply, after the merge.
+    pub reply_lamport: LamportTime,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("name", &self.name)
+            .field("clock", &self.clock)
+            .field("token", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+/// How to join, beyond the name.
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    /// The server's join secret, if it needs one.
+    pub join_secret: Option<JoinSecret>,
+    /// Keep this clock (after a reconnect, so local time never runs backwards); a new
+    /// one without it.
+    pub clock: Option<Arc<LamportClock>>,
 }
 
 /// One event as the client received it.
@@ -115,15 +195,31 @@ impl Session {
     /// Joins the chat as `name` over `channel`. Returns the session and its feed,
     /// whose first event is this participant's own join notice.
     pub async fn join(channel: Channel, name: &str) -> Result<(Session, Events), ClientError> {
+        Self::join_with(channel, name, JoinOptions::default()).await
+    }
+
+    /// Joins as [`Session::join`] does, with a join secret or an existing clock.
+    pub async fn join_with(
+        channel: Channel,
+        name: &str,
+        options: JoinOptions,
+    ) -> Result<(Session, Events), ClientError> {
         validate_name(name.as_bytes())?;
-        let clock = Arc::new(LamportClock::new());
+        let clock = options.clock.unwrap_or_default();
         let mut grpc = ChittyChatClient::new(channel);
         let lamport = clock.tick();
         tracing::info!(rpc = "Join", name, lamport, "sent");
-        let request = pb::JoinRequest {
+        let mut request = Request::new(pb::JoinRequest {
             name: name.as_bytes().to_vec(),
             lamport,
-        };
+        });
+        if let Some(secret) = &options.join_secret {
+            // JoinSecret holds printable ASCII only, always a valid metadata value.
+            let value = AsciiMetadataValue::try_from(secret.expose()).map_err(|_| {
+                ClientError::Protocol("the join secret cannot be sent as metadata".into())
+            })?;
+            request.metadata_mut().insert(JOIN_SECRET_METADATA, value);
+        }
         let response = grpc
             .join(request)
             .await
@@ -162,15 +258,16 @@ impl Session {
 
     /// Publishes `text` after checking it by the server's rules. Returns the sequence
     /// number and server Lamport time of the broadcast it became.
-    pub async fn publish(&self, text: &str) -> Result<(u64, LamportTime), ClientError> {
+    pub async fn publish(&self, text: &str) -> Result<Published, ClientError> {
         validate_message(text.as_bytes())?;
         let lamport = self.clock.tick();
         tracing::info!(rpc = "Publish", name = %self.name, text, lamport, "sent");
-        let request = pb::PublishRequest {
+        let mut request = tonic::Request::new(pb::PublishRequest {
             session_token: self.token.clone(),
             text: text.as_bytes().to_vec(),
             lamport,
-        };
+        });
+        request.set_timeout(RPC_TIMEOUT);
         let reply = self
             .grpc
             .clone()
@@ -189,17 +286,23 @@ impl Session {
             lamport = local,
             "reply"
         );
-        Ok((reply.seq, reply.lamport))
+        Ok(Published {
+            sent_lamport: lamport,
+            seq: reply.seq,
+            server_lamport: reply.lamport,
+            reply_lamport: local,
+        })
     }
 
     /// Leaves the chat. The feed delivers what the server queued before, then ends.
     pub async fn leave(&self) -> Result<(), ClientError> {
         let lamport = self.clock.tick();
         tracing::info!(rpc = "Leave", name = %self.name, lamport, "sent");
-        let request = pb::LeaveRequest {
+        let mut request = tonic::Request::new(pb::LeaveRequest {
             session_token: self.token.clone(),
             lamport,
-        };
+        });
+        request.set_timeout(RPC_TIMEOUT);
         let reply = self
             .grpc
             .clone()

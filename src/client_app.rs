@@ -3,26 +3,39 @@
 //!
 //! On a terminal the user types at a prompt and events appear above the line being
 //! typed; with stdin piped, each line is one message (scripts and tests use this).
+//!
+//! When the connection drops (the server restarted or shut down, the network
+//! blipped, the server went silent), the client says so, retries with exponential
+//! backoff and jitter, and rejoins under the same name, keeping its Lamport clock;
+//! while it reconnects it reads no input, so piped lines wait rather than get lost.
+//! A Publish is never retried on its own, so no message is sent twice.
 
-use crate::client::{ClientError, Events, Session, connect};
+use crate::client::{ClientError, ConnectOptions, Events, JoinOptions, Session, connect_with};
 use crate::display::{event_line, sanitize};
 use crate::error::ChatError;
+use crate::lamport::LamportClock;
+use crate::transport::JoinSecret;
 use crate::validate::validate_message;
 use futures::io::AsyncWriteExt;
 use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader, Stdin};
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::Code;
 
 /// Exit status after the participant left as asked.
 pub const EXIT_OK: u8 = 0;
-/// Exit status when the session ended against the user's will: the server went
-/// away, shut down, or disconnected this participant.
+/// Exit status when the session ended against the user's will and could not be
+/// resumed: the server went away, shut down, or disconnected this participant, and
+/// reconnecting was off, gave up, or was refused.
 pub const EXIT_SESSION_LOST: u8 = 1;
+/// Exit status for a usage error: a bad flag (clap's own status) or a file named on
+/// the command line that cannot be used.
+pub const EXIT_USAGE: u8 = 2;
 /// Exit status when the server could not be reached.
 pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit status when the server refused to let this participant join.
@@ -30,6 +43,16 @@ pub const EXIT_JOIN_REFUSED: u8 = 4;
 
 /// How long leaving may take before the client exits anyway.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The wait before the first attempt to reconnect; each failed attempt doubles it.
+pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
+
+/// The longest wait between two attempts to reconnect, so a server that comes back
+/// is found within seconds.
+pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
+
+/// How long the client keeps trying to reconnect before it gives up.
+pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The line a user types to leave.
 pub const QUIT_COMMAND: &str = "/quit";
@@ -41,6 +64,14 @@ pub struct ClientOptions {
     pub name: String,
     /// The server URL.
     pub server: String,
+    /// Keepalive and TLS.
+    pub connect: ConnectOptions,
+    /// The server's join secret, if it needs one.
+    pub join_secret: Option<JoinSecret>,
+    /// Whether to reconnect and rejoin when the connection drops.
+    pub reconnect: bool,
+    /// How long to keep trying to reconnect before giving up.
+    pub reconnect_timeout: Duration,
     /// Where the log goes, to tell the user; `None` when it goes to stderr.
     pub log_file: Option<PathBuf>,
 }
@@ -52,12 +83,11 @@ pub fn is_interactive() -> bool {
 
 /// Runs the client until the participant leaves or the session is lost.
 pub async fn run(options: ClientOptions) -> ExitCode {
-    let channel = match connect(&options.server).await {
-        Ok(channel) => channel,
-        Err(err) => return fail(EXIT_UNREACHABLE, &err),
-    };
-    let (session, events) = match Session::join(channel, &options.name).await {
+    let (session, events) = match join(&options, None).await {
         Ok(joined) => joined,
+        Err(err @ (ClientError::Unreachable { .. } | ClientError::InvalidUrl { .. })) => {
+            return fail(EXIT_UNREACHABLE, &err);
+        }
         Err(err @ (ClientError::Invalid(_) | ClientError::Rpc { .. })) => {
             let status = match err.code() {
                 Some(Code::Unavailable) => EXIT_UNREACHABLE,
@@ -84,9 +114,6 @@ pub async fn run(options: ClientOptions) -> ExitCode {
     } else {
         (Input::piped(), Screen::Plain)
     };
-    let mut screen_for_feed = screen.clone();
-    let mut feed =
-        tokio::spawn(async move { show_feed(events, &mut screen_for_feed, colour).await });
     let mut screen = screen;
     if input.is_prompt() {
         let log = match &options.log_file {
@@ -110,39 +137,144 @@ pub async fn run(options: ClientOptions) -> ExitCode {
             );
         }
     };
-    let ended = loop {
-        tokio::select! {
-            ended = &mut feed => break Some(ended),
-            _ = tokio::signal::ctrl_c() => break None,
-            _ = terminate.recv() => break None,
-            line = input.next_line() => match line {
-                InputLine::Quit => break None,
-                InputLine::Line(line) => publish_line(&session, &line, &mut screen).await,
-            },
-        }
-    };
-
-    let status = match ended {
-        // The user left: say so to the server, then let the feed drain.
-        None => match tokio::time::timeout(LEAVE_TIMEOUT, session.leave()).await {
-            Ok(Ok(())) => {
-                let _ = tokio::time::timeout(LEAVE_TIMEOUT, &mut feed).await;
-                if input.is_prompt() {
-                    screen.line("You left Chitty-Chat.").await;
-                }
-                Ok(())
+    let clock = Arc::clone(session.clock());
+    let mut joined = (session, events);
+    let status = loop {
+        let (session, events) = joined;
+        let mut screen_for_feed = screen.clone();
+        let mut feed =
+            tokio::spawn(async move { show_feed(events, &mut screen_for_feed, colour).await });
+        let ended = loop {
+            tokio::select! {
+                ended = &mut feed => break Some(ended),
+                _ = tokio::signal::ctrl_c() => break None,
+                _ = terminate.recv() => break None,
+                line = input.next_line() => match line {
+                    InputLine::Quit => break None,
+                    InputLine::Line(line) => publish_line(&session, &line, &mut screen).await,
+                },
             }
-            Ok(Err(err)) => Err(session_lost(&err)),
-            Err(_) => Err("the server did not answer Leave in time".to_owned()),
-        },
-        Some(Ok(Ok(()))) => Err("the server ended this session".to_owned()),
-        Some(Ok(Err(err))) => Err(session_lost(&err)),
-        Some(Err(join_error)) => Err(format!("the feed task failed: {join_error}")),
+        };
+        let lost = match ended {
+            // The user left: say so to the server, then let the feed drain.
+            None => {
+                break match tokio::time::timeout(LEAVE_TIMEOUT, session.leave()).await {
+                    Ok(Ok(())) => {
+                        let _ = tokio::time::timeout(LEAVE_TIMEOUT, &mut feed).await;
+                        if input.is_prompt() {
+                            screen.line("You left Chitty-Chat.").await;
+                        }
+                        Ok(())
+                    }
+                    Ok(Err(err)) => Err(session_lost(&err)),
+                    Err(_) => Err("the server did not answer Leave in time".to_owned()),
+                };
+            }
+            Some(Ok(Ok(()))) => break Err("the server ended this session".to_owned()),
+            Some(Ok(Err(err))) => err,
+            Some(Err(join_error)) => break Err(format!("the feed task failed: {join_error}")),
+        };
+        if !(options.reconnect && worth_reconnecting(&lost)) {
+            break Err(session_lost(&lost));
+        }
+        screen
+            .notice(&format!(
+                "{}; reconnecting (Ctrl-C to stop)",
+                session_lost(&lost)
+            ))
+            .await;
+        let rejoined = tokio::select! {
+            rejoined = rejoin(&options, &clock) => rejoined,
+            _ = tokio::signal::ctrl_c() => break Ok(()),
+            _ = terminate.recv() => break Ok(()),
+        };
+        match rejoined {
+            Ok(again) => {
+                screen
+                    .notice(&format!(
+                        "reconnected to {}; rejoined Chitty-Chat as {}",
+                        options.server, options.name
+                    ))
+                    .await;
+                joined = again;
+            }
+            Err(err) => break Err(format!("gave up reconnecting: {err}")),
+        }
     };
     input.close();
     match status {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(message) => fail(EXIT_SESSION_LOST, &message),
+    }
+}
+
+/// Connects and joins as `options` say, keeping `clock` when rejoining.
+async fn join(
+    options: &ClientOptions,
+    clock: Option<Arc<LamportClock>>,
+) -> Result<(Session, Events), ClientError> {
+    let channel = connect_with(&options.server, &options.connect).await?;
+    let join = JoinOptions {
+        join_secret: options.join_secret.clone(),
+        clock,
+    };
+    Session::join_with(channel, &options.name, join).await
+}
+
+/// Whether a lost feed may come back by joining again: the connection failed, the
+/// server shut down, or this participant fell behind; not a refusal that would
+/// only repeat.
+fn worth_reconnecting(err: &ClientError) -> bool {
+    connection_failed(err) || err.code() == Some(Code::ResourceExhausted)
+}
+
+/// Whether a call failed because the connection did (or the server shut down),
+/// rather than because the server refused it.
+fn connection_failed(err: &ClientError) -> bool {
+    match err {
+        ClientError::Rpc { status, .. } => matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Internal
+                | Code::DeadlineExceeded
+        ),
+        ClientError::Unreachable { .. } => true,
+        _ => false,
+    }
+}
+
+/// Whether a failed rejoin may succeed later: the server is not back yet, still
+/// holds the old session under this name (until its keepalive notices it is
+/// gone), or is full.
+fn worth_retrying_join(err: &ClientError) -> bool {
+    worth_reconnecting(err) || err.code() == Some(Code::AlreadyExists)
+}
+
+/// Joins again under the same name, with exponential backoff and jitter, for up to
+/// the reconnect timeout.
+async fn rejoin(
+    options: &ClientOptions,
+    clock: &Arc<LamportClock>,
+) -> Result<(Session, Events), ClientError> {
+    let started = Instant::now();
+    let mut delay = RECONNECT_FIRST_DELAY;
+    loop {
+        // "Equal jitter": half the delay, plus up to as much again at random, so
+        // clients cut off together do not come back in lockstep.
+        let wait = delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0);
+        tokio::time::sleep(wait).await;
+        match join(options, Some(Arc::clone(clock))).await {
+            Ok(joined) => return Ok(joined),
+            Err(err)
+                if worth_retrying_join(&err) && started.elapsed() < options.reconnect_timeout =>
+            {
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+                tracing::info!(error = %err, next_delay_ms = delay.as_millis() as u64, "rejoin failed");
+            }
+            Err(err) => return Err(err),
+        }
     }
 }
 
@@ -158,7 +290,14 @@ async fn publish_line(session: &Session, line: &[u8], screen: &mut Screen) {
     // validate_message checked the UTF-8 above.
     let text = String::from_utf8_lossy(line);
     if let Err(err) = session.publish(&text).await {
-        screen.error(&format!("{err} (not sent)")).await;
+        // When the connection failed, the server may have broadcast the message
+        // before its reply was lost; it is not sent again, so nobody sees it twice.
+        let outcome = if connection_failed(&err) {
+            "perhaps not sent"
+        } else {
+            "not sent"
+        };
+        screen.error(&format!("{err} ({outcome})")).await;
     }
 }
 
@@ -218,6 +357,15 @@ impl Screen {
             Screen::Prompt(writer) => {
                 let _ = AsyncWriteExt::write_all(writer, format!("{line}\n").as_bytes()).await;
             }
+        }
+    }
+
+    /// A word about the connection: on stderr when output is piped, so stdout holds
+    /// only the chat.
+    async fn notice(&mut self, message: &str) {
+        match self {
+            Screen::Plain => eprintln!("chittychat-client: {}", sanitize(message)),
+            Screen::Prompt(_) => self.line(&sanitize(message)).await,
         }
     }
 
@@ -299,4 +447,62 @@ fn trim_line_ending(mut line: Vec<u8>) -> Vec<u8> {
         }
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Status;
+
+    fn failed(status: Status) -> ClientError {
+        ClientError::Rpc {
+            rpc: "Join",
+            status,
+        }
+    }
+
+    #[test]
+    fn a_lost_connection_or_a_shutdown_is_worth_reconnecting_a_refusal_is_not() {
+        assert!(worth_reconnecting(&failed(ChatError::ShuttingDown.into())));
+        assert!(worth_reconnecting(&failed(Status::unknown(
+            "h2 protocol error"
+        ))));
+        assert!(worth_reconnecting(&failed(
+            ChatError::TooSlow { queued: 4 }.into()
+        )));
+        assert!(!worth_reconnecting(&failed(
+            ChatError::JoinSecretWrong.into()
+        )));
+        assert!(!worth_reconnecting(&failed(
+            ChatError::UnknownSession.into()
+        )));
+        assert!(!worth_reconnecting(&ClientError::Invalid(
+            ChatError::MessageEmpty
+        )));
+    }
+
+    #[test]
+    fn a_rejoin_is_retried_while_the_old_session_holds_the_name_or_the_server_is_full() {
+        let taken = ChatError::NameTaken {
+            name: "alice".into(),
+        };
+        assert!(worth_retrying_join(&failed(taken.into())));
+        assert!(worth_retrying_join(&failed(
+            ChatError::ServerFull { max: 1 }.into()
+        )));
+        assert!(!worth_retrying_join(&failed(
+            ChatError::JoinSecretMissing.into()
+        )));
+    }
+
+    #[test]
+    fn a_rate_limited_publish_was_not_sent_a_cut_one_perhaps_was() {
+        let limited = ChatError::RateLimited {
+            per_second: 1,
+            burst: 1,
+            retry_after_ms: 10,
+        };
+        assert!(!connection_failed(&failed(limited.into())));
+        assert!(connection_failed(&failed(Status::unavailable("gone"))));
+    }
 }

@@ -33,6 +33,19 @@ pub enum ChatError {
         /// The offending code point.
         code_point: u32,
     },
+    /// The request's Lamport time is implausibly far ahead of the server's clock.
+    #[error(
+        "Lamport time {lamport} is more than {max_lead} ahead of the server's clock \
+         ({server}); a client's clock runs ahead only by the events it made itself"
+    )]
+    LamportTooFarAhead {
+        /// The request's Lamport time.
+        lamport: u64,
+        /// The server's Lamport time when the request arrived.
+        server: u64,
+        /// The largest lead allowed.
+        max_lead: u64,
+    },
     /// The name breaks the naming rule.
     #[error(
         "invalid name \"{name}\": a name is 1 to 32 characters, each an ASCII letter, \
@@ -56,13 +69,56 @@ pub enum ChatError {
     ShuttingDown,
     /// The participant fell too far behind the broadcast and was disconnected.
     #[error(
-        "disconnected: you fell {queued} events behind the chat (the limit is {queued}); \
-         join again to continue"
+        "disconnected: you fell {queued} events behind the chat, the most the server keeps \
+         for one participant; join again to continue"
     )]
     TooSlow {
         /// The per-participant queue bound that was exceeded.
         queued: usize,
     },
+    /// As many participants as the server admits are present.
+    #[error(
+        "server full: {max} participants are present, the most this server admits; try again later"
+    )]
+    ServerFull {
+        /// The limit on participants present at once.
+        max: usize,
+    },
+    /// The participant publishes faster than its rate limit allows.
+    #[error(
+        "slow down: you may publish {per_second} messages a second, in bursts of up to {burst}; \
+         retry in {} s", format_retry(*.retry_after_ms)
+    )]
+    RateLimited {
+        /// The sustained rate allowed, in messages a second.
+        per_second: u32,
+        /// How many messages may be published at once after a quiet spell.
+        burst: u32,
+        /// How long until the next message will be accepted, in milliseconds.
+        retry_after_ms: u64,
+    },
+    /// A request is larger than the server decodes.
+    #[error("request too large: {found} bytes; the server accepts requests of at most {max} bytes")]
+    RequestTooLarge {
+        /// The request's encoded size in bytes, as announced by the client.
+        found: usize,
+        /// The limit in bytes.
+        max: usize,
+    },
+    /// The server needs a join secret and the request has none.
+    #[error(
+        "this server needs a join secret; ask its operator for it and pass it with --join-secret-file or CHITTYCHAT_JOIN_SECRET"
+    )]
+    JoinSecretMissing,
+    /// The join secret is wrong.
+    #[error("wrong join secret")]
+    JoinSecretWrong,
+}
+
+/// A delay in milliseconds as seconds with one decimal, never "0.0" for a wait.
+fn format_retry(ms: u64) -> String {
+    let tenths = ms.div_ceil(100).max(1);
+    format!("{}.{}", tenths / 10, tenths % 10)
 }
 
 impl ChatError {
@@ -73,11 +129,17 @@ impl ChatError {
             | ChatError::MessageEmpty
             | ChatError::MessageTooLong { .. }
             | ChatError::MessageControlCharacter { .. }
-            | ChatError::InvalidName { .. } => Code::InvalidArgument,
+            | ChatError::InvalidName { .. }
+            | ChatError::LamportTooFarAhead { .. } => Code::InvalidArgument,
             ChatError::NameTaken { .. } => Code::AlreadyExists,
-            ChatError::UnknownSession => Code::Unauthenticated,
+            ChatError::UnknownSession
+            | ChatError::JoinSecretMissing
+            | ChatError::JoinSecretWrong => Code::Unauthenticated,
             ChatError::ShuttingDown => Code::Unavailable,
-            ChatError::TooSlow { .. } => Code::ResourceExhausted,
+            ChatError::TooSlow { .. }
+            | ChatError::ServerFull { .. }
+            | ChatError::RateLimited { .. }
+            | ChatError::RequestTooLarge { .. } => Code::ResourceExhausted,
         }
     }
 }
@@ -86,5 +148,44 @@ impl ChatError {
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
         Status::new(err.code(), err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_limit_refusal_says_when_to_retry_in_tenths_of_a_second() {
+        let refusal = |retry_after_ms| {
+            ChatError::RateLimited {
+                per_second: 10,
+                burst: 20,
+                retry_after_ms,
+            }
+            .to_string()
+        };
+        assert_eq!(
+            refusal(87),
+            "slow down: you may publish 10 messages a second, in bursts of up to 20; retry in 0.1 s"
+        );
+        assert!(refusal(0).ends_with("retry in 0.1 s"));
+        assert!(refusal(1450).ends_with("retry in 1.5 s"));
+    }
+
+    #[test]
+    fn every_limit_is_resource_exhausted_and_the_secret_unauthenticated() {
+        for err in [
+            ChatError::ServerFull { max: 1 },
+            ChatError::RequestTooLarge { found: 9, max: 1 },
+            ChatError::TooSlow { queued: 1 },
+        ] {
+            assert_eq!(Status::from(err).code(), Code::ResourceExhausted);
+        }
+        for err in [ChatError::JoinSecretMissing, ChatError::JoinSecretWrong] {
+            let status = Status::from(err);
+            assert_eq!(status.code(), Code::Unauthenticated);
+            assert!(!status.message().ends_with('.'));
+        }
     }
 }

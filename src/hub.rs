@@ -13,10 +13,13 @@
 use crate::error::ChatError;
 use crate::event::{Event, EventKind, joined_sentence, left_sentence};
 use crate::lamport::{LamportClock, LamportTime};
-use crate::validate::{validate_message, validate_name};
+use crate::validate::{validate_lamport, validate_message, validate_name};
 use bytes::Bytes;
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroU32;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -39,6 +42,23 @@ pub const DEFAULT_QUEUE_DEPTH: u32 = 1024;
 /// it: a participant never holds more than `queue_depth + FEED_BATCH` events.
 pub const FEED_BATCH: usize = 64;
 
+/// How many participants may be present at once.
+///
+/// Each one costs at most a full queue ([`DEFAULT_QUEUE_DEPTH`] events, about
+/// 100 KiB) and one HTTP/2 connection, so this caps a crowded server near 100 MiB.
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 1000;
+
+/// How many messages a second one participant may publish, sustained.
+///
+/// Far above what a person types, low enough that one script cannot flood everyone
+/// else's queues: at this rate a participant needs a hundred seconds to fill a
+/// stalled reader's queue on its own.
+pub const DEFAULT_PUBLISH_RATE: u32 = 10;
+
+/// How many messages one participant may publish at once after a quiet spell (the
+/// token bucket's size), so pasting a few lines is never refused.
+pub const DEFAULT_PUBLISH_BURST: u32 = 20;
+
 /// How many random bytes a session token's secret has (128 bits).
 const SECRET_BYTES: usize = 16;
 
@@ -47,13 +67,56 @@ const SECRET_BYTES: usize = 16;
 pub struct HubConfig {
     /// The per-participant queue bound; at least 1.
     pub queue_depth: usize,
+    /// How many participants may be present at once; at least 1.
+    pub max_participants: usize,
+    /// Each participant's publish rate limit; `None` for no limit.
+    pub publish_rate: Option<PublishRate>,
 }
 
 impl Default for HubConfig {
     fn default() -> Self {
         Self {
             queue_depth: DEFAULT_QUEUE_DEPTH as usize,
+            max_participants: DEFAULT_MAX_PARTICIPANTS as usize,
+            publish_rate: Some(PublishRate::default()),
         }
+    }
+}
+
+/// A per-participant publish rate limit: a token bucket that holds `burst` messages
+/// and refills at `per_second` messages a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRate {
+    /// The sustained rate, in messages a second.
+    pub per_second: NonZeroU32,
+    /// The bucket's size: how many messages may go at once after a quiet spell.
+    pub burst: NonZeroU32,
+}
+
+impl Default for PublishRate {
+    fn default() -> Self {
+        Self {
+            per_second: NonZeroU32::new(DEFAULT_PUBLISH_RATE).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(DEFAULT_PUBLISH_BURST).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+impl PublishRate {
+    fn limiter(self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(Quota::per_second(self.per_second).allow_burst(self.burst))
+    }
+
+    /// Takes a token from `limiter`, or says when to retry.
+    fn check(self, limiter: &DefaultDirectRateLimiter) -> Result<(), ChatError> {
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            ChatError::RateLimited {
+                per_second: self.per_second.get(),
+                burst: self.burst.get(),
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            }
+        })
     }
 }
 
@@ -143,6 +206,8 @@ struct Session {
     secret: [u8; SECRET_BYTES],
     queue: mpsc::Sender<Arc<Broadcast>>,
     closed: Arc<OnceLock<ChatError>>,
+    /// The publish rate limit's bucket; `None` when publishing is not limited.
+    limiter: Option<DefaultDirectRateLimiter>,
 }
 
 /// One event as queued for every recipient: the event, and its wire form, which
@@ -190,6 +255,7 @@ impl Hub {
     /// An empty chat room.
     pub fn new(mut config: HubConfig) -> Self {
         config.queue_depth = config.queue_depth.max(1);
+        config.max_participants = config.max_participants.max(1);
         Self {
             config,
             clock: LamportClock::new(),
@@ -226,6 +292,7 @@ impl Hub {
         client_lamport: LamportTime,
     ) -> Result<Joined, ChatError> {
         let name: Arc<str> = Arc::from(validate_name(name)?);
+        validate_lamport(client_lamport, self.clock.now())?;
         let secret: [u8; SECRET_BYTES] = rand::random();
         let (queue, rx) = mpsc::channel(self.config.queue_depth);
         let closed = Arc::new(OnceLock::new());
@@ -240,6 +307,11 @@ impl Hub {
                     name: name.to_string(),
                 });
             }
+            if state.sessions.len() >= self.config.max_participants {
+                return Err(ChatError::ServerFull {
+                    max: self.config.max_participants,
+                });
+            }
             state.next_session += 1;
             let id = state.next_session;
             state.names.insert(Arc::clone(&name), id);
@@ -250,6 +322,7 @@ impl Hub {
                     secret,
                     queue,
                     closed: Arc::clone(&closed),
+                    limiter: self.config.publish_rate.map(PublishRate::limiter),
                 },
             );
             let lamport = self.clock.observe(client_lamport);
@@ -283,11 +356,16 @@ impl Hub {
         client_lamport: LamportTime,
     ) -> Result<Stamp, ChatError> {
         let text = validate_message(text)?.to_owned();
+        validate_lamport(client_lamport, self.clock.now())?;
         let mut logged = Vec::new();
         let stamp = {
             let mut state = self.lock();
             let id = authenticate(&state, token)?;
-            let name = Arc::clone(&state.sessions[&id].name);
+            let session = &state.sessions[&id];
+            if let (Some(rate), Some(limiter)) = (self.config.publish_rate, &session.limiter) {
+                rate.check(limiter)?;
+            }
+            let name = Arc::clone(&session.name);
             let lamport = self.clock.observe(client_lamport);
             let event = self.broadcast(&mut state, EventKind::Chat, name, text, lamport);
             logged.push(Logged::new(event, "Publish", Some(client_lamport), &state));
@@ -300,6 +378,7 @@ impl Hub {
     /// Removes the holder of `token`, whose request was sent at `client_lamport`, and
     /// tells the others. The leaver's feed delivers what was queued before, then ends.
     pub fn leave(&self, token: &str, client_lamport: LamportTime) -> Result<Stamp, ChatError> {
+        validate_lamport(client_lamport, self.clock.now())?;
         let mut logged = Vec::new();
         let stamp = {
             let mut state = self.lock();
@@ -484,9 +563,16 @@ fn log_broadcasts(logged: &[Logged]) {
 }
 
 /// Finds the session a token names, comparing its secret in constant time.
+///
+/// Only the token's one spelling is accepted: lower-case hex, no sign, no leading
+/// zero, as [`Hub::join`] wrote it, so that no second string opens the session.
 fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
-    let (id, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
-    let id = u64::from_str_radix(id, 16).map_err(|_| ChatError::UnknownSession)?;
+    let lower_hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (id_text, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
+    let id = u64::from_str_radix(id_text, 16).map_err(|_| ChatError::UnknownSession)?;
+    if id_text != format!("{id:x}") || !lower_hex(secret) {
+        return Err(ChatError::UnknownSession);
+    }
     let secret = from_hex(secret).ok_or(ChatError::UnknownSession)?;
     let session = state.sessions.get(&id).ok_or(ChatError::UnknownSession)?;
     if bool::from(session.secret.ct_eq(&secret)) {
@@ -562,10 +648,15 @@ impl Drop for Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::MAX_LAMPORT_LEAD;
     use tokio_stream::StreamExt;
 
     fn hub(queue_depth: usize) -> Arc<Hub> {
-        Arc::new(Hub::new(HubConfig { queue_depth }))
+        Arc::new(Hub::new(HubConfig {
+            queue_depth,
+            publish_rate: None,
+            ..HubConfig::default()
+        }))
     }
 
     async fn next(feed: &mut Feed) -> Arc<Broadcast> {
@@ -615,6 +706,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_time_far_ahead_is_refused_so_the_clock_keeps_rising() {
+        let hub = hub(8);
+        let mut alice = hub.join(b"alice", 0).unwrap();
+        let token = alice.token.expose().to_owned();
+        let before = hub.lamport_now();
+        assert!(matches!(
+            hub.publish(&token, b"x", u64::MAX),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            hub.join(b"bob", u64::MAX),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            hub.leave(&token, before + MAX_LAMPORT_LEAD + 1),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert_eq!(hub.lamport_now(), before);
+        assert_eq!(hub.present(), ["alice"]);
+        // The largest lead is accepted, and later events are still stamped later.
+        let far = hub
+            .publish(&token, b"far", before + MAX_LAMPORT_LEAD)
+            .unwrap();
+        let later = hub.publish(&token, b"later", 0).unwrap();
+        assert_eq!(far.lamport, before + MAX_LAMPORT_LEAD + 1);
+        assert!(later.lamport > far.lamport);
+        let seqs: Vec<u64> = [
+            next(&mut alice.feed).await,
+            next(&mut alice.feed).await,
+            next(&mut alice.feed).await,
+        ]
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
+    #[tokio::test]
     async fn a_wrong_token_is_refused_and_changes_nothing() {
         let hub = hub(8);
         let alice = hub.join(b"alice", 0).unwrap();
@@ -630,6 +759,11 @@ mod tests {
             format!("ff.{secret}"),
             format!("{id}.{}", &secret[..30]),
             format!("{id}.é{}", &secret[2..]),
+            // Other spellings of the same numbers.
+            format!("0{id}.{secret}"),
+            format!("+{id}.{secret}"),
+            format!("{id}.{}", secret.to_uppercase()),
+            format!("{id}.+{}", &secret[1..]),
         ] {
             assert_eq!(hub.publish(&bad, b"x", 0), Err(ChatError::UnknownSession));
             assert_eq!(hub.leave(&bad, 0), Err(ChatError::UnknownSession));
@@ -734,6 +868,52 @@ mod tests {
             hub.join(b"no spaces", 0).unwrap_err(),
             ChatError::InvalidName { .. }
         ));
+    }
+
+    #[test]
+    fn a_full_server_refuses_joins_until_someone_leaves() {
+        let hub = Arc::new(Hub::new(HubConfig {
+            max_participants: 2,
+            ..HubConfig::default()
+        }));
+        let alice = hub.join(b"alice", 0).unwrap();
+        let _bob = hub.join(b"bob", 0).unwrap();
+        assert_eq!(
+            hub.join(b"carol", 0).unwrap_err(),
+            ChatError::ServerFull { max: 2 }
+        );
+        hub.leave(alice.token.expose(), 0).unwrap();
+        hub.join(b"carol", 0).unwrap();
+    }
+
+    #[test]
+    fn publishing_beyond_the_burst_is_refused_with_a_retry_time() {
+        let rate = PublishRate {
+            per_second: NonZeroU32::new(2).unwrap(),
+            burst: NonZeroU32::new(3).unwrap(),
+        };
+        let hub = Arc::new(Hub::new(HubConfig {
+            publish_rate: Some(rate),
+            ..HubConfig::default()
+        }));
+        let flooder = hub.join(b"flooder", 0).unwrap();
+        let other = hub.join(b"other", 0).unwrap();
+        let flooder = flooder.token.expose();
+        for _ in 0..3 {
+            hub.publish(flooder, b"spam", 0).unwrap();
+        }
+        let before = hub.lamport_now();
+        match hub.publish(flooder, b"spam", 0).unwrap_err() {
+            ChatError::RateLimited {
+                per_second: 2,
+                burst: 3,
+                retry_after_ms,
+            } => assert!((1..=500).contains(&retry_after_ms), "{retry_after_ms}"),
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+        // A refused publish broadcasts nothing, and the others keep their own bucket.
+        assert_eq!(hub.lamport_now(), before);
+        hub.publish(other.token.expose(), b"hello", 0).unwrap();
     }
 
     #[test]

@@ -9,24 +9,35 @@
 //! - [`hub`]: the chat room: participants, the server's clock, sequence numbers and
 //!   the broadcast into bounded per-participant queues.
 //! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`health`]: the gRPC health service, server reflection and the health probe.
+//! - [`transport`]: connection settings shared by server and client: keepalive,
+//!   the request size limit, TLS files and the join secret.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
 //! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
+//! - [`script`]: scripted participants, for demos and the container test.
 //! - [`display`]: how events look on a person's terminal.
 //! - [`logging`]: text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
+//! - [`trace`]: reads a run's JSON logs, checks them and draws space-time diagrams.
+//! - [`demo`]: the scripted demonstration run by `chittychat-demo`.
 //! - [`wire`]: events encoded once per broadcast, as the server sends them.
 //! - [`bench`]: `chittychat-bench`, the load generator and its measurements.
 
 pub mod bench;
 pub mod client;
 pub mod client_app;
+pub mod demo;
 pub mod display;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod hub;
 pub mod lamport;
 pub mod logging;
 pub mod pb;
+pub mod script;
 pub mod server;
+pub mod trace;
+pub mod transport;
 pub mod validate;
 pub mod wire;

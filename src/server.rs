@@ -5,9 +5,15 @@
 //! Accepted calls are logged by the hub, one line per broadcast.
 
 use crate::error::ChatError;
+use crate::health;
 use crate::hub::{Feed, Hub, HubConfig};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
+use crate::transport::{
+    DEFAULT_MAX_REQUEST_BYTES, JOIN_SECRET_METADATA, JoinSecret, Keepalive, TLS_HANDSHAKE_TIMEOUT,
+    TlsIdentity,
+};
+use crate::validate::name_for_display;
 use crate::wire::{EncodedEvent, encode_event};
 use std::future::Future;
 use std::pin::Pin;
@@ -16,9 +22,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
-use tonic::metadata::MetadataValue;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::server::TcpIncoming;
-use tonic::{Request, Response, Status};
+use tonic::transport::{Identity, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status};
+use tower::Service;
+use tower::layer::layer_fn;
 
 /// The response metadata key under which Join returns the session token.
 pub const SESSION_TOKEN_METADATA: &str = "chittychat-session-token";
@@ -30,36 +41,77 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Settings of the server.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Settings of the chat room.
     pub hub: HubConfig,
+    /// HTTP/2 keepalive, which notices clients that vanished without hanging up.
+    pub keepalive: Keepalive,
+    /// The largest request, in bytes once encoded, the server decodes.
+    pub max_request_bytes: usize,
+    /// Serve TLS with this identity; plain HTTP/2 without one.
+    pub tls: Option<TlsIdentity>,
+    /// Refuse Join without this secret; anyone may join without one.
+    pub join_secret: Option<JoinSecret>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            hub: HubConfig::default(),
+            keepalive: Keepalive::default(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            tls: None,
+            join_secret: None,
+        }
+    }
 }
 
 /// Serves Chitty-Chat on `listener` until `shutdown` completes.
 ///
-/// On shutdown every participant's feed ends with `UNAVAILABLE` ("the Chitty-Chat
-/// server is shutting down"), so clients exit with a clear message; the server then
-/// waits up to [`SHUTDOWN_GRACE`] for connections to close.
+/// Beside the chat service it serves the gRPC health service and server reflection
+/// (see [`health`]). On shutdown health turns `NOT_SERVING` and every participant's
+/// feed ends with `UNAVAILABLE` ("the Chitty-Chat server is shutting down"), so
+/// clients exit with a clear message; the server then waits up to
+/// [`SHUTDOWN_GRACE`] for connections to close.
 pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let hub = Arc::new(Hub::new(config.hub));
-    let service = ChatService {
-        hub: Arc::clone(&hub),
-    };
+    let service = ChatService::new(Arc::clone(&hub)).with_join_secret(config.join_secret);
+    let max_request_bytes = config.max_request_bytes;
+    let (health_reporter, health_service) = health::serving().await;
+    let (reflection_v1, reflection_v1alpha) = health::reflection()
+        .inspect_err(|err| tracing::error!(error = %err, "server reflection is off"))
+        .ok()
+        .unzip();
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(config.keepalive.interval))
+        .http2_keepalive_timeout(Some(config.keepalive.timeout));
+    if let Some(tls) = &config.tls {
+        let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
+        let tls = ServerTlsConfig::new()
+            .identity(identity)
+            .timeout(TLS_HANDSHAKE_TIMEOUT);
+        builder = builder.tls_config(tls)?;
+    }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let signal = async move {
         shutdown.await;
+        health::shutting_down(&health_reporter).await;
         let present = hub.shutdown();
         tracing::info!(present, "shutting down: told every participant");
         let _ = stopped_tx.send(());
     };
-    let serve = tonic::transport::Server::builder()
-        .add_service(ChittyChatServer::new(service))
+    let serve = builder
+        .layer(layer_fn(|inner| OversizeExplained { inner }))
+        .add_service(ChittyChatServer::new(service).max_decoding_message_size(max_request_bytes))
+        .add_service(health_service)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
     tokio::select! {
@@ -83,12 +135,34 @@ pub async fn run(
 #[derive(Debug, Clone)]
 pub struct ChatService {
     hub: Arc<Hub>,
+    join_secret: Option<Arc<JoinSecret>>,
 }
 
 impl ChatService {
-    /// A service over `hub`.
+    /// A service over `hub` that anyone may join.
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self {
+            hub,
+            join_secret: None,
+        }
+    }
+
+    /// Requires `secret` (when there is one) of everyone who joins.
+    pub fn with_join_secret(mut self, secret: Option<JoinSecret>) -> Self {
+        self.join_secret = secret.map(Arc::new);
+        self
+    }
+
+    /// Checks the join secret a Join request presents, if the server needs one.
+    fn check_join_secret(&self, metadata: &MetadataMap) -> Result<(), ChatError> {
+        let Some(secret) = &self.join_secret else {
+            return Ok(());
+        };
+        match metadata.get(JOIN_SECRET_METADATA) {
+            None => Err(ChatError::JoinSecretMissing),
+            Some(presented) if secret.matches(presented.as_bytes()) => Ok(()),
+            Some(_) => Err(ChatError::JoinSecretWrong),
+        }
     }
 
     /// Logs a refused call at warn level with whatever is known of the caller.
@@ -111,13 +185,12 @@ impl ChittyChat for ChatService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<Self::JoinStream>, Status> {
+        let secret_checked = self.check_join_secret(request.metadata());
         let request = request.into_inner();
-        let joined = self
-            .hub
-            .join(&request.name, request.lamport)
+        let joined = secret_checked
+            .and_then(|()| self.hub.join(&request.name, request.lamport))
             .inspect_err(|err| {
-                let name = String::from_utf8_lossy(&request.name);
-                self.refused("Join", Some(&name.escape_debug().to_string()), err);
+                self.refused("Join", Some(&name_for_display(&request.name)), err);
             })?;
         let mut response = Response::new(EventStream(joined.feed));
         // The token is hex and a dot, always a valid metadata value.
@@ -186,5 +259,79 @@ impl Stream for EventStream {
                     .map_err(Status::from)
             })
         })
+    }
+}
+
+/// Wraps the services so that a request over the size limit is answered with a
+/// clear `RESOURCE_EXHAUSTED` ([`ChatError::RequestTooLarge`]) and logged as
+/// refused, rather than with tonic's own `OUT_OF_RANGE`.
+#[derive(Debug, Clone)]
+struct OversizeExplained<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for OversizeExplained<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let uri = request.uri().clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let oversize = response.extensions().get::<Status>().and_then(oversize);
+            let Some((found, max)) = oversize else {
+                return Ok(response);
+            };
+            let err = ChatError::RequestTooLarge { found, max };
+            let rpc = uri.path().rsplit('/').next().unwrap_or_default();
+            tracing::warn!(
+                rpc,
+                participant = "<unknown>",
+                code = ?err.code(),
+                error = %err,
+                "refused"
+            );
+            Ok(Status::from(err).into_http())
+        })
+    }
+}
+
+/// The size tonic found and its limit, when `status` is tonic's refusal of a
+/// request over the limit (each service has its own; ours is `max_request_bytes`).
+fn oversize(status: &Status) -> Option<(usize, usize)> {
+    if status.code() != Code::OutOfRange {
+        return None;
+    }
+    let rest = status
+        .message()
+        .strip_prefix("Error, decoded message length too large: found ")?;
+    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
+    let max = rest.strip_suffix(" bytes")?;
+    Some((found.parse().ok()?, max.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tonics_oversize_refusal_is_recognised_and_nothing_else() {
+        let tonic = Status::out_of_range(
+            "Error, decoded message length too large: found 70000 bytes, the limit is: 4096 bytes",
+        );
+        assert_eq!(oversize(&tonic), Some((70000, 4096)));
+        assert_eq!(oversize(&Status::out_of_range("something else")), None);
+        let other_code = Status::internal(tonic.message());
+        assert_eq!(oversize(&other_code), None);
     }
 }

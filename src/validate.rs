@@ -5,6 +5,7 @@
 //! person learns of a bad message at once.
 
 use crate::error::ChatError;
+use crate::lamport::LamportTime;
 
 /// The longest chat message, in characters (Unicode scalar values, not bytes).
 pub const MAX_MESSAGE_CHARS: usize = 128;
@@ -14,6 +15,35 @@ pub const MAX_NAME_CHARS: usize = 32;
 
 /// The characters a name may hold besides ASCII letters and digits.
 pub const NAME_PUNCTUATION: &[u8] = b"-_.";
+
+/// How many characters of a refused name an error message repeats.
+///
+/// Enough to recognise the name, few enough that a hostile megabyte-long name
+/// cannot swell the status message (an HTTP/2 header, which the peer would
+/// reject as a protocol error instead of showing the reason) or a log line.
+pub const MAX_ECHOED_NAME_CHARS: usize = 40;
+
+/// How far ahead of the server's clock a request's Lamport time may be.
+///
+/// An honest client runs ahead of the server only by the few events it made since
+/// it last heard from it, or, after the server restarted with a fresh clock, by the
+/// old server's whole history; four billion covers both with room to spare. A
+/// request further ahead is refused: accepted, a time near `u64::MAX` would
+/// saturate the server's clock and stamp every later event with the same time,
+/// while leaps of at most this size would take billions of requests to get there.
+pub const MAX_LAMPORT_LEAD: LamportTime = 1 << 32;
+
+/// Checks a request's Lamport time against the server's clock at `server_now`.
+pub fn validate_lamport(request: LamportTime, server_now: LamportTime) -> Result<(), ChatError> {
+    if request > server_now.saturating_add(MAX_LAMPORT_LEAD) {
+        return Err(ChatError::LamportTooFarAhead {
+            lamport: request,
+            server: server_now,
+            max_lead: MAX_LAMPORT_LEAD,
+        });
+    }
+    Ok(())
+}
 
 /// Checks a chat message and returns it as text.
 ///
@@ -51,13 +81,30 @@ pub fn validate_name(bytes: &[u8]) -> Result<&str, ChatError> {
     let allowed = |b: &u8| b.is_ascii_alphanumeric() || NAME_PUNCTUATION.contains(b);
     if bytes.is_empty() || bytes.len() > MAX_NAME_CHARS || !bytes.iter().all(allowed) {
         return Err(ChatError::InvalidName {
-            name: String::from_utf8_lossy(bytes).escape_debug().to_string(),
+            name: name_for_display(bytes),
         });
     }
     // Every byte is ASCII, so this cannot fail.
     std::str::from_utf8(bytes).map_err(|_| ChatError::InvalidName {
-        name: String::from_utf8_lossy(bytes).escape_debug().to_string(),
+        name: name_for_display(bytes),
     })
+}
+
+/// A name as received, made safe to show in an error or a log line: invalid UTF-8
+/// replaced, control characters escaped, and cut after [`MAX_ECHOED_NAME_CHARS`]
+/// characters (marked with "…").
+pub fn name_for_display(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut chars = text.chars();
+    let mut shown: String = chars
+        .by_ref()
+        .take(MAX_ECHOED_NAME_CHARS)
+        .flat_map(char::escape_debug)
+        .collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -152,10 +199,45 @@ mod tests {
     fn name_error_says_what_is_allowed_and_escapes_the_input() {
         let err = validate_name(b"bad\x1bname").unwrap_err().to_string();
         assert!(err.contains("1 to 32"), "{err}");
-        assert!(err.contains("letters"), "{err}");
+        assert!(err.contains("ASCII letter"), "{err}");
         assert!(
             !err.contains('\x1b'),
             "the raw escape must not be echoed: {err}"
         );
+    }
+
+    #[test]
+    fn lamport_times_may_lead_the_server_by_a_bounded_amount() {
+        assert_eq!(validate_lamport(0, 0), Ok(()));
+        assert_eq!(validate_lamport(MAX_LAMPORT_LEAD, 0), Ok(()));
+        assert_eq!(validate_lamport(5 + MAX_LAMPORT_LEAD, 5), Ok(()));
+        assert_eq!(validate_lamport(u64::MAX, u64::MAX - 1), Ok(()));
+        // Behind the server is always fine: the server's clock takes the maximum.
+        assert_eq!(validate_lamport(3, 1_000), Ok(()));
+        let err = validate_lamport(u64::MAX, 7).unwrap_err();
+        assert_eq!(
+            err,
+            ChatError::LamportTooFarAhead {
+                lamport: u64::MAX,
+                server: 7,
+                max_lead: MAX_LAMPORT_LEAD
+            }
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&u64::MAX.to_string()) && text.contains("4294967296"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_huge_name_is_echoed_only_in_part() {
+        let err = validate_name(&[b' '; 1 << 20]).unwrap_err().to_string();
+        assert!(err.len() < 200, "{} bytes: {err}", err.len());
+        assert!(err.contains(&format!("{}…", " ".repeat(MAX_ECHOED_NAME_CHARS))));
+        // Every character escaped at its longest still stays small.
+        let err = validate_name("\u{10ffff}".repeat(1000).as_bytes()).unwrap_err();
+        assert!(err.to_string().len() < 600, "{err}");
+        assert_eq!(name_for_display(b"ok\x1b"), "ok\\u{1b}");
     }
 }

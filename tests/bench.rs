@@ -1,10 +1,13 @@
 //! `chittychat-bench` end to end: the real binary against a server it spawns and
 //! against one it is pointed at, checking that every event arrived exactly once.
 
-use chittychat::server::{self, ServerConfig};
+mod fixture;
+
+use chittychat::hub::HubConfig;
+use chittychat::server::ServerConfig;
+use fixture::TestServer;
 use serde_json::Value;
 use std::process::Command;
-use tokio::net::TcpListener;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_chittychat-bench");
 const SERVER: &str = env!("CARGO_BIN_EXE_chittychat-server");
@@ -71,12 +74,16 @@ fn idle_and_join_storm_report_memory_and_join_times() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drives_a_server_given_by_url_at_a_fixed_rate() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let served = tokio::spawn(server::run(listener, ServerConfig::default(), async {
-        let _ = stopped.await;
-    }));
+    // 200 messages a second would trip the default per-participant publish limit.
+    let server = TestServer::start(ServerConfig {
+        hub: HubConfig {
+            publish_rate: None,
+            ..HubConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = server.url();
     let (status, report) = tokio::task::spawn_blocking(move || {
         bench(&[
             "rate",
@@ -100,8 +107,7 @@ async fn drives_a_server_given_by_url_at_a_fixed_rate() {
     // Pointed at a server, the bench cannot see its process.
     assert!(report["server"].is_null());
     assert!(report["publishes"].as_u64().unwrap() > 0);
-    let _ = stop.send(());
-    served.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 #[test]

@@ -293,9 +293,9 @@ pub(super) async fn publish(
         let (session, shared) = (session.clone(), Arc::clone(&shared));
         tokio::spawn(async move {
             match session.publish(&text).await {
-                Ok((seq, _)) => {
+                Ok(published) => {
                     shared.accepted.fetch_add(1, Relaxed);
-                    shared.max_seq.fetch_max(seq, Relaxed);
+                    shared.max_seq.fetch_max(published.seq, Relaxed);
                 }
                 Err(err) => shared.fail(format!("{} could not publish: {err}", session.name())),
             }

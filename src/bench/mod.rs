@@ -206,7 +206,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                     false,
                 ),
             };
-            let server = SpawnedServer::start(&binary, log, keep)?;
+            let server = SpawnedServer::start(&binary, config.participants, log, keep)?;
             Target {
                 url: server.url(),
                 spawned: Some(server),

@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 /// How long the spawned server may take to log the address it listens on.
 pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The per-participant publish rate limit (and burst) the spawned server gets:
+/// far above what one publisher can reach, so the limiter runs but never refuses.
+pub const BENCH_PUBLISH_RATE: u32 = 1_000_000;
+
 /// The kernel's unit for the CPU times in `/proc/PID/stat` (`USER_HZ`), which is
 /// 100 on every architecture Linux runs this project on.
 const USER_HZ: u64 = 100;
@@ -26,8 +30,17 @@ pub struct SpawnedServer {
 impl SpawnedServer {
     /// Starts `binary --listen 127.0.0.1:0` with its stderr (its log, at the
     /// default level and format) going to `log`, and waits until it listens.
+    ///
+    /// Everything is at its default except two limits a load test must lift: room
+    /// for `participants`, and a publish rate limit of [`BENCH_PUBLISH_RATE`], which
+    /// stays switched on (so its cost is measured) but never refuses the bench.
     /// The server inherits the bench's file-descriptor limit.
-    pub fn start(binary: &Path, log: PathBuf, keep_log: bool) -> Result<Self, BenchError> {
+    pub fn start(
+        binary: &Path,
+        participants: u64,
+        log: PathBuf,
+        keep_log: bool,
+    ) -> Result<Self, BenchError> {
         let spawn_error = |reason: String| {
             BenchError::Server(format!("cannot start {}: {reason}", binary.display()))
         };
@@ -35,6 +48,9 @@ impl SpawnedServer {
             .map_err(|err| spawn_error(format!("cannot create {}: {err}", log.display())))?;
         let child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--max-participants", &participants.max(1).to_string()])
+            .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
+            .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

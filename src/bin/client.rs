@@ -1,9 +1,13 @@
 //! `chittychat-client`: parses the command line, sets up logging and runs the client
 //! program in `chittychat::client_app`.
 
-use chittychat::client::DEFAULT_SERVER_URL;
-use chittychat::client_app::{self, ClientOptions};
+use chittychat::client::{ConnectOptions, DEFAULT_SERVER_URL};
+use chittychat::client_app::{self, ClientOptions, DEFAULT_RECONNECT_TIMEOUT};
 use chittychat::logging::{self, LogFormat};
+use chittychat::script::{self, ScriptOptions};
+use chittychat::transport::{
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, JoinSecret, Keepalive, Seconds,
+};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,14 +16,39 @@ use std::process::ExitCode;
 /// time, and publishes each line typed (or piped in). Leave with /quit, Ctrl-D or
 /// Ctrl-C.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Args {
     /// Your name: 1 to 32 ASCII letters, digits, '-', '_' or '.'.
     #[arg(long, env = "CHITTYCHAT_NAME")]
     name: String,
-    /// The server's URL.
+    /// The server's URL: http://HOST:PORT, or https://HOST:PORT for a server that
+    /// serves TLS.
     #[arg(long, env = "CHITTYCHAT_SERVER", default_value = DEFAULT_SERVER_URL)]
     server: String,
+    /// For https:// URLs: the certificate authority (PEM) that signed the server's
+    /// certificate. Without it, the system's trusted roots are used.
+    #[arg(long, env = "CHITTYCHAT_TLS_CA", value_name = "PEM_FILE")]
+    tls_ca: Option<PathBuf>,
+    /// A file holding the server's join secret, for servers that require one. The
+    /// secret may instead be given in the environment variable CHITTYCHAT_JOIN_SECRET.
+    #[arg(long, env = "CHITTYCHAT_JOIN_SECRET_FILE", value_name = "FILE")]
+    join_secret_file: Option<PathBuf>,
+    /// Exit when the connection drops, instead of reconnecting and rejoining.
+    #[arg(long, env = "CHITTYCHAT_NO_RECONNECT")]
+    no_reconnect: bool,
+    /// Seconds to keep trying to reconnect before giving up.
+    #[arg(long, env = "CHITTYCHAT_RECONNECT_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_RECONNECT_TIMEOUT))]
+    reconnect_timeout: Seconds,
+    /// Seconds the connection may be silent before the client pings the server
+    /// (HTTP/2 keepalive).
+    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_INTERVAL", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_KEEPALIVE_INTERVAL))]
+    keepalive_interval: Seconds,
+    /// Seconds a ping may go unanswered before the server counts as gone.
+    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_KEEPALIVE_TIMEOUT))]
+    keepalive_timeout: Seconds,
     /// Log format: text for people, json for tools (one object per line).
     #[arg(long, env = "CHITTYCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -27,13 +56,45 @@ struct Args {
     /// interactive prompt, to a file in the temporary directory.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Play a scripted part of a conversation from this file instead of reading
+    /// input (steps: say, meet, await, leave; see the documentation of
+    /// `chittychat::script`).
+    #[arg(long, env = "CHITTYCHAT_SCRIPT")]
+    script: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// The help's closing words: the environment-only setting and the exit statuses.
+const AFTER_HELP: &str = "\
+Environment: each flag may instead be set in the variable shown with it.
+CHITTYCHAT_JOIN_SECRET holds the join secret, if the server needs one (or use
+--join-secret-file). RUST_LOG filters the log (default: info).
+
+Exit status: 0 after leaving; 1 when the session was lost and could not be
+resumed; 2 for a usage error or an unreadable file; 3 when the server cannot be
+reached; 4 when the server refused to let you join.";
+
+/// The environment variable that may hold the join secret.
+const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";
+
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("chittychat-client: error: cannot start the async runtime: {err}");
+            return ExitCode::from(client_app::EXIT_SESSION_LOST);
+        }
+    };
+    let status = runtime.block_on(run(args));
+    // A read of piped stdin blocks a runtime thread until a line or end of input
+    // comes; when the session ends first, exit without waiting for it.
+    runtime.shutdown_background();
+    status
+}
+
+async fn run(args: Args) -> ExitCode {
     // At a prompt, log lines on the terminal would tear through the line being typed.
-    let log_file = args.log_file.or_else(|| {
+    let log_file = args.log_file.clone().or_else(|| {
         client_app::is_interactive().then(|| {
             std::env::temp_dir().join(format!(
                 "chittychat-client-{}-{}.log",
@@ -49,10 +110,62 @@ async fn main() -> ExitCode {
             return ExitCode::from(client_app::EXIT_SESSION_LOST);
         }
     };
+    if let Some(script) = args.script {
+        return script::run(ScriptOptions {
+            name: args.name,
+            server: args.server,
+            script,
+        })
+        .await;
+    }
+    let (tls_ca, join_secret) = match (read_tls_ca(&args), read_join_secret(&args)) {
+        (Ok(tls_ca), Ok(join_secret)) => (tls_ca, join_secret),
+        (Err(err), _) | (_, Err(err)) => {
+            eprintln!("chittychat-client: error: {err}");
+            return ExitCode::from(client_app::EXIT_USAGE);
+        }
+    };
     client_app::run(ClientOptions {
         name: args.name,
         server: args.server,
+        connect: ConnectOptions {
+            keepalive: Keepalive {
+                interval: args.keepalive_interval.0,
+                timeout: args.keepalive_timeout.0,
+            },
+            tls_ca,
+        },
+        join_secret,
+        reconnect: !args.no_reconnect,
+        reconnect_timeout: args.reconnect_timeout.0,
         log_file,
     })
     .await
+}
+
+fn read_tls_ca(args: &Args) -> Result<Option<Vec<u8>>, String> {
+    args.tls_ca
+        .as_deref()
+        .map(|path| {
+            chittychat::transport::read(path, "TLS certificate authority")
+                .map_err(|err| err.to_string())
+        })
+        .transpose()
+}
+
+fn read_join_secret(args: &Args) -> Result<Option<JoinSecret>, String> {
+    if let Some(path) = &args.join_secret_file {
+        return JoinSecret::from_file(path)
+            .map(Some)
+            .map_err(|err| err.to_string());
+    }
+    match std::env::var(JOIN_SECRET_ENV) {
+        Ok(text) => JoinSecret::new(&text)
+            .map(Some)
+            .map_err(|err| format!("{JOIN_SECRET_ENV}: {err}")),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("{JOIN_SECRET_ENV} is not valid Unicode"))
+        }
+    }
 }

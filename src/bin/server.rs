@@ -1,18 +1,29 @@
 //! `chittychat-server`: parses the command line, sets up logging, binds the listener
-//! and serves until SIGINT or SIGTERM.
+//! and serves until SIGINT or SIGTERM; or, with `--health-check`, probes a running
+//! server.
 
 use anyhow::Context;
-use chittychat::hub::{DEFAULT_QUEUE_DEPTH, HubConfig};
+use chittychat::health::{self, Probed};
+use chittychat::hub::{
+    DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE, DEFAULT_QUEUE_DEPTH,
+    HubConfig, PublishRate,
+};
 use chittychat::logging::{self, LogFormat};
 use chittychat::server::{self, DEFAULT_LISTEN, ServerConfig};
+use chittychat::transport::{
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES, JoinSecret,
+    Keepalive, Seconds, TlsIdentity,
+};
 use clap::Parser;
+use std::num::NonZeroU32;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// The Chitty-Chat server: holds the participants and a Lamport clock, and
 /// broadcasts every message, join and leave to everyone present.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, after_help = AFTER_HELP)]
 struct Args {
     /// Address to listen on; port 0 picks a free port (the bound address is logged).
     #[arg(long, env = "CHITTYCHAT_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -22,19 +33,98 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_QUEUE_DEPTH", default_value_t = DEFAULT_QUEUE_DEPTH,
           value_parser = clap::value_parser!(u32).range(1..))]
     queue_depth: u32,
+    /// How many participants may be present at once; Join beyond it gets
+    /// RESOURCE_EXHAUSTED ("server full").
+    #[arg(long, env = "CHITTYCHAT_MAX_PARTICIPANTS", default_value_t = DEFAULT_MAX_PARTICIPANTS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_participants: u32,
+    /// How many messages a second each participant may publish, sustained; a
+    /// Publish beyond it gets RESOURCE_EXHAUSTED saying when to retry. 0 turns
+    /// the limit off.
+    #[arg(long, env = "CHITTYCHAT_PUBLISH_RATE", default_value_t = DEFAULT_PUBLISH_RATE)]
+    publish_rate: u32,
+    /// How many messages each participant may publish at once after a quiet spell.
+    #[arg(long, env = "CHITTYCHAT_PUBLISH_BURST", default_value_t = DEFAULT_PUBLISH_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    publish_burst: u32,
+    /// The largest request, in bytes once encoded, the server decodes; a larger one
+    /// gets RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CHITTYCHAT_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES as u32,
+          value_parser = clap::value_parser!(u32).range(64..))]
+    max_request_bytes: u32,
+    /// Seconds a connection may be silent before the server pings the client
+    /// (HTTP/2 keepalive).
+    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_INTERVAL", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_KEEPALIVE_INTERVAL))]
+    keepalive_interval: Seconds,
+    /// Seconds a ping may go unanswered before the client counts as gone and is
+    /// announced as having left.
+    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_KEEPALIVE_TIMEOUT))]
+    keepalive_timeout: Seconds,
+    /// Serve TLS with this certificate chain (PEM); needs --tls-key. Clients then
+    /// connect with https:// URLs.
+    #[arg(
+        long,
+        env = "CHITTYCHAT_TLS_CERT",
+        value_name = "PEM_FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "CHITTYCHAT_TLS_KEY",
+        value_name = "PEM_FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+    /// Require this secret of everyone who joins (Join without it gets
+    /// UNAUTHENTICATED). Prefer the environment variable or --join-secret-file:
+    /// other users of the machine can read a command line.
+    #[arg(
+        long,
+        env = "CHITTYCHAT_JOIN_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "join_secret_file"
+    )]
+    join_secret: Option<String>,
+    /// Require the secret in this file (surrounding whitespace ignored) of everyone
+    /// who joins.
+    #[arg(long, env = "CHITTYCHAT_JOIN_SECRET_FILE", value_name = "FILE")]
+    join_secret_file: Option<PathBuf>,
     /// Log format: text for people, json for tools (one object per line).
     #[arg(long, env = "CHITTYCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Append logs to this file instead of stderr.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Do not serve: ask the server listening at --listen (over loopback when it
+    /// listens on all addresses) whether it is serving, through the gRPC health
+    /// service, print one line and exit: 0 serving, 1 not serving or unreachable.
+    /// Container health checks use this.
+    #[arg(long)]
+    health_check: bool,
 }
 
+/// The help's closing words.
+const AFTER_HELP: &str = "\
+Environment: each flag may instead be set in the variable shown with it. RUST_LOG
+filters the log (default: info).
+
+Every refusal (a limit reached, a bad request, a missing join secret) is logged at
+warn level as \"refused\" with the participant's name.";
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<ExitCode> {
     let args = Args::parse();
+    if args.health_check {
+        return Ok(health_check(&args.listen).await);
+    }
     let _log = logging::init(args.log_format, args.log_file.as_deref(), "info")
         .with_context(|| format!("cannot open the log file {:?}", args.log_file))?;
+    let config = server_config(&args)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -53,12 +143,57 @@ async fn main() -> anyhow::Result<()> {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     };
-    let config = ServerConfig {
-        hub: HubConfig {
-            queue_depth: args.queue_depth as usize,
-        },
-    };
     server::run(listener, config, shutdown).await?;
     tracing::info!("Chitty-Chat server stopped");
-    Ok(())
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probes the server at `listen`; logs nothing, so a probe never writes into the
+/// server's log file.
+async fn health_check(listen: &str) -> ExitCode {
+    let url = health::probe_url(listen);
+    match health::probe(&url, "").await {
+        Ok(Probed::Serving) => {
+            println!("chittychat-server: the server at {url} is SERVING");
+            ExitCode::SUCCESS
+        }
+        Ok(Probed::NotServing(status)) => {
+            eprintln!("chittychat-server: error: the server at {url} is {status}");
+            ExitCode::FAILURE
+        }
+        Err(err) => {
+            eprintln!("chittychat-server: error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsIdentity::from_files(cert, key)?),
+        _ => None,
+    };
+    let join_secret = match (&args.join_secret, &args.join_secret_file) {
+        (Some(text), _) => Some(JoinSecret::new(text).map_err(anyhow::Error::msg)?),
+        (None, Some(path)) => Some(JoinSecret::from_file(path)?),
+        (None, None) => None,
+    };
+    let publish_rate = NonZeroU32::new(args.publish_rate).map(|per_second| PublishRate {
+        per_second,
+        burst: NonZeroU32::new(args.publish_burst).unwrap_or(NonZeroU32::MIN),
+    });
+    Ok(ServerConfig {
+        hub: HubConfig {
+            queue_depth: args.queue_depth as usize,
+            max_participants: args.max_participants as usize,
+            publish_rate,
+        },
+        keepalive: Keepalive {
+            interval: args.keepalive_interval.0,
+            timeout: args.keepalive_timeout.0,
+        },
+        max_request_bytes: args.max_request_bytes as usize,
+        tls,
+        join_secret,
+    })
 }

@@ -1,0 +1,223 @@
+//! Fuzzes every request message from the wire into the hub: arbitrary bytes are
+//! decoded as a JoinRequest, PublishRequest or LeaveRequest (the first byte picks
+//! which) and, when they decode, handed to the hub the way the server does, in a room
+//! where "alice" is present. Nothing panics; a request is accepted exactly when the
+//! rules say so; an accepted one is stamped by Lamport's rule and reaches alice's
+//! feed; a refused one changes nothing; and whatever a request carried, the next
+//! event is still stamped later than every event before it.
+//!
+//! In a session token, '@' stands for alice's session id and '#' for her secret, so
+//! the fuzzer can build near-miss tokens: only her exact token may be accepted.
+
+#![no_main]
+
+use chittychat::error::ChatError;
+use chittychat::event::{EventKind, joined_sentence};
+use chittychat::hub::{Feed, Hub, HubConfig, Stamp};
+use chittychat::lamport::LamportTime;
+use chittychat::pb;
+use chittychat::validate::{validate_lamport, validate_message, validate_name};
+use futures::{FutureExt, StreamExt};
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+use std::sync::Arc;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, wire)) = data.split_first() else {
+        return;
+    };
+    match which % 3 {
+        0 => {
+            if let Ok(request) = decoded::<pb::JoinRequest>(wire) {
+                join(request);
+            }
+        }
+        1 => {
+            if let Ok(request) = decoded::<pb::PublishRequest>(wire) {
+                publish(request);
+            }
+        }
+        _ => {
+            if let Ok(request) = decoded::<pb::LeaveRequest>(wire) {
+                leave(request);
+            }
+        }
+    }
+});
+
+/// Decodes `wire` and checks that encoding the result decodes to the same message.
+fn decoded<M: Message + Default + PartialEq>(wire: &[u8]) -> Result<M, prost::DecodeError> {
+    let message = M::decode(wire)?;
+    let again = M::decode(message.encode_to_vec().as_slice()).expect("re-encoded message");
+    assert!(
+        again == message,
+        "decode, encode, decode changed the message"
+    );
+    Ok(message)
+}
+
+/// A room in which alice is present and has read her own join notice.
+struct Room {
+    hub: Arc<Hub>,
+    alice: Feed,
+    token: String,
+}
+
+impl Room {
+    fn new() -> Self {
+        let hub = Arc::new(Hub::new(HubConfig { queue_depth: 8 }));
+        let mut joined = hub.join(b"alice", 0).expect("alice joins");
+        let first = next(&mut joined.feed).expect("alice's join notice");
+        assert_eq!(first.kind, EventKind::Joined);
+        let token = joined.token.expose().to_owned();
+        Room {
+            hub,
+            alice: joined.feed,
+            token,
+        }
+    }
+
+    /// Replaces '@' by alice's session id and '#' by her secret.
+    fn token_from(&self, pattern: &str) -> String {
+        let (id, secret) = self.token.split_once('.').expect("a token has a dot");
+        pattern.replace('@', id).replace('#', secret)
+    }
+
+    /// Checks that the server's clock still advances: a new event (a join, so that it
+    /// works whether or not alice is still present) is stamped after `last`.
+    fn assert_clock_still_rises(&self, last: LamportTime) {
+        let carol = self.hub.join(b"carol", 0).expect("carol joins");
+        assert!(
+            carol.stamp.lamport > last,
+            "the clock stopped: an event at {} after one at {last}",
+            carol.stamp.lamport
+        );
+    }
+
+    /// Checks that a refused request left the room as it was.
+    fn assert_unchanged(&mut self, lamport_before: LamportTime) {
+        assert_eq!(self.hub.lamport_now(), lamport_before, "the clock moved");
+        assert_eq!(self.hub.present(), ["alice"]);
+        assert!(
+            self.alice.next().now_or_never().is_none(),
+            "a refused request was broadcast"
+        );
+    }
+}
+
+/// The event ready on `feed`, if any; `None` when none is queued or the feed ended.
+fn next(feed: &mut Feed) -> Option<Arc<chittychat::event::Event>> {
+    match feed.next().now_or_never() {
+        Some(Some(Ok(event))) => Some(event),
+        _ => None,
+    }
+}
+
+/// Lamport's receive rule as the server applies it to a request.
+fn expected_time(before: LamportTime, client: LamportTime) -> LamportTime {
+    before.max(client).saturating_add(1)
+}
+
+fn join(request: pb::JoinRequest) {
+    let mut room = Room::new();
+    let before = room.hub.lamport_now();
+    let should_accept = validate_name(&request.name).is_ok()
+        && validate_lamport(request.lamport, before).is_ok()
+        && request.name != b"alice";
+    match room.hub.join(&request.name, request.lamport) {
+        Ok(mut joined) => {
+            assert!(should_accept, "accepted the name {:?}", request.name);
+            let name = std::str::from_utf8(&request.name).expect("an accepted name is text");
+            let lamport = expected_time(before, request.lamport);
+            assert_eq!(joined.stamp, Stamp { lamport, seq: 2 });
+            let mut present = vec!["alice".to_owned(), name.to_owned()];
+            present.sort();
+            assert_eq!(room.hub.present(), present);
+            for feed in [&mut joined.feed, &mut room.alice] {
+                let event = next(feed).expect("the join notice");
+                assert_eq!(event.kind, EventKind::Joined);
+                assert_eq!(&*event.participant, name);
+                assert_eq!(event.text, joined_sentence(name, lamport));
+                assert_eq!((event.lamport, event.seq), (lamport, 2));
+            }
+            if name != "carol" {
+                room.assert_clock_still_rises(lamport);
+            }
+        }
+        Err(err) => {
+            assert!(!should_accept, "refused the name {:?}: {err}", request.name);
+            assert!(
+                matches!(
+                    err,
+                    ChatError::InvalidName { .. }
+                        | ChatError::NameTaken { .. }
+                        | ChatError::LamportTooFarAhead { .. }
+                ),
+                "{err:?}"
+            );
+            room.assert_unchanged(before);
+        }
+    }
+}
+
+fn publish(request: pb::PublishRequest) {
+    let mut room = Room::new();
+    let token = room.token_from(&request.session_token);
+    let before = room.hub.lamport_now();
+    let rule = validate_message(&request.text)
+        .and_then(|text| validate_lamport(request.lamport, before).map(|()| text));
+    match room.hub.publish(&token, &request.text, request.lamport) {
+        Ok(stamp) => {
+            assert_eq!(token, room.token, "accepted the token {token:?}");
+            let text = rule.expect("accepted a message the rule refuses");
+            let lamport = expected_time(before, request.lamport);
+            assert_eq!(stamp, Stamp { lamport, seq: 2 });
+            let event = next(&mut room.alice).expect("the message on alice's feed");
+            assert_eq!(event.kind, EventKind::Chat);
+            assert_eq!(&*event.participant, "alice");
+            assert_eq!(event.text, text);
+            assert_eq!((event.lamport, event.seq), (lamport, 2));
+            room.assert_clock_still_rises(lamport);
+        }
+        Err(err) => {
+            match rule {
+                // The text and the time are checked first, and refused for the rule's reason.
+                Err(reason) => assert_eq!(err, reason),
+                Ok(_) => {
+                    assert_eq!(err, ChatError::UnknownSession);
+                    assert_ne!(token, room.token, "refused alice's own token");
+                }
+            }
+            room.assert_unchanged(before);
+        }
+    }
+}
+
+fn leave(request: pb::LeaveRequest) {
+    let mut room = Room::new();
+    let token = room.token_from(&request.session_token);
+    let before = room.hub.lamport_now();
+    let rule = validate_lamport(request.lamport, before);
+    match room.hub.leave(&token, request.lamport) {
+        Ok(stamp) => {
+            assert_eq!(token, room.token, "accepted the token {token:?}");
+            assert_eq!(rule, Ok(()), "accepted a time too far ahead");
+            let lamport = expected_time(before, request.lamport);
+            assert_eq!(stamp, Stamp { lamport, seq: 2 });
+            assert!(room.hub.present().is_empty());
+            // The leaver's feed ends cleanly, without its own leave notice.
+            assert!(matches!(room.alice.next().now_or_never(), Some(None)));
+            room.assert_clock_still_rises(lamport);
+        }
+        Err(err) => {
+            match rule {
+                Err(reason) => assert_eq!(err, reason),
+                Ok(()) => {
+                    assert_eq!(err, ChatError::UnknownSession);
+                    assert_ne!(token, room.token, "refused alice's own token");
+                }
+            }
+            room.assert_unchanged(before);
+        }
+    }
+}

@@ -1,0 +1,893 @@
+//! The scripted demonstration behind `chittychat-demo`: a real server and real
+//! client processes play a conversation that shows every requirement, each writing
+//! its JSON log into one run folder, which is then checked and drawn.
+//!
+//! The script: the first clients join one after another; each publishes; two
+//! publish at the same moment (the server is paused until both have sent, so
+//! the two are concurrent for certain); one more joins late and greets; one leaves with
+//! `/quit`; one is killed (SIGKILL); the rest leave (end of input); the server is
+//! stopped with SIGTERM. Every step waits, with a deadline, until every client still
+//! present has shown its outcome on stdout, so the script never races itself.
+
+use crate::event::{joined_sentence, left_sentence};
+use crate::trace;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// Writes a line for the person running the demo. A reader that went away
+/// (`| head`) is no reason to stop: the run and its logs matter more.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// The fewest clients that show a broadcast to "all participants" and the
+/// assignment's "at least 3 client nodes".
+pub const MIN_CLIENTS: usize = 3;
+
+/// The most clients the demo starts at first; more would not fit a diagram.
+pub const MAX_CLIENTS: usize = 12;
+
+/// How long one step may take by default before the demo gives up.
+pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often the demo looks again whether the paused server has stopped.
+const STOP_POLL: Duration = Duration::from_millis(1);
+
+/// How often a log file is read again while waiting for a line in it.
+const LOG_POLL: Duration = Duration::from_millis(10);
+
+/// The server's log line that names its address.
+const LISTENING: &str = "Chitty-Chat server listening";
+
+/// Names the participants get, shuffled by the seed.
+const NAMES: [&str; 16] = [
+    "alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "mallory",
+    "niaj", "olivia", "peggy", "rupert", "sybil",
+];
+
+/// What participants say, shuffled by the seed.
+const LINES: [&str; 16] = [
+    "hello everyone",
+    "is this thing on?",
+    "good morning from the client side",
+    "who holds the clock?",
+    "logical time beats wall time",
+    "happened-before is a partial order",
+    "anyone up for coffee?",
+    "ping",
+    "the server numbers every broadcast",
+    "my clock just jumped ahead",
+    "max(local, received) + 1",
+    "hi all, glad to be here",
+    "did everyone get that?",
+    "concurrency is in the eye of the vector clock",
+    "see you later",
+    "what a lively chat",
+];
+
+/// What the demo is asked to do.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// How many clients join at first (one more joins late); at least [`MIN_CLIENTS`].
+    pub clients: usize,
+    /// The run's folder: created if missing, refused if not empty. `None`: a fresh
+    /// timestamped folder under `runs/`.
+    pub out: Option<PathBuf>,
+    /// The seed for names, messages and who does what.
+    pub seed: u64,
+    /// Where `chittychat-server` and `chittychat-client` are.
+    pub bin_dir: PathBuf,
+    /// How long one step may take.
+    pub step_timeout: Duration,
+}
+
+/// What can stop the demo.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The options cannot be used.
+    #[error("{0}")]
+    Usage(String),
+    /// A file or process could not be set up.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A step did not finish in time.
+    #[error("timed out after {secs} s waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The deadline, in seconds.
+        secs: u64,
+    },
+    /// A process ended unexpectedly or badly.
+    #[error("{0}")]
+    Process(String),
+    /// SIGINT or SIGTERM arrived; the processes were stopped.
+    #[error("interrupted by {0}; stopped the server and the clients")]
+    Interrupted(&'static str),
+    /// The run's logs could not be read back.
+    #[error("cannot read the run's logs: {0}")]
+    Logs(#[from] trace::parse::ParseError),
+}
+
+/// How the demo ended, for the caller to report.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// The run's folder.
+    pub dir: PathBuf,
+    /// Whether the checker found every rule to hold.
+    pub check_ok: bool,
+}
+
+/// The folder of the running program, where its sibling binaries are.
+pub fn sibling_dir() -> Result<PathBuf, DemoError> {
+    let exe = std::env::current_exe().map_err(|source| DemoError::Io {
+        what: "cannot find the running program".into(),
+        source,
+    })?;
+    Ok(exe.parent().map(Path::to_owned).unwrap_or_default())
+}
+
+/// Runs the demo, printing its progress, the conversations, the check and where
+/// the files are to stdout.
+pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
+    if !(MIN_CLIENTS..=MAX_CLIENTS).contains(&options.clients) {
+        return Err(DemoError::Usage(format!(
+            "--clients must be from {MIN_CLIENTS} to {MAX_CLIENTS}, not {}",
+            options.clients
+        )));
+    }
+    let server_bin = options.bin_dir.join("chittychat-server");
+    let client_bin = options.bin_dir.join("chittychat-client");
+    for bin in [&server_bin, &client_bin] {
+        if !bin.is_file() {
+            return Err(DemoError::Usage(format!(
+                "cannot find {}; build the binaries first (cargo build --bins)",
+                bin.display()
+            )));
+        }
+    }
+    let dir = run_folder(options.out.as_deref())?;
+    let plan = Plan::new(options.clients, options.seed);
+    say!(
+        "Chitty-Chat demo: {} clients, seed {}, run folder {}",
+        options.clients + 1,
+        options.seed,
+        dir.display()
+    );
+
+    let mut stage = Stage {
+        dir: dir.clone(),
+        client_bin,
+        timeout: options.step_timeout,
+        changed: watch::channel(0u64).0,
+        present: Vec::new(),
+        gone: Vec::new(),
+        step: 0,
+        server: None,
+    };
+    let mut server = start_server(&server_bin, &dir, &stage).await?;
+    stage.server = server.child.id().map(|id| Pid::from_raw(id as i32));
+    // Interrupted, the demo still stops what it started: the server gracefully,
+    // the clients when `stage` drops.
+    let result = tokio::select! {
+        result = stage.play(&plan, &server.url) => result,
+        signal = interrupted() => Err(DemoError::Interrupted(signal)),
+    };
+    // Stop the server on every path, so its log is complete.
+    let stopped = server.stop(stage.timeout).await;
+    result?;
+    stopped?;
+
+    say!("\nThe conversation as each participant saw it:");
+    let mut everyone: Vec<&Participant> = stage.gone.iter().chain(&stage.present).collect();
+    everyone.sort_by_key(|p| p.joined);
+    for participant in everyone {
+        say!("\n  {} ({}):", participant.name, participant.ending);
+        for line in participant
+            .lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            say!("    {line}");
+        }
+    }
+
+    let run = trace::parse::Run::read(std::slice::from_ref(&dir))?;
+    let report = trace::check::check(&run);
+    say!(
+        "\nChecking the logs (chittychat-trace check {}):",
+        dir.display()
+    );
+    for line in report.to_string().lines() {
+        say!("  {line}");
+    }
+    let written = trace::write_diagrams(&run, &dir).map_err(|source| DemoError::Io {
+        what: format!("cannot write the diagrams into {}", dir.display()),
+        source,
+    })?;
+    say!("\nLogs (one JSON object per line): {}/*.log", dir.display());
+    say!("Diagrams and exports:");
+    for path in written {
+        say!("  {}", path.display());
+    }
+    say!(
+        "Open the SVG in a browser; paste run.shiviz into https://bestchai.bitbucket.io/shiviz/ to explore concurrency."
+    );
+    Ok(DemoOutcome {
+        dir,
+        check_ok: report.ok(),
+    })
+}
+
+/// Creates the run's folder: `out` if it is missing or empty, else a fresh
+/// `runs/<UTC time>` (with a suffix if two runs start in the same second).
+fn run_folder(out: Option<&Path>) -> Result<PathBuf, DemoError> {
+    let io = |what: String| move |source| DemoError::Io { what, source };
+    if let Some(out) = out {
+        if out.exists() {
+            let mut entries =
+                std::fs::read_dir(out).map_err(io(format!("cannot read {}", out.display())))?;
+            if entries.next().is_some() {
+                return Err(DemoError::Usage(format!(
+                    "{} is not empty; logs are appended to, so two runs would mix: choose a new folder",
+                    out.display()
+                )));
+            }
+        } else {
+            std::fs::create_dir_all(out).map_err(io(format!("cannot create {}", out.display())))?;
+        }
+        return Ok(out.to_owned());
+    }
+    let runs = Path::new("runs");
+    std::fs::create_dir_all(runs).map_err(io("cannot create runs/".into()))?;
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = format!(
+        "{:04}{:02}{:02}-{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    for attempt in 1u32.. {
+        let name = if attempt == 1 {
+            stamp.clone()
+        } else {
+            format!("{stamp}-{attempt}")
+        };
+        let dir = runs.join(name);
+        // create_dir fails if the folder exists: no two runs share one.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(source) => {
+                return Err(DemoError::Io {
+                    what: format!("cannot create {}", dir.display()),
+                    source,
+                });
+            }
+        }
+    }
+    unreachable!("the attempts are unbounded")
+}
+
+/// Who does what, decided by the seed.
+#[derive(Debug)]
+struct Plan {
+    /// The first clients, in joining order.
+    first: Vec<String>,
+    /// The late joiner.
+    late: String,
+    /// What each says: the first clients' lines, then the late joiner's.
+    lines: Vec<String>,
+    /// The two (indices into `first`) who publish at the same moment, and their lines.
+    together: [(usize, String); 2],
+    /// Who leaves with /quit (an index into `first`).
+    quitter: usize,
+    /// Who is killed (an index into `first`).
+    killed: usize,
+}
+
+impl Plan {
+    fn new(clients: usize, seed: u64) -> Plan {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut names: Vec<&str> = NAMES.to_vec();
+        names.shuffle(&mut rng);
+        let mut lines: Vec<&str> = LINES.to_vec();
+        lines.shuffle(&mut rng);
+        let mut order: Vec<usize> = (0..clients).collect();
+        order.shuffle(&mut rng);
+        // Lines cycle if there are more clients than lines.
+        let line = |i: usize| lines[i % lines.len()].to_owned();
+        Plan {
+            first: names[..clients].iter().map(|n| (*n).to_owned()).collect(),
+            late: names[clients].to_owned(),
+            lines: (0..=clients).map(line).collect(),
+            together: [(order[0], line(clients + 1)), (order[1], line(clients + 2))],
+            // `order` is a permutation of at least three: these are distinct.
+            quitter: order[2],
+            killed: order[0],
+        }
+    }
+}
+
+/// One client process and what it showed.
+struct Participant {
+    name: String,
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    /// How it ended, for the conversation listing.
+    ending: &'static str,
+    /// Its place in the joining order.
+    joined: usize,
+    /// Its JSON log.
+    log: PathBuf,
+    /// How many messages it was asked to publish.
+    published: usize,
+}
+
+impl Participant {
+    fn shown(&self, pred: impl Fn(&str) -> bool) -> bool {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| pred(l))
+    }
+}
+
+/// The running demo: its folder, its clients, and a signal that output arrived.
+struct Stage {
+    dir: PathBuf,
+    client_bin: PathBuf,
+    timeout: Duration,
+    /// Bumped whenever any process prints a line or exits.
+    changed: watch::Sender<u64>,
+    present: Vec<Participant>,
+    gone: Vec<Participant>,
+    step: usize,
+    /// The server's process id, to pause it while two messages cross.
+    server: Option<Pid>,
+}
+
+impl Stage {
+    async fn play(&mut self, plan: &Plan, url: &str) -> Result<(), DemoError> {
+        for name in &plan.first {
+            self.announce(&format!("{name} joins"));
+            self.join(name, url).await?;
+        }
+        for (i, name) in plan.first.iter().enumerate() {
+            self.announce(&format!("{name} says \"{}\"", plan.lines[i]));
+            self.say(&[(name, &plan.lines[i])]).await?;
+        }
+        let [(a, a_line), (b, b_line)] = &plan.together;
+        let (a, b) = (&plan.first[*a], &plan.first[*b]);
+        self.announce(&format!(
+            "{a} and {b} publish at the same moment, the server paused until both have sent: \"{a_line}\" and \"{b_line}\""
+        ));
+        self.say(&[(a, a_line), (b, b_line)]).await?;
+        let late = &plan.late;
+        self.announce(&format!("{late} joins late"));
+        self.join(late, url).await?;
+        let late_line = &plan.lines[plan.first.len()];
+        self.announce(&format!("{late} says \"{late_line}\""));
+        self.say(&[(late, late_line)]).await?;
+        let quitter = &plan.first[plan.quitter];
+        self.announce(&format!("{quitter} leaves with /quit"));
+        self.leave(quitter, Leaving::Quit).await?;
+        let killed = &plan.first[plan.killed];
+        self.announce(&format!("{killed} is killed (SIGKILL)"));
+        self.leave(killed, Leaving::Kill).await?;
+        let rest: Vec<String> = self.present.iter().map(|p| p.name.clone()).collect();
+        for name in rest {
+            self.announce(&format!("{name} leaves (end of input)"));
+            self.leave(&name, Leaving::EndOfInput).await?;
+        }
+        Ok(())
+    }
+
+    fn announce(&mut self, what: &str) {
+        self.step += 1;
+        say!("{:>3}. {what}", self.step);
+    }
+
+    async fn join(&mut self, name: &str, url: &str) -> Result<(), DemoError> {
+        let log = self.dir.join(format!("{name}.log"));
+        let mut child = Command::new(&self.client_bin)
+            .arg("--name")
+            .arg(name)
+            .arg("--server")
+            .arg(url)
+            .arg("--log-format")
+            .arg("json")
+            .arg("--log-file")
+            .arg(&log)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| DemoError::Io {
+                what: format!("cannot start {}", self.client_bin.display()),
+                source,
+            })?;
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        if let Some(out) = child.stdout.take() {
+            collect(out, Arc::clone(&lines), self.changed.clone());
+        }
+        if let Some(err) = child.stderr.take() {
+            collect(err, Arc::clone(&stderr), self.changed.clone());
+        }
+        self.present.push(Participant {
+            name: name.to_owned(),
+            stdin: child.stdin.take(),
+            child,
+            lines,
+            stderr,
+            ending: "present at the end",
+            joined: self.present.len() + self.gone.len(),
+            log,
+            published: 0,
+        });
+        let notice = joined_sentence(name, 0);
+        let prefix = notice.trim_end_matches('0').to_owned();
+        self.everyone_shows(&format!("the join of {name}"), |line| {
+            line.starts_with(&prefix)
+        })
+        .await
+    }
+
+    /// Has each `(name, line)` typed at once, then waits until everyone shows them.
+    /// Has each `(name, line)` typed, then waits until everyone shows them.
+    ///
+    /// Two or more lines are made concurrent for certain: the server is paused
+    /// (SIGSTOP) until every one of them has been sent, so no sender can hear of
+    /// another's message before sending its own.
+    async fn say(&mut self, lines: &[(&String, &String)]) -> Result<(), DemoError> {
+        for (name, _) in lines {
+            self.find(name)?;
+        }
+        let pause = lines.len() > 1;
+        let typed = if pause {
+            self.signal_server(Signal::SIGSTOP);
+            self.server_stopped().await
+        } else {
+            Ok(())
+        };
+        let typed = match typed {
+            Ok(()) => self.type_lines(lines).await,
+            err => err,
+        };
+        let sent = match typed {
+            Ok(()) if pause => {
+                let mut all = Ok(());
+                for (name, _) in lines {
+                    let wanted = self.find(name)?.published + 1;
+                    all = self.logged(name, "sent", wanted).await;
+                    if all.is_err() {
+                        break;
+                    }
+                }
+                all
+            }
+            other => other,
+        };
+        if pause {
+            // On every path: a paused server would fail every later step.
+            self.signal_server(Signal::SIGCONT);
+        }
+        sent?;
+        for (name, line) in lines {
+            let suffix = format!("] {name}: {line}");
+            self.everyone_shows(&format!("{name}'s message"), |l| {
+                l.starts_with("[Lamport ") && l.ends_with(&suffix)
+            })
+            .await?;
+            self.find(name)?.published += 1;
+        }
+        // A client reads its next line only once Publish has returned, and the
+        // reply may trail the broadcast: wait for it, so the next step starts
+        // from a client that is ready.
+        for (name, _) in lines {
+            let wanted = self.find(name)?.published;
+            self.logged(name, "reply", wanted).await?;
+        }
+        Ok(())
+    }
+
+    /// Types every line into its client's stdin at once.
+    async fn type_lines(&mut self, lines: &[(&String, &String)]) -> Result<(), DemoError> {
+        let writes = self.present.iter_mut().filter_map(|participant| {
+            let (_, line) = lines.iter().find(|(name, _)| **name == participant.name)?;
+            Some(async move {
+                let name = &participant.name;
+                let stdin = participant.stdin.as_mut().ok_or_else(|| {
+                    DemoError::Process(format!("{name}'s input is already closed"))
+                })?;
+                stdin
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .map_err(|source| DemoError::Io {
+                        what: format!("cannot type into {name}'s client"),
+                        source,
+                    })
+            })
+        });
+        futures::future::try_join_all(writes).await.map(drop)
+    }
+
+    /// Waits until the server has stopped. SIGSTOP only starts a stop: until one
+    /// of its threads gets a CPU to carry it out, the others keep serving, so a
+    /// loaded machine could still let one message through.
+    async fn server_stopped(&self) -> Result<(), DemoError> {
+        use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+        let Some(pid) = self.server else {
+            return Ok(());
+        };
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            // WUNTRACED reports the stop once every thread has stopped; WNOHANG
+            // keeps the call from blocking. Neither reaps the process.
+            match waitpid(pid, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Stopped(..)) => return Ok(()),
+                Ok(WaitStatus::StillAlive) => {}
+                Ok(other) => {
+                    return Err(DemoError::Process(format!(
+                        "the server did not stop as asked: {other:?}"
+                    )));
+                }
+                Err(err) => {
+                    return Err(DemoError::Process(format!(
+                        "cannot tell whether the server stopped: {err}"
+                    )));
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error("the server to pause"));
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
+    fn signal_server(&self, signal: Signal) {
+        if let Some(pid) = self.server {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+
+    /// Waits until `name`'s log has `wanted` Publish lines of kind `message`
+    /// ("sent" or "reply").
+    async fn logged(&mut self, name: &str, message: &str, wanted: usize) -> Result<(), DemoError> {
+        let deadline = Instant::now() + self.timeout;
+        let log = self.find(name)?.log.clone();
+        let message = format!(r#""message":"{message}""#);
+        loop {
+            // The log is written by a background thread; read what is there.
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let count = text
+                .lines()
+                .filter(|l| l.contains(&message) && l.contains(r#""rpc":"Publish""#))
+                .count();
+            if count >= wanted {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    self.timeout_error(&format!("{name}'s log to show {message} for Publish"))
+                );
+            }
+            tokio::time::sleep(LOG_POLL).await;
+        }
+    }
+
+    async fn leave(&mut self, name: &str, how: Leaving) -> Result<(), DemoError> {
+        let position = self
+            .present
+            .iter()
+            .position(|p| p.name == name)
+            .ok_or_else(|| DemoError::Process(format!("{name} is not present")))?;
+        let mut participant = self.present.remove(position);
+        let what = format!("{name} to exit");
+        let deadline = Instant::now() + self.timeout;
+        match how {
+            Leaving::Quit | Leaving::EndOfInput => {
+                if let Some(mut stdin) = participant.stdin.take()
+                    && how == Leaving::Quit
+                {
+                    let _ = stdin.write_all(b"/quit\n").await;
+                }
+                participant.ending = how.ending();
+                let status = tokio::time::timeout_at(deadline, participant.child.wait())
+                    .await
+                    .map_err(|_| self.timeout_error(&what))?
+                    .map_err(|source| DemoError::Io {
+                        what: format!("cannot wait for {name}"),
+                        source,
+                    })?;
+                if !status.success() {
+                    let stderr = last_words(&participant.stderr);
+                    self.gone.push(participant);
+                    return Err(DemoError::Process(format!(
+                        "{name}'s client exited with {status} on leaving{stderr}"
+                    )));
+                }
+            }
+            Leaving::Kill => {
+                participant.ending = how.ending();
+                participant
+                    .child
+                    .start_kill()
+                    .map_err(|source| DemoError::Io {
+                        what: format!("cannot kill {name}"),
+                        source,
+                    })?;
+                tokio::time::timeout_at(deadline, participant.child.wait())
+                    .await
+                    .map_err(|_| self.timeout_error(&what))?
+                    .map_err(|source| DemoError::Io {
+                        what: format!("cannot wait for {name}"),
+                        source,
+                    })?;
+            }
+        }
+        self.gone.push(participant);
+        let prefix = left_sentence(name, 0).trim_end_matches('0').to_owned();
+        self.everyone_shows(&format!("the leave of {name}"), |line| {
+            line.starts_with(&prefix)
+        })
+        .await
+    }
+
+    fn find(&mut self, name: &str) -> Result<&mut Participant, DemoError> {
+        self.present
+            .iter_mut()
+            .find(|p| p.name == name)
+            .ok_or_else(|| DemoError::Process(format!("{name} is not present")))
+    }
+
+    /// Waits until every present client has shown a line matching `pred`, failing
+    /// early if one of them exits.
+    async fn everyone_shows(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) -> Result<(), DemoError> {
+        let deadline = Instant::now() + self.timeout;
+        let mut changed = self.changed.subscribe();
+        loop {
+            changed.borrow_and_update();
+            if self.present.iter().all(|p| p.shown(&pred)) {
+                return Ok(());
+            }
+            for participant in &mut self.present {
+                if let Ok(Some(status)) = participant.child.try_wait() {
+                    let stderr = last_words(&participant.stderr);
+                    return Err(DemoError::Process(format!(
+                        "{}'s client exited with {status} while waiting for {what}{stderr}",
+                        participant.name
+                    )));
+                }
+            }
+            // A line or an exit bumps `changed`; poll exits now and then as well,
+            // since an exit without output bumps nothing.
+            let wake = Instant::now() + Duration::from_millis(200);
+            match tokio::time::timeout_at(deadline.min(wake), changed.changed()).await {
+                Ok(_) => {}
+                Err(_) if Instant::now() >= deadline => return Err(self.timeout_error(what)),
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn timeout_error(&self, what: &str) -> DemoError {
+        DemoError::Timeout {
+            what: what.to_owned(),
+            secs: self.timeout.as_secs(),
+        }
+    }
+}
+
+/// How a participant leaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    Quit,
+    Kill,
+    EndOfInput,
+}
+
+impl Leaving {
+    fn ending(self) -> &'static str {
+        match self {
+            Leaving::Quit => "left with /quit",
+            Leaving::Kill => "killed",
+            Leaving::EndOfInput => "left at end of input",
+        }
+    }
+}
+
+/// Reads lines from a child's output into `lines`, bumping `changed` for each.
+fn collect(
+    output: impl AsyncRead + Unpin + Send + 'static,
+    lines: Arc<Mutex<Vec<String>>>,
+    changed: watch::Sender<u64>,
+) {
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(output).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            changed.send_modify(|n| *n += 1);
+        }
+        changed.send_modify(|n| *n += 1);
+    });
+}
+
+/// What a process said on stderr, as ": line | line", or nothing if it said nothing.
+fn last_words(stderr: &Mutex<Vec<String>>) -> String {
+    let lines = stderr.lock().unwrap_or_else(|e| e.into_inner());
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", lines.join(" | "))
+    }
+}
+
+/// The server process.
+struct Server {
+    child: Child,
+    url: String,
+}
+
+async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, DemoError> {
+    let log = dir.join("server.log");
+    let mut child = Command::new(bin)
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--log-format")
+        .arg("json")
+        .arg("--log-file")
+        .arg(&log)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| DemoError::Io {
+            what: format!("cannot start {}", bin.display()),
+            source,
+        })?;
+    let stderr = Arc::new(Mutex::new(Vec::new()));
+    if let Some(err) = child.stderr.take() {
+        collect(err, Arc::clone(&stderr), stage.changed.clone());
+    }
+    // The server logs its bound address; the log file is the only place it says it.
+    let deadline = Instant::now() + stage.timeout;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&log)
+            && let Some(address) = text.lines().find_map(listening_address)
+        {
+            return Ok(Server {
+                child,
+                url: format!("http://{address}"),
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let stderr = last_words(&stderr);
+            return Err(DemoError::Process(format!(
+                "the server exited with {status} at start{stderr}"
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(DemoError::Timeout {
+                what: "the server to listen".into(),
+                secs: stage.timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(LOG_POLL).await;
+    }
+}
+
+/// Completes on SIGINT or SIGTERM, naming it.
+async fn interrupted() -> &'static str {
+    let Ok(mut terminate) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        // Without a SIGTERM handler, wait for SIGINT alone.
+        let _ = tokio::signal::ctrl_c().await;
+        return "SIGINT";
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    }
+}
+
+/// The address in the server's "listening" log line.
+fn listening_address(line: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    if value.get("message")?.as_str()? != LISTENING {
+        return None;
+    }
+    Some(value.get("address")?.as_str()?.to_owned())
+}
+
+impl Server {
+    /// Stops the server with SIGTERM, so it flushes its log; SIGKILL if it hangs.
+    async fn stop(&mut self, timeout: Duration) -> Result<(), DemoError> {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(Ok(status)) if status.success() => Ok(()),
+            Ok(Ok(status)) => Err(DemoError::Process(format!(
+                "the server exited with {status} on SIGTERM"
+            ))),
+            Ok(Err(source)) => Err(DemoError::Io {
+                what: "cannot wait for the server".into(),
+                source,
+            }),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                Err(DemoError::Timeout {
+                    what: "the server to stop".into(),
+                    secs: timeout.as_secs(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_plan_is_a_function_of_the_seed() {
+        for clients in MIN_CLIENTS..=MAX_CLIENTS {
+            for seed in 0..50 {
+                let plan = Plan::new(clients, seed);
+                let again = Plan::new(clients, seed);
+                assert_eq!(plan.first, again.first);
+                assert_eq!(plan.lines, again.lines);
+                assert_eq!(plan.first.len(), clients);
+                assert!(!plan.first.contains(&plan.late));
+                assert_ne!(plan.together[0].0, plan.together[1].0);
+                assert_ne!(plan.quitter, plan.killed, "clients {clients} seed {seed}");
+                assert!(plan.quitter < clients && plan.killed < clients);
+            }
+        }
+    }
+
+    #[test]
+    fn a_non_empty_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("server.log"), "").unwrap();
+        let err = run_folder(Some(dir.path())).unwrap_err();
+        assert!(err.to_string().contains("is not empty"), "{err}");
+    }
+}

@@ -1,0 +1,185 @@
+//! The binaries' command lines: `--version`, a `--help` that explains every flag
+//! and names its `CHITTYCHAT_…` environment variable, and settings taken from the
+//! environment.
+
+mod fixture;
+
+use chittychat::client::{Session, connect};
+use fixture::ServerProcess;
+use std::process::Command;
+
+const SERVER: &str = env!("CARGO_BIN_EXE_chittychat-server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_chittychat-client");
+
+fn output_of(binary: &str, args: &[&str]) -> String {
+    let output = Command::new(binary).args(args).output().unwrap();
+    assert!(output.status.success(), "{binary} {args:?}: {output:?}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn both_binaries_tell_their_version() {
+    for binary in [SERVER, CLIENT] {
+        let shown = output_of(binary, &["--version"]);
+        assert!(
+            shown.trim_end().ends_with(env!("CARGO_PKG_VERSION")),
+            "{binary}: {shown}"
+        );
+    }
+}
+
+/// Each option of a `--help` text, with the block of text that explains it.
+fn options(help: &str) -> Vec<(String, String)> {
+    let mut options: Vec<(String, String)> = Vec::new();
+    let section = help
+        .split_once("\nOptions:\n")
+        .expect("a section of options")
+        .1;
+    for line in section.lines() {
+        if !line.is_empty() && !line.starts_with(' ') {
+            break; // The closing words after the options.
+        }
+        let trimmed = line.trim_start();
+        // "--flag <VALUE>" or "-h, --help"; not "- text: …", a listed value.
+        let flag = trimmed
+            .split([' ', ','])
+            .take(3)
+            .find(|word| word.starts_with("--"));
+        if let Some(flag) = flag.filter(|_| trimmed.starts_with('-') && !trimmed.starts_with("- "))
+        {
+            options.push((flag.to_owned(), String::new()));
+        } else if let Some((_, text)) = options.last_mut() {
+            text.push_str(trimmed);
+            text.push('\n');
+        }
+    }
+    options
+}
+
+#[test]
+fn help_explains_every_flag_and_its_environment_variable() {
+    for (binary, expected) in [
+        (
+            SERVER,
+            &[
+                "--listen",
+                "--queue-depth",
+                "--max-participants",
+                "--publish-rate",
+                "--publish-burst",
+                "--max-request-bytes",
+                "--keepalive-interval",
+                "--keepalive-timeout",
+                "--tls-cert",
+                "--tls-key",
+                "--join-secret",
+                "--join-secret-file",
+                "--log-format",
+                "--log-file",
+            ][..],
+        ),
+        (
+            CLIENT,
+            &[
+                "--name",
+                "--server",
+                "--tls-ca",
+                "--join-secret-file",
+                "--no-reconnect",
+                "--reconnect-timeout",
+                "--keepalive-interval",
+                "--keepalive-timeout",
+                "--log-format",
+                "--log-file",
+            ][..],
+        ),
+    ] {
+        let help = output_of(binary, &["--help"]);
+        let options = options(&help);
+        for flag in expected {
+            assert!(
+                options.iter().any(|(f, _)| f == flag),
+                "{binary} --help lacks {flag}:\n{help}"
+            );
+        }
+        for (flag, text) in &options {
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            let words = text.lines().next().unwrap_or_default();
+            assert!(
+                words.len() > 20,
+                "{binary} {flag} is not explained:\n{help}"
+            );
+            // --health-check turns the server into its own probe; an environment
+            // variable set for a container would stop that container's server from
+            // ever serving, so it is a flag only.
+            if flag == "--health-check" {
+                continue;
+            }
+            let variable = format!(
+                "[env: CHITTYCHAT_{}",
+                flag.trim_start_matches("--")
+                    .replace('-', "_")
+                    .to_uppercase()
+            );
+            assert!(
+                text.contains(&variable),
+                "{binary} {flag} names no {variable}]:\n{help}"
+            );
+        }
+    }
+    // The client's secret comes from the environment or a file, never the command line.
+    let client_help = output_of(CLIENT, &["--help"]);
+    assert!(
+        client_help.contains("CHITTYCHAT_JOIN_SECRET "),
+        "{client_help}"
+    );
+    assert!(
+        !options(&client_help)
+            .iter()
+            .any(|(f, _)| f == "--join-secret")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_takes_its_settings_from_the_environment() {
+    let server = ServerProcess::start_with_env(
+        &[],
+        &[],
+        &[
+            ("CHITTYCHAT_MAX_PARTICIPANTS", "1"),
+            ("CHITTYCHAT_LISTEN", "127.0.0.1:0"),
+        ],
+    )
+    .await;
+    let channel = connect(&server.url()).await.unwrap();
+    let _alice = Session::join(channel.clone(), "alice").await.unwrap();
+    let err = Session::join(channel, "bob").await.unwrap_err();
+    assert!(err.to_string().contains("server full"), "{err}");
+}
+
+#[test]
+fn a_bad_setting_is_one_clear_line_and_status_2() {
+    let output = Command::new(SERVER)
+        .args(["--keepalive-interval", "soon"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert!(said.contains("is not a number of seconds"), "{said}");
+
+    let output = Command::new(CLIENT)
+        .args(["--name", "alice", "--tls-ca", "/nonexistent/ca.pem"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(
+        said.starts_with(
+            "chittychat-client: error: cannot use the TLS certificate authority file /nonexistent/ca.pem"
+        ),
+        "{said}"
+    );
+}

@@ -1,0 +1,187 @@
+//! Reconnect: real client processes survive a server restart and a network blip,
+//! rejoin under the same name, and nobody sees a message twice.
+
+mod fixture;
+
+use fixture::{ClientProcess, Relay, ServerProcess};
+use std::collections::HashMap;
+
+/// How many times each line appears among `lines`.
+fn counts(lines: &[String]) -> HashMap<&str, usize> {
+    let mut counts = HashMap::new();
+    for line in lines {
+        *counts.entry(line.as_str()).or_default() += 1;
+    }
+    counts
+}
+
+/// Whether `line` is `name`'s chat message `text`.
+fn is_chat(line: &str, name: &str, text: &str) -> bool {
+    line.starts_with("[Lamport ") && line.ends_with(&format!("] {name}: {text}"))
+}
+
+/// Asserts no chat message appears twice on a client's screen.
+fn assert_no_duplicates(who: &str, lines: &[String]) {
+    for (line, n) in counts(lines) {
+        if line.starts_with("[Lamport ") {
+            assert_eq!(n, 1, "{who} saw \"{line}\" {n} times: {lines:#?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_rejoin_after_the_server_restarts() {
+    let logs = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&[]).await;
+    let addr = server.addr.to_string();
+    let url = server.url();
+    let mut alice = ClientProcess::start(&url, "alice", &[], &[], logs.path());
+    let mut bob = ClientProcess::start(&url, "bob", &[], &[], logs.path());
+    alice.await_joined("alice").await;
+    bob.await_joined("bob").await;
+    alice.say("before the restart");
+    bob.stdout
+        .await_line("alice's first message", |l| {
+            is_chat(l, "alice", "before the restart")
+        })
+        .await;
+
+    // A graceful restart (SIGTERM), then a crash (SIGKILL), on the same port.
+    let mut server = Some(server);
+    for (round, graceful) in [(1, true), (2, false)] {
+        let old = server.take().unwrap();
+        if graceful {
+            assert!(old.terminate().await.success());
+        } else {
+            old.kill().await;
+        }
+        for client in [&mut alice, &mut bob] {
+            client
+                .stderr
+                .await_line("the client to say it reconnects", |l| {
+                    l.contains("reconnecting")
+                })
+                .await;
+        }
+        server = Some(ServerProcess::start_on(&addr, &[]).await);
+        for (client, name) in [(&mut alice, "alice"), (&mut bob, "bob")] {
+            let said = client
+                .stderr
+                .await_line("the client to say it rejoined", |l| l.contains("rejoined"))
+                .await;
+            assert!(said.contains(&format!("as {name}")), "{said}");
+            client.await_joined(name).await;
+        }
+        // Both are back: each sees the other's message, once.
+        let text = format!("after restart {round}");
+        alice.say(&text);
+        bob.stdout
+            .await_line("alice's message after the restart", |l| {
+                is_chat(l, "alice", &text)
+            })
+            .await;
+        bob.say(&format!("bob {text}"));
+        alice
+            .stdout
+            .await_line("bob's message after the restart", |l| {
+                is_chat(l, "bob", &format!("bob {text}"))
+            })
+            .await;
+    }
+
+    let (alice_status, alice_out, _) = alice.finish().await;
+    let (bob_status, bob_out, _) = bob.finish().await;
+    assert!(alice_status.success(), "{alice_status}");
+    assert!(bob_status.success(), "{bob_status}");
+    assert_no_duplicates("alice", &alice_out.seen);
+    assert_no_duplicates("bob", &bob_out.seen);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_blip_the_others_see_a_leave_then_a_join_and_no_duplicates() {
+    let logs = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&[]).await;
+    let relay = Relay::start(server.addr).await;
+    let mut bob = ClientProcess::start(&server.url(), "bob", &[], &[], logs.path());
+    bob.await_joined("bob").await;
+    let mut alice = ClientProcess::start(&relay.url(), "alice", &[], &[], logs.path());
+    alice.await_joined("alice").await;
+    alice.say("before the blip");
+    bob.stdout
+        .await_line("alice's first message", |l| {
+            is_chat(l, "alice", "before the blip")
+        })
+        .await;
+
+    relay.cut();
+    alice
+        .stderr
+        .await_line("alice to say she reconnects", |l| {
+            l.contains("reconnecting")
+        })
+        .await;
+    bob.stdout
+        .await_line("alice's leave", |l| {
+            l.starts_with("Participant alice left Chitty-Chat at Lamport time ")
+        })
+        .await;
+    bob.stdout
+        .await_line("alice's new join", |l| {
+            l.starts_with("Participant alice joined Chitty-Chat at Lamport time ")
+        })
+        .await;
+    alice
+        .stderr
+        .await_line("alice to say she rejoined", |l| l.contains("rejoined"))
+        .await;
+    alice.say("after the blip");
+    bob.stdout
+        .await_line("alice's message after the blip", |l| {
+            is_chat(l, "alice", "after the blip")
+        })
+        .await;
+
+    let (alice_status, alice_out, _) = alice.finish().await;
+    let (bob_status, bob_out, _) = bob.finish().await;
+    assert!(alice_status.success() && bob_status.success());
+    assert_no_duplicates("alice", &alice_out.seen);
+    assert_no_duplicates("bob", &bob_out.seen);
+    // bob saw, in this order: the message, the leave, the join, the next message.
+    let expected: [&dyn Fn(&str) -> bool; 4] = [
+        &|l| is_chat(l, "alice", "before the blip"),
+        &|l| l.starts_with("Participant alice left "),
+        &|l| l.starts_with("Participant alice joined "),
+        &|l| is_chat(l, "alice", "after the blip"),
+    ];
+    let mut lines = bob_out.seen.iter();
+    for wanted in expected {
+        assert!(
+            lines.any(|l| wanted(l)),
+            "out of order: {:#?}",
+            bob_out.seen
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_no_reconnect_a_lost_server_ends_the_client_with_status_1() {
+    let logs = tempfile::tempdir().unwrap();
+    let server = ServerProcess::start(&[]).await;
+    let mut alice = ClientProcess::start(
+        &server.url(),
+        "alice",
+        &["--no-reconnect"],
+        &[],
+        logs.path(),
+    );
+    alice.await_joined("alice").await;
+    assert!(server.terminate().await.success());
+    let status = alice.exit_status().await;
+    assert_eq!(status.code(), Some(1));
+    let said = alice.stderr.read_to_end().await.join("\n");
+    assert!(
+        said.contains("chittychat-client: error: the Chitty-Chat server shut down"),
+        "{said}"
+    );
+}
