@@ -65,7 +65,13 @@ struct Room {
 
 impl Room {
     fn new() -> Self {
-        let hub = Arc::new(Hub::new(HubConfig { queue_depth: 8 }));
+        // No publish rate limit: the target checks which requests the rules accept,
+        // and a flood of valid ones must all be accepted.
+        let hub = Arc::new(Hub::new(HubConfig {
+            queue_depth: 8,
+            publish_rate: None,
+            ..HubConfig::default()
+        }));
         let mut joined = hub.join(b"alice", 0).expect("alice joins");
         let first = next(&mut joined.feed).expect("alice's join notice");
         assert_eq!(first.kind, EventKind::Joined);
@@ -106,7 +112,7 @@ impl Room {
 }
 
 /// The event ready on `feed`, if any; `None` when none is queued or the feed ended.
-fn next(feed: &mut Feed) -> Option<Arc<chittychat::event::Event>> {
+fn next(feed: &mut Feed) -> Option<Arc<chittychat::hub::Broadcast>> {
     match feed.next().now_or_never() {
         Some(Some(Ok(event))) => Some(event),
         _ => None,
