@@ -15,7 +15,7 @@ use crate::display::{event_line, sanitize};
 use crate::error::ChatError;
 use crate::lamport::LamportClock;
 use crate::transport::JoinSecret;
-use crate::validate::validate_message;
+use crate::validate::{MAX_MESSAGE_CHARS, validate_message};
 use futures::io::AsyncWriteExt;
 use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
 use std::io::IsTerminal;
@@ -152,6 +152,12 @@ pub async fn run(options: ClientOptions) -> ExitCode {
                 line = input.next_line() => match line {
                     InputLine::Quit => break None,
                     InputLine::Line(line) => publish_line(&session, &line, &mut screen).await,
+                    InputLine::TooLong(bytes) => {
+                        let err = format!(
+                            "message is {bytes} bytes long, more than {MAX_MESSAGE_CHARS} characters can be (not sent)"
+                        );
+                        screen.error(&err).await;
+                    }
                 },
             }
         };
@@ -382,12 +388,22 @@ enum Input {
     Prompt(Readline),
     Piped {
         reader: BufReader<Stdin>,
+        /// The line read so far, at most [`MAX_INPUT_LINE_BYTES`] of it.
         buffer: Vec<u8>,
+        /// How many bytes of the current line did not fit in `buffer`.
+        dropped: usize,
     },
 }
 
+/// The most of one piped input line the client keeps. A message is at most 128
+/// characters of at most 4 bytes each, plus a line ending; anything longer cannot be
+/// sent, so the rest of it is counted and dropped rather than held in memory.
+pub const MAX_INPUT_LINE_BYTES: usize = MAX_MESSAGE_CHARS * 4 + 2;
+
 enum InputLine {
     Line(Vec<u8>),
+    /// A line longer than [`MAX_INPUT_LINE_BYTES`], of this many bytes.
+    TooLong(usize),
     Quit,
 }
 
@@ -396,6 +412,7 @@ impl Input {
         Input::Piped {
             reader: BufReader::new(tokio::io::stdin()),
             buffer: Vec::new(),
+            dropped: 0,
         }
     }
 
@@ -416,11 +433,41 @@ impl Input {
                     return InputLine::Quit;
                 }
             },
-            Input::Piped { reader, buffer } => match reader.read_until(b'\n', buffer).await {
-                Ok(0) | Err(_) if buffer.is_empty() => return InputLine::Quit,
-                // End of input after a last line without a newline: take the line.
-                Ok(_) | Err(_) => std::mem::take(buffer),
-            },
+            Input::Piped {
+                reader,
+                buffer,
+                dropped,
+            } => {
+                loop {
+                    // A read error ends the input like end of file does.
+                    let chunk = reader.fill_buf().await.unwrap_or(&[]);
+                    if chunk.is_empty() {
+                        if buffer.is_empty() && *dropped == 0 {
+                            return InputLine::Quit;
+                        }
+                        // End of input after a last line without a newline.
+                        break;
+                    }
+                    let (part, ends_line) = match chunk.iter().position(|&b| b == b'\n') {
+                        Some(end) => (&chunk[..=end], true),
+                        None => (chunk, false),
+                    };
+                    let keep = part.len().min(MAX_INPUT_LINE_BYTES - buffer.len());
+                    buffer.extend_from_slice(&part[..keep]);
+                    *dropped += part.len() - keep;
+                    let used = part.len();
+                    reader.consume(used);
+                    if ends_line {
+                        break;
+                    }
+                }
+                if *dropped > 0 {
+                    let bytes = buffer.len() + std::mem::take(dropped);
+                    buffer.clear();
+                    return InputLine::TooLong(bytes);
+                }
+                std::mem::take(buffer)
+            }
         };
         let line = trim_line_ending(line);
         if line == QUIT_COMMAND.as_bytes() {

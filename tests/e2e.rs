@@ -216,6 +216,11 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
     bob.stderr.wait_for("the UTF-8 error", |l| {
         l.contains("chittychat-client: error: message is not valid UTF-8")
     });
+    // A line far longer than any message is refused without being kept whole.
+    bob.say(&"z".repeat(1 << 20));
+    bob.stderr.wait_for("the overlong-line error", |l| {
+        l == "chittychat-client: error: message is 1048577 bytes long, more than 128 characters can be (not sent)"
+    });
     bob.say("still here");
     for p in [&alice, &bob, &carol] {
         p.sees_chat("bob", "still here");
