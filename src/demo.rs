@@ -416,20 +416,14 @@ impl Stage {
 
     async fn join(&mut self, name: &str, url: &str) -> Result<(), DemoError> {
         let log = self.dir.join(format!("{name}.log"));
-        let mut child = Command::new(&self.client_bin)
+        let mut child = logging_to(&self.client_bin, &log)
             .arg("--name")
             .arg(name)
             .arg("--server")
             .arg(url)
-            .arg("--log-format")
-            .arg("json")
-            .arg("--log-file")
-            .arg(&log)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .kill_on_drop(true)
             .spawn()
             .map_err(|source| DemoError::Io {
                 what: format!("cannot start {}", self.client_bin.display()),
@@ -756,6 +750,20 @@ fn last_words(stderr: &Mutex<Vec<String>>) -> String {
     }
 }
 
+/// A command for one of the run's processes: it writes its JSON log to `log` at the
+/// default level (whatever `RUST_LOG` says here), and dies with the demo.
+fn logging_to(bin: &Path, log: &Path) -> Command {
+    let mut command = Command::new(bin);
+    command
+        .arg("--log-format")
+        .arg("json")
+        .arg("--log-file")
+        .arg(log)
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    command
+}
+
 /// The server process.
 struct Server {
     child: Child,
@@ -764,18 +772,12 @@ struct Server {
 
 async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, DemoError> {
     let log = dir.join("server.log");
-    let mut child = Command::new(bin)
+    let mut child = logging_to(bin, &log)
         .arg("--listen")
         .arg("127.0.0.1:0")
-        .arg("--log-format")
-        .arg("json")
-        .arg("--log-file")
-        .arg(&log)
-        .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .map_err(|source| DemoError::Io {
             what: format!("cannot start {}", bin.display()),
