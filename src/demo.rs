@@ -616,13 +616,9 @@ impl Stage {
                     let _ = stdin.write_all(b"/quit\n").await;
                 }
                 participant.ending = how.ending();
-                let status = tokio::time::timeout_at(deadline, participant.child.wait())
-                    .await
-                    .map_err(|_| self.timeout_error(&what))?
-                    .map_err(|source| DemoError::Io {
-                        what: format!("cannot wait for {name}"),
-                        source,
-                    })?;
+                let status = self
+                    .exit_of(&mut participant.child, deadline, name, &what)
+                    .await?;
                 if !status.success() {
                     let stderr = last_words(&participant.stderr);
                     self.gone.push(participant);
@@ -640,13 +636,8 @@ impl Stage {
                         what: format!("cannot kill {name}"),
                         source,
                     })?;
-                tokio::time::timeout_at(deadline, participant.child.wait())
-                    .await
-                    .map_err(|_| self.timeout_error(&what))?
-                    .map_err(|source| DemoError::Io {
-                        what: format!("cannot wait for {name}"),
-                        source,
-                    })?;
+                self.exit_of(&mut participant.child, deadline, name, &what)
+                    .await?;
             }
         }
         self.gone.push(participant);
@@ -696,6 +687,24 @@ impl Stage {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Waits until `child`, the process of `name`, has exited, within the step's
+    /// `deadline`.
+    async fn exit_of(
+        &self,
+        child: &mut Child,
+        deadline: Instant,
+        name: &str,
+        what: &str,
+    ) -> Result<std::process::ExitStatus, DemoError> {
+        tokio::time::timeout_at(deadline, child.wait())
+            .await
+            .map_err(|_| self.timeout_error(what))?
+            .map_err(|source| DemoError::Io {
+                what: format!("cannot wait for {name}"),
+                source,
+            })
     }
 
     fn timeout_error(&self, what: &str) -> DemoError {

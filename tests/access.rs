@@ -7,9 +7,9 @@ use chittychat::client::{ConnectOptions, JoinOptions, Session, connect, connect_
 use chittychat::event::EventKind;
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
-use chittychat::server::{SESSION_TOKEN_METADATA, ServerConfig};
+use chittychat::server::ServerConfig;
 use chittychat::transport::{JoinSecret, TlsIdentity};
-use fixture::{ClientProcess, DEADLINE, ServerProcess, TestServer, await_notice, within};
+use fixture::{ClientProcess, DEADLINE, ServerProcess, TestServer, await_notice, raw_join, within};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 use std::path::{Path, PathBuf};
 use tonic::Code;
@@ -271,20 +271,7 @@ async fn session_tokens_never_reach_a_log_even_at_trace_level() {
 
     // A raw client sees its token, to look for it in the server's log.
     let mut raw = ChittyChatClient::new(connect(&server.url()).await.unwrap());
-    let joined = raw
-        .join(pb::JoinRequest {
-            name: b"raw".to_vec(),
-            lamport: 1,
-        })
-        .await
-        .unwrap();
-    let token = joined
-        .metadata()
-        .get(SESSION_TOKEN_METADATA)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
+    let (token, _feed) = raw_join(&mut raw, "raw").await;
     assert!(holds_a_token(&token), "{token}");
     raw.publish(pb::PublishRequest {
         session_token: token.clone(),

@@ -9,7 +9,7 @@ use chittychat::hub::HubConfig;
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
 use chittychat::server::ServerConfig;
-use fixture::{DEADLINE, TestServer, join, next_event as next, within};
+use fixture::{DEADLINE, TestServer, join, next_event as next, raw_join, within};
 use std::collections::{HashMap, HashSet};
 use tonic::Code;
 
@@ -193,24 +193,10 @@ async fn wrong_or_stale_tokens_are_unauthenticated_and_change_nothing() {
 async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
     let server = TestServer::start(ServerConfig::default()).await;
     let (alice, mut events) = join(&server.url(), "alice").await;
-    // Take alice's real token from a second Join's metadata to send raw requests as
-    // her: the library's client refuses bad input before sending it.
+    // A raw client, mallory, joins to get a real token: the library's client refuses
+    // bad input before sending it, so raw requests must carry it.
     let mut grpc = raw(&server.url()).await;
-    let response = grpc
-        .join(pb::JoinRequest {
-            name: b"mallory".to_vec(),
-            lamport: 1,
-        })
-        .await
-        .unwrap();
-    let token = response
-        .metadata()
-        .get(chittychat::server::SESSION_TOKEN_METADATA)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let mut mallory_feed = response.into_inner();
+    let (token, mut mallory_feed) = raw_join(&mut grpc, "mallory").await;
     let joined = within(DEADLINE, "mallory_feed.message", mallory_feed.message())
         .await
         .unwrap()
