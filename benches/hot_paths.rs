@@ -3,8 +3,8 @@
 //! event for the wire. Run with `cargo bench`.
 
 use chittychat::event::{Event, EventKind};
-use chittychat::hub::{Hub, HubConfig};
 use chittychat::lamport::LamportClock;
+use chittychat::log::Entry;
 use chittychat::validate::{MAX_MESSAGE_CHARS, validate_message, validate_name};
 use chittychat::wire::{EncodedEvent, encode_event};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -89,16 +89,9 @@ fn encoding(c: &mut Criterion) {
     // Once per broadcast: the server's cost, shared by every recipient.
     group.bench_function("event_once", |b| b.iter(|| encode_event(black_box(&event))));
     // Per recipient: what tonic does with an already encoded event.
-    let hub = Arc::new(Hub::new(HubConfig::default()));
-    let mut joined = hub.join(b"participant-0042", 0).expect("the name is valid");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .build()
-        .expect("a runtime");
-    let broadcast = runtime
-        .block_on(tokio_stream::StreamExt::next(&mut joined.feed))
-        .expect("the join notice")
-        .expect("the feed is open");
-    let encoded = EncodedEvent::from(broadcast);
+    let entry = Arc::new(Entry::new(event.clone(), None, 0));
+    entry.wire(encode_event);
+    let encoded = EncodedEvent::from(entry);
     let mut buf = Vec::with_capacity(256);
     group.bench_function("event_per_recipient", |b| {
         b.iter(|| {

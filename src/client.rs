@@ -10,11 +10,14 @@ use crate::event::{Event, EventKind};
 use crate::lamport::{LamportClock, LamportTime};
 use crate::pb;
 use crate::pb::chitty_chat_client::ChittyChatClient;
-use crate::server::SESSION_TOKEN_METADATA;
-use crate::transport::{JOIN_SECRET_METADATA, JoinSecret, Keepalive};
+use crate::transport::{
+    HISTORY_METADATA, JOIN_SECRET_METADATA, JoinSecret, Keepalive, LOG_EPOCH_METADATA,
+    MISSED_METADATA, RESUMED_METADATA, RETRY_AFTER_MS_METADATA, SESSION_TOKEN_METADATA,
+};
 use crate::validate::{validate_message, validate_name};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
@@ -70,6 +73,37 @@ impl ClientError {
         match self {
             ClientError::Rpc { status, .. } => Some(status.code()),
             _ => None,
+        }
+    }
+
+    /// How long to wait before the server accepts the call, for a Publish refused by
+    /// the rate limit.
+    pub fn retry_after(&self) -> Option<Duration> {
+        let ClientError::Rpc { status, .. } = self else {
+            return None;
+        };
+        if status.code() != Code::ResourceExhausted {
+            return None;
+        }
+        let ms = status.metadata().get(RETRY_AFTER_MS_METADATA)?;
+        ms.to_str().ok()?.parse().ok().map(Duration::from_millis)
+    }
+
+    /// Whether the call failed because the connection did (or the server shut down
+    /// or cannot store events), rather than because the server refused it: a
+    /// Publish that failed so may or may not have been accepted.
+    pub fn connection_failed(&self) -> bool {
+        match self {
+            ClientError::Rpc { status, .. } => matches!(
+                status.code(),
+                Code::Unavailable
+                    | Code::Unknown
+                    | Code::Cancelled
+                    | Code::Internal
+                    | Code::DeadlineExceeded
+            ),
+            ClientError::Unreachable { .. } => true,
+            _ => false,
         }
     }
 }
@@ -140,6 +174,50 @@ pub struct Session {
     clock: Arc<LamportClock>,
     name: String,
     token: String,
+    joined: JoinInfo,
+    /// The sequence number of the last event the feed received; 0 before any.
+    last_seen: Arc<AtomicU64>,
+}
+
+/// Where a feed stopped: the log's epoch and the last event received. Join with it
+/// to get every event after it exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The log's epoch, as the server named it.
+    pub epoch: String,
+    /// The sequence number of the last event received.
+    pub after_seq: u64,
+}
+
+/// What the server said about a Join beyond the token.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinInfo {
+    /// The log's epoch.
+    pub epoch: String,
+    /// `Some(true)` when the feed resumed exactly where it stopped, `Some(false)`
+    /// when it could not (see `missed`), `None` when no resume was asked.
+    pub resumed: Option<bool>,
+    /// How many events were missed for good, when a resume could not be had and the
+    /// count is known.
+    pub missed: Option<u64>,
+    /// How many past events the feed replays as history before the join notice.
+    pub history: u64,
+}
+
+/// An id for one message, kept across retries so the server publishes it once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishId(String);
+
+impl PublishId {
+    /// A new random id (128 bits, in hex).
+    pub fn random() -> Self {
+        Self(hex::encode(rand::random::<[u8; 16]>()))
+    }
+
+    /// The id's text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// What the client knows of one accepted Publish.
@@ -173,6 +251,11 @@ pub struct JoinOptions {
     /// Keep this clock (after a reconnect, so local time never runs backwards); a new
     /// one without it.
     pub clock: Option<Arc<LamportClock>>,
+    /// How many past events to see before the join notice; the server's default
+    /// when `None`.
+    pub history: Option<u32>,
+    /// Resume a previous feed from where it stopped.
+    pub resume: Option<ResumePoint>,
 }
 
 /// One event as the client received it.
@@ -182,6 +265,8 @@ pub struct Received {
     pub event: Event,
     /// The client's Lamport time of receiving it, after merging the event's time.
     pub local_lamport: LamportTime,
+    /// Whether it is a past event replayed before the join notice.
+    pub history: bool,
 }
 
 /// The participant's feed of events from the server.
@@ -189,6 +274,7 @@ pub struct Received {
 pub struct Events {
     stream: tonic::Streaming<pb::Event>,
     clock: Arc<LamportClock>,
+    last_seen: Arc<AtomicU64>,
 }
 
 impl Session {
@@ -208,10 +294,16 @@ impl Session {
         let clock = options.clock.unwrap_or_default();
         let mut grpc = ChittyChatClient::new(channel);
         let lamport = clock.tick();
-        tracing::info!(rpc = "Join", name, lamport, "sent");
+        let resume_after = options.resume.as_ref().map(|point| point.after_seq);
+        tracing::info!(rpc = "Join", name, lamport, resume_after, "sent");
         let mut request = Request::new(pb::JoinRequest {
             name: name.as_bytes().to_vec(),
             lamport,
+            history: options.history,
+            resume: options.resume.as_ref().map(|point| pb::ResumePoint {
+                epoch: point.epoch.clone(),
+                after_seq: point.after_seq,
+            }),
         });
         if let Some(secret) = &options.join_secret {
             // JoinSecret holds printable ASCII only, always a valid metadata value.
@@ -227,21 +319,37 @@ impl Session {
                 rpc: "Join",
                 status,
             })?;
-        let token = response
-            .metadata()
-            .get(SESSION_TOKEN_METADATA)
-            .and_then(|value| value.to_str().ok())
+        let metadata = response.metadata();
+        let text = |key: &str| metadata.get(key).and_then(|value| value.to_str().ok());
+        let token = text(SESSION_TOKEN_METADATA)
             .ok_or_else(|| ClientError::Protocol("Join returned no session token".into()))?
             .to_owned();
+        let joined = JoinInfo {
+            // A server from before the log names no epoch: nothing to resume then.
+            epoch: text(LOG_EPOCH_METADATA).unwrap_or_default().to_owned(),
+            resumed: text(RESUMED_METADATA).map(|resumed| resumed == "true"),
+            missed: text(MISSED_METADATA).and_then(|missed| missed.parse().ok()),
+            history: text(HISTORY_METADATA)
+                .and_then(|history| history.parse().ok())
+                .unwrap_or(0),
+        };
+        // A resumed feed continues from the resume point; any other starts afresh.
+        let last_seen = Arc::new(AtomicU64::new(match (&options.resume, joined.resumed) {
+            (Some(point), Some(true)) => point.after_seq,
+            _ => 0,
+        }));
         let events = Events {
             stream: response.into_inner(),
             clock: Arc::clone(&clock),
+            last_seen: Arc::clone(&last_seen),
         };
         let session = Session {
             grpc,
             clock,
             name: name.to_owned(),
             token,
+            joined,
+            last_seen,
         };
         Ok((session, events))
     }
@@ -256,16 +364,43 @@ impl Session {
         &self.clock
     }
 
-    /// Publishes `text` after checking it by the server's rules. Returns the sequence
-    /// number and server Lamport time of the broadcast it became.
+    /// What the server said about this Join.
+    pub fn joined(&self) -> &JoinInfo {
+        &self.joined
+    }
+
+    /// Where this session's feed stands, to resume it after the connection is lost;
+    /// `None` when the server names no epoch or nothing was received yet.
+    pub fn resume_point(&self) -> Option<ResumePoint> {
+        let after_seq = self.last_seen.load(Ordering::Acquire);
+        (after_seq > 0 && !self.joined.epoch.is_empty()).then(|| ResumePoint {
+            epoch: self.joined.epoch.clone(),
+            after_seq,
+        })
+    }
+
+    /// Publishes `text` after checking it by the server's rules, under a new id.
+    /// Returns the sequence number and server Lamport time of the event it became.
     pub async fn publish(&self, text: &str) -> Result<Published, ClientError> {
+        self.publish_with_id(text, &PublishId::random()).await
+    }
+
+    /// Publishes `text` under `id`. Calling it again with the same id, after a lost
+    /// reply, on this session or a later one of the same name, publishes the message
+    /// once: a repeat gets the original's stamp.
+    pub async fn publish_with_id(
+        &self,
+        text: &str,
+        id: &PublishId,
+    ) -> Result<Published, ClientError> {
         validate_message(text.as_bytes())?;
         let lamport = self.clock.tick();
-        tracing::info!(rpc = "Publish", name = %self.name, text, lamport, "sent");
+        tracing::info!(rpc = "Publish", name = %self.name, text, publish_id = id.as_str(), lamport, "sent");
         let mut request = tonic::Request::new(pb::PublishRequest {
             session_token: self.token.clone(),
             text: text.as_bytes().to_vec(),
             lamport,
+            publish_id: id.0.clone(),
         });
         request.set_timeout(RPC_TIMEOUT);
         let reply = self
@@ -323,6 +458,62 @@ impl Session {
         );
         Ok(())
     }
+
+    /// At most `limit` past events before sequence number `before` (the newest when
+    /// 0), oldest first, and the oldest sequence number the log holds. The reply is
+    /// one receive: the client's clock merges the newest event's time.
+    pub async fn history(&self, before: u64, limit: u32) -> Result<(Vec<Event>, u64), ClientError> {
+        let mut request = tonic::Request::new(pb::HistoryRequest {
+            session_token: self.token.clone(),
+            before,
+            limit,
+        });
+        request.set_timeout(RPC_TIMEOUT);
+        let reply = self
+            .grpc
+            .clone()
+            .history(request)
+            .await
+            .map_err(|status| ClientError::Rpc {
+                rpc: "History",
+                status,
+            })?
+            .into_inner();
+        let newest = reply
+            .events
+            .iter()
+            .map(|event| event.lamport)
+            .max()
+            .unwrap_or(0);
+        let local = self.clock.observe(newest);
+        tracing::info!(
+            rpc = "History",
+            before,
+            returned = reply.events.len(),
+            first_held = reply.first_held,
+            lamport = local,
+            "history"
+        );
+        let events = reply.events.into_iter().filter_map(domain_event).collect();
+        Ok((events, reply.first_held))
+    }
+}
+
+/// The domain event of a `pb::Event`; `None` for a kind this client does not know.
+fn domain_event(message: pb::Event) -> Option<Event> {
+    let kind = match pb::EventKind::try_from(message.kind) {
+        Ok(pb::EventKind::Chat) => EventKind::Chat,
+        Ok(pb::EventKind::Joined) => EventKind::Joined,
+        Ok(pb::EventKind::Left) => EventKind::Left,
+        Ok(pb::EventKind::Unspecified) | Err(_) => return None,
+    };
+    Some(Event {
+        kind,
+        participant: Arc::from(message.participant),
+        text: message.text,
+        lamport: message.lamport,
+        seq: message.seq,
+    })
 }
 
 impl Events {
@@ -342,28 +533,18 @@ impl Events {
                 return Ok(None);
             };
             let local_lamport = self.clock.observe(message.lamport);
-            let kind = match pb::EventKind::try_from(message.kind) {
-                Ok(pb::EventKind::Chat) => EventKind::Chat,
-                Ok(pb::EventKind::Joined) => EventKind::Joined,
-                Ok(pb::EventKind::Left) => EventKind::Left,
-                Ok(pb::EventKind::Unspecified) | Err(_) => {
-                    // A newer server may know kinds this client does not; the time
-                    // still counts, the event is skipped.
-                    tracing::warn!(
-                        kind = message.kind,
-                        seq = message.seq,
-                        lamport = local_lamport,
-                        "skipped an event of unknown kind"
-                    );
-                    continue;
-                }
-            };
-            let event = Event {
-                kind,
-                participant: Arc::from(message.participant),
-                text: message.text,
-                lamport: message.lamport,
-                seq: message.seq,
+            self.last_seen.fetch_max(message.seq, Ordering::AcqRel);
+            let (kind, seq, history) = (message.kind, message.seq, message.history);
+            let Some(event) = domain_event(message) else {
+                // A newer server may know kinds this client does not; the time
+                // still counts, the event is skipped.
+                tracing::warn!(
+                    kind,
+                    seq,
+                    lamport = local_lamport,
+                    "skipped an event of unknown kind"
+                );
+                continue;
             };
             tracing::info!(
                 kind = %event.kind,
@@ -371,12 +552,14 @@ impl Events {
                 text = %event.text,
                 seq = event.seq,
                 server_lamport = event.lamport,
+                history,
                 lamport = local_lamport,
                 "received"
             );
             return Ok(Some(Received {
                 event,
                 local_lamport,
+                history,
             }));
         }
     }

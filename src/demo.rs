@@ -781,9 +781,13 @@ struct Server {
 
 async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, DemoError> {
     let log = dir.join("server.log");
+    // The run folder is the server's data directory: the event log stays with the
+    // logs of the run that made it.
     let mut child = logging_to(bin, &log)
         .arg("--listen")
         .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -39,6 +39,17 @@ pub fn event_line(event: &Event, colour: bool) -> String {
     }
 }
 
+/// The line for a past event replayed as history: marked, so that it is not taken
+/// for something said just now.
+pub fn history_line(event: &Event, colour: bool) -> String {
+    let line = event_line(event, false);
+    if colour {
+        format!("\x1b[2m[history] {line}\x1b[0m")
+    } else {
+        format!("[history] {line}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -67,14 +67,32 @@ pub enum ChatError {
     /// The server is shutting down and takes no new work.
     #[error("the Chitty-Chat server is shutting down")]
     ShuttingDown,
-    /// The participant fell too far behind the broadcast and was disconnected.
+    /// The participant fell so far behind that the log no longer holds its position.
     #[error(
-        "disconnected: you fell {queued} events behind the chat, the most the server keeps \
-         for one participant; join again to continue"
+        "disconnected: you fell behind the chat beyond what the server keeps (your next \
+         event was {position}, the log now starts at {first_held}); join again to continue"
     )]
     TooSlow {
-        /// The per-participant queue bound that was exceeded.
-        queued: usize,
+        /// The sequence number the participant's feed was at.
+        position: u64,
+        /// The oldest sequence number the log still holds.
+        first_held: u64,
+    },
+    /// The server cannot store events, so it takes none.
+    #[error("the Chitty-Chat server cannot store events: {reason}")]
+    LogUnavailable {
+        /// What failed.
+        reason: String,
+    },
+    /// The publish id breaks the rule for ids.
+    #[error(
+        "invalid publish id: an id is at most {max} printable ASCII characters (found {found} bytes)"
+    )]
+    InvalidPublishId {
+        /// The id's length in bytes.
+        found: usize,
+        /// The longest id.
+        max: usize,
     },
     /// As many participants as the server admits are present.
     #[error(
@@ -130,12 +148,13 @@ impl ChatError {
             | ChatError::MessageTooLong { .. }
             | ChatError::MessageControlCharacter { .. }
             | ChatError::InvalidName { .. }
-            | ChatError::LamportTooFarAhead { .. } => Code::InvalidArgument,
+            | ChatError::LamportTooFarAhead { .. }
+            | ChatError::InvalidPublishId { .. } => Code::InvalidArgument,
             ChatError::NameTaken { .. } => Code::AlreadyExists,
             ChatError::UnknownSession
             | ChatError::JoinSecretMissing
             | ChatError::JoinSecretWrong => Code::Unauthenticated,
-            ChatError::ShuttingDown => Code::Unavailable,
+            ChatError::ShuttingDown | ChatError::LogUnavailable { .. } => Code::Unavailable,
             ChatError::TooSlow { .. }
             | ChatError::ServerFull { .. }
             | ChatError::RateLimited { .. }
@@ -147,7 +166,14 @@ impl ChatError {
 /// The one place a domain error becomes a gRPC status.
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
-        Status::new(err.code(), err.to_string())
+        let mut status = Status::new(err.code(), err.to_string());
+        if let ChatError::RateLimited { retry_after_ms, .. } = err {
+            status.metadata_mut().insert(
+                crate::transport::RETRY_AFTER_MS_METADATA,
+                retry_after_ms.into(),
+            );
+        }
+        status
     }
 }
 
@@ -178,7 +204,10 @@ mod tests {
         for err in [
             ChatError::ServerFull { max: 1 },
             ChatError::RequestTooLarge { found: 9, max: 1 },
-            ChatError::TooSlow { queued: 1 },
+            ChatError::TooSlow {
+                position: 1,
+                first_held: 2,
+            },
         ] {
             assert_eq!(Status::from(err).code(), Code::ResourceExhausted);
         }

@@ -47,6 +47,25 @@ pub struct Event {
     pub seq: u64,
 }
 
+/// The server's stamp on an accepted request: the event it became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// The event's Lamport time.
+    pub lamport: LamportTime,
+    /// The event's sequence number.
+    pub seq: u64,
+}
+
+impl Event {
+    /// The event's stamp.
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            lamport: self.lamport,
+            seq: self.seq,
+        }
+    }
+}
+
 /// "Participant X joined Chitty-Chat at Lamport time L", the notice every participant gets.
 pub fn joined_sentence(name: &str, lamport: LamportTime) -> String {
     format!("Participant {name} joined Chitty-Chat at Lamport time {lamport}")

@@ -33,6 +33,14 @@ impl LamportClock {
         Self::default()
     }
 
+    /// A clock whose last event was at `time`: a process that continues from a
+    /// record (the server restarting on its log) stamps every new event later.
+    pub fn starting_at(time: LamportTime) -> Self {
+        Self {
+            time: AtomicU64::new(time),
+        }
+    }
+
     /// The time of the last event, without making an event.
     pub fn now(&self) -> LamportTime {
         self.time.load(Ordering::Acquire)

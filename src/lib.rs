@@ -6,8 +6,11 @@
 //! - [`validate`]: the rules for names and messages, shared by server and client.
 //! - [`error`]: the domain's one error type and its mapping to a gRPC status.
 //! - [`event`]: the events the server broadcasts.
-//! - [`hub`]: the chat room: participants, the server's clock, sequence numbers and
-//!   the broadcast into bounded per-participant queues.
+//! - [`log`]: the ordered, durable event log (in memory or in redb) that every feed,
+//!   history page and resume reads.
+//! - [`room`]: the chat room: participants, sessions, rate limits and the server's
+//!   clock; every accepted request becomes one event in the log.
+//! - [`feed`]: a participant's cursor into the log.
 //! - [`server`]: the tonic service over the hub, and `run`, which serves it.
 //! - [`health`]: the gRPC health service, server reflection and the health probe.
 //! - [`transport`]: connection settings shared by server and client: keepalive,
@@ -30,11 +33,13 @@ pub mod demo;
 pub mod display;
 pub mod error;
 pub mod event;
+pub mod feed;
 pub mod health;
-pub mod hub;
 pub mod lamport;
+pub mod log;
 pub mod logging;
 pub mod pb;
+pub mod room;
 pub mod script;
 pub mod server;
 pub mod trace;

@@ -2,19 +2,22 @@
 //!
 //! This layer converts between the generated `pb` types and the domain, logs every
 //! refused call, and maps [`ChatError`] to a status through its one `From` impl.
-//! Accepted calls are logged by the hub, one line per broadcast.
+//! Accepted calls are logged by the room, one line per event.
 
 use crate::error::ChatError;
+use crate::feed::Feed;
 use crate::health;
-use crate::hub::{Feed, Hub, HubConfig};
+use crate::log::{Epoch, Log, LogConfig, LogError, Recovered};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
+use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig};
 use crate::transport::{
-    DEFAULT_MAX_REQUEST_BYTES, JOIN_SECRET_METADATA, JoinSecret, Keepalive, TLS_HANDSHAKE_TIMEOUT,
-    TlsIdentity,
+    DEFAULT_MAX_REQUEST_BYTES, HISTORY_METADATA, JOIN_SECRET_METADATA, JoinSecret, Keepalive,
+    LOG_EPOCH_METADATA, MISSED_METADATA, RESUMED_METADATA, SESSION_TOKEN_METADATA,
+    TLS_HANDSHAKE_TIMEOUT, TlsIdentity,
 };
 use crate::validate::name_for_display;
-use crate::wire::{EncodedEvent, encode_event};
+use crate::wire::{EncodedEvent, encode_event, pb_event};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -31,9 +34,6 @@ use tonic::{Code, Request, Response, Status};
 use tower::Service;
 use tower::layer::layer_fn;
 
-/// The response metadata key under which Join returns the session token.
-pub const SESSION_TOKEN_METADATA: &str = "chittychat-session-token";
-
 /// The default address the server listens on.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
@@ -44,7 +44,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Settings of the chat room.
-    pub hub: HubConfig,
+    pub room: RoomConfig,
+    /// Where the event log lives and what it keeps.
+    pub log: LogConfig,
     /// HTTP/2 keepalive, which notices clients that vanished without hanging up.
     pub keepalive: Keepalive,
     /// The largest request, in bytes once encoded, the server decodes.
@@ -58,7 +60,8 @@ pub struct ServerConfig {
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {
-            hub: HubConfig::default(),
+            room: RoomConfig::default(),
+            log: LogConfig::default(),
             keepalive: Keepalive::default(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             tls: None,
@@ -67,7 +70,21 @@ impl Default for ServerConfig {
     }
 }
 
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The event log cannot be opened or written.
+    #[error(transparent)]
+    Log(#[from] LogError),
+    /// Serving failed.
+    #[error("cannot serve: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
 /// Serves Chitty-Chat on `listener` until `shutdown` completes.
+///
+/// It opens the event log `config.log` describes first, and stops with an error
+/// when the log can no longer be written.
 ///
 /// Beside the chat service it serves the gRPC health service and server reflection
 /// (see [`health`]). On shutdown health turns `NOT_SERVING` and every participant's
@@ -78,9 +95,31 @@ pub async fn run(
     listener: TcpListener,
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
-    let hub = Arc::new(Hub::new(config.hub));
-    let service = ChatService::new(Arc::clone(&hub)).with_join_secret(config.join_secret);
+) -> Result<(), ServerError> {
+    let (log, recovered) = Log::open(&config.log)?;
+    run_with_log(listener, config, log, recovered, shutdown).await
+}
+
+/// Serves as [`run`] does, over a log the caller opened (so that a program can
+/// refuse an unusable data directory before it takes its port).
+/// `config.log` is not used.
+pub async fn run_with_log(
+    listener: TcpListener,
+    config: ServerConfig,
+    log: Arc<Log>,
+    recovered: Recovered,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    tracing::info!(
+        epoch = %log.epoch(),
+        head = recovered.head,
+        first_held = recovered.first_held,
+        lamport = recovered.last_lamport,
+        "event log open"
+    );
+    let room = Room::open(config.room, Arc::clone(&log), recovered);
+    let sweeper = tokio::spawn(cut_off_trimmed(Arc::clone(&room)));
+    let service = ChatService::new(Arc::clone(&room)).with_join_secret(config.join_secret);
     let max_request_bytes = config.max_request_bytes;
     let (health_reporter, health_service) = health::serving().await;
     let (reflection_v1, reflection_v1alpha) = health::reflection()
@@ -99,10 +138,17 @@ pub async fn run(
     }
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+    let log_failed = {
+        let log = Arc::clone(&log);
+        async move { log.failed().await }
+    };
     let signal = async move {
-        shutdown.await;
+        tokio::select! {
+            () = shutdown => {}
+            () = log_failed => tracing::error!("the event log failed; stopping"),
+        }
         health::shutting_down(&health_reporter).await;
-        let present = hub.shutdown();
+        let present = room.shutdown();
         tracing::info!(present, "shutting down: told every participant");
         let _ = stopped_tx.send(());
     };
@@ -115,34 +161,58 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
     tokio::select! {
-        result = &mut serve => return result,
+        result = &mut serve => return Ok(result?),
         Ok(()) = stopped_rx => {}
     }
     // Shutdown has begun; give the connections a bounded time to drain.
     match tokio::time::timeout(SHUTDOWN_GRACE, serve).await {
-        Ok(result) => result,
+        Ok(result) => result?,
         Err(_) => {
             tracing::warn!(
                 grace_secs = SHUTDOWN_GRACE.as_secs(),
                 "clients did not hang up in time; stopping anyway"
             );
-            Ok(())
+        }
+    }
+    sweeper.abort();
+    match log.failure() {
+        Some(reason) => Err(LogError::WriteFailed(reason).into()),
+        None => Ok(()),
+    }
+}
+
+/// How often the server looks for participants whose position the log trimmed.
+/// A reader that stopped reading is not polled by its stream, so it must be found.
+pub const CUT_OFF_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Cuts off participants whose position was trimmed, whenever the oldest event the
+/// log holds moves, at most once per [`CUT_OFF_CHECK_INTERVAL`].
+async fn cut_off_trimmed(room: Arc<Room>) {
+    let mut checked = room.log().first_held();
+    let mut interval = tokio::time::interval(CUT_OFF_CHECK_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let first_held = room.log().first_held();
+        if first_held != checked {
+            checked = first_held;
+            room.cut_off_trimmed();
         }
     }
 }
 
-/// The tonic service over one [`Hub`].
+/// The tonic service over one [`Room`].
 #[derive(Debug, Clone)]
 pub struct ChatService {
-    hub: Arc<Hub>,
+    room: Arc<Room>,
     join_secret: Option<Arc<JoinSecret>>,
 }
 
 impl ChatService {
-    /// A service over `hub` that anyone may join.
-    pub fn new(hub: Arc<Hub>) -> Self {
+    /// A service over `room` that anyone may join.
+    pub fn new(room: Arc<Room>) -> Self {
         Self {
-            hub,
+            room,
             join_secret: None,
         }
     }
@@ -187,18 +257,59 @@ impl ChittyChat for ChatService {
     ) -> Result<Response<Self::JoinStream>, Status> {
         let secret_checked = self.check_join_secret(request.metadata());
         let request = request.into_inner();
+        let refused = |err: &ChatError| {
+            self.refused("Join", Some(&name_for_display(&request.name)), err);
+        };
+        // An epoch that does not parse is not this log's: resume says so.
+        let resume = request.resume.as_ref().map(|point| ResumePoint {
+            epoch: point.epoch.parse().unwrap_or(Epoch::from_bytes([0; 16])),
+            after_seq: point.after_seq,
+        });
+        let options = JoinOptions {
+            history: request.history,
+            resume,
+        };
         let joined = secret_checked
-            .and_then(|()| self.hub.join(&request.name, request.lamport))
-            .inspect_err(|err| {
-                self.refused("Join", Some(&name_for_display(&request.name)), err);
-            })?;
+            .and_then(|()| self.room.join(&request.name, request.lamport, options))
+            .inspect_err(refused)?;
+        // Answered once the join notice is stored; dropping the feed on failure
+        // announces the leave.
+        self.room
+            .durable(joined.stamp.seq)
+            .await
+            .inspect_err(refused)?;
         let mut response = Response::new(EventStream(joined.feed));
+        let metadata = response.metadata_mut();
         // The token is hex and a dot, always a valid metadata value.
         let token = MetadataValue::try_from(joined.token.expose())
             .map_err(|_| Status::internal("could not encode the session token"))?;
-        response
-            .metadata_mut()
-            .insert(SESSION_TOKEN_METADATA, token);
+        metadata.insert(SESSION_TOKEN_METADATA, token);
+        let epoch = MetadataValue::try_from(joined.epoch.to_string())
+            .map_err(|_| Status::internal("could not encode the log's epoch"))?;
+        metadata.insert(LOG_EPOCH_METADATA, epoch);
+        metadata.insert(HISTORY_METADATA, joined.history.into());
+        match joined.resume {
+            Resume::NotAsked => {}
+            Resume::Resumed => {
+                metadata.insert(RESUMED_METADATA, MetadataValue::from_static("true"));
+            }
+            Resume::Gap { missed } => {
+                metadata.insert(RESUMED_METADATA, MetadataValue::from_static("false"));
+                metadata.insert(MISSED_METADATA, missed.into());
+            }
+            Resume::OtherLog => {
+                metadata.insert(RESUMED_METADATA, MetadataValue::from_static("false"));
+            }
+        }
+        if joined.resume != Resume::NotAsked {
+            tracing::info!(
+                rpc = "Join",
+                participant = %name_for_display(&request.name),
+                resume = ?joined.resume,
+                history = joined.history,
+                "resumed feed"
+            );
+        }
         Ok(response)
     }
 
@@ -208,10 +319,16 @@ impl ChittyChat for ChatService {
     ) -> Result<Response<pb::PublishReply>, Status> {
         let request = request.into_inner();
         let stamp = self
-            .hub
-            .publish(&request.session_token, &request.text, request.lamport)
+            .room
+            .publish(
+                &request.session_token,
+                &request.text,
+                request.lamport,
+                &request.publish_id,
+            )
+            .await
             .inspect_err(|err| {
-                let name = self.hub.name_of(&request.session_token);
+                let name = self.room.name_of(&request.session_token);
                 self.refused("Publish", name.as_deref(), err);
             })?;
         Ok(Response::new(pb::PublishReply {
@@ -226,13 +343,38 @@ impl ChittyChat for ChatService {
     ) -> Result<Response<pb::LeaveReply>, Status> {
         let request = request.into_inner();
         let stamp = self
-            .hub
+            .room
             .leave(&request.session_token, request.lamport)
+            .await
             .inspect_err(|err| self.refused("Leave", None, err))?;
         Ok(Response::new(pb::LeaveReply {
             lamport: stamp.lamport,
             seq: stamp.seq,
         }))
+    }
+
+    async fn history(
+        &self,
+        request: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryReply>, Status> {
+        let request = request.into_inner();
+        let name = self.room.name_of(&request.session_token);
+        let (entries, first_held) = self
+            .room
+            .history(&request.session_token, request.before, request.limit)
+            .await
+            .inspect_err(|err| self.refused("History", name.as_deref(), err))?;
+        tracing::info!(
+            rpc = "History",
+            participant = name.as_deref().unwrap_or("<unknown>"),
+            before = request.before,
+            limit = request.limit,
+            returned = entries.len(),
+            first_held,
+            "answered"
+        );
+        let events = entries.iter().map(|entry| pb_event(entry, true)).collect();
+        Ok(Response::new(pb::HistoryReply { events, first_held }))
     }
 }
 
@@ -251,10 +393,10 @@ impl Stream for EventStream {
         Pin::new(&mut self.0).poll_next(cx).map(|item| {
             item.map(|result| {
                 result
-                    .map(|broadcast| {
+                    .map(|delivery| {
                         // The first recipient to get here encodes; the rest share it.
-                        broadcast.wire(encode_event);
-                        EncodedEvent::from(broadcast)
+                        delivery.entry.wire(encode_event);
+                        EncodedEvent::from(delivery)
                     })
                     .map_err(Status::from)
             })

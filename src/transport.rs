@@ -31,6 +31,31 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The request metadata key under which a client presents the join secret to Join.
 pub const JOIN_SECRET_METADATA: &str = "chittychat-join-secret";
 
+/// The response metadata key under which Join returns the session token.
+pub const SESSION_TOKEN_METADATA: &str = "chittychat-session-token";
+
+/// The response metadata key under which Join returns the log's epoch (32 hex
+/// digits), which a client presents again to resume.
+pub const LOG_EPOCH_METADATA: &str = "chittychat-log-epoch";
+
+/// The response metadata key that says whether Join resumed the feed it was asked
+/// to resume (`true`), or could not (`false`: see `chittychat-missed`); absent when
+/// Join was not asked to resume.
+pub const RESUMED_METADATA: &str = "chittychat-resumed";
+
+/// The response metadata key that says how many events a resuming client missed
+/// for good: the log no longer holds them. Absent when nothing was missed, and
+/// when the count is unknown (the resume point was from another log).
+pub const MISSED_METADATA: &str = "chittychat-missed";
+
+/// The response metadata key that says how many past events the feed replays as
+/// history before the join notice.
+pub const HISTORY_METADATA: &str = "chittychat-history";
+
+/// The status metadata key under which a rate-limited Publish learns how many
+/// milliseconds to wait before it is accepted.
+pub const RETRY_AFTER_MS_METADATA: &str = "chittychat-retry-after-ms";
+
 /// HTTP/2 keepalive: how often a silent peer is pinged and how long it has to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {

@@ -33,6 +33,21 @@ pub const MAX_ECHOED_NAME_CHARS: usize = 40;
 /// while leaps of at most this size would take billions of requests to get there.
 pub const MAX_LAMPORT_LEAD: LamportTime = 1 << 32;
 
+/// The longest publish id a client may choose, in bytes.
+pub const MAX_PUBLISH_ID_BYTES: usize = 64;
+
+/// Checks a publish id: at most [`MAX_PUBLISH_ID_BYTES`] printable ASCII characters
+/// (no spaces); empty means none.
+pub fn validate_publish_id(id: &str) -> Result<&str, ChatError> {
+    if id.len() > MAX_PUBLISH_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ChatError::InvalidPublishId {
+            found: id.len(),
+            max: MAX_PUBLISH_ID_BYTES,
+        });
+    }
+    Ok(id)
+}
+
 /// Checks a request's Lamport time against the server's clock at `server_now`.
 pub fn validate_lamport(request: LamportTime, server_now: LamportTime) -> Result<(), ChatError> {
     if request > server_now.saturating_add(MAX_LAMPORT_LEAD) {

@@ -8,7 +8,8 @@
 //! `pb::Event`: the bytes are exactly what `pb::Event::encode` writes.
 
 use crate::event::{Event, EventKind};
-use crate::hub::Broadcast;
+use crate::feed::Delivery;
+use crate::log::Entry;
 use crate::pb;
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -66,50 +67,69 @@ where
     }
 }
 
-/// Encodes `event` as the `chittychat.v1.Event` message.
-pub fn encode_event(event: &Event) -> Bytes {
+/// `event` as the generated `pb::Event`, marked as history or not.
+pub fn pb_event(event: &Event, history: bool) -> pb::Event {
     let kind = match event.kind {
         EventKind::Chat => pb::EventKind::Chat,
         EventKind::Joined => pb::EventKind::Joined,
         EventKind::Left => pb::EventKind::Left,
     };
-    // Once per broadcast, not per recipient: the copies here do not matter.
-    let message = pb::Event {
+    pb::Event {
         kind: kind.into(),
         participant: event.participant.to_string(),
         text: event.text.clone(),
         lamport: event.lamport,
         seq: event.seq,
-    };
-    Bytes::from(message.encode_to_vec())
+        history,
+    }
 }
 
-/// A broadcast on its way to one recipient, as the `Event` message tonic writes.
+/// Encodes `event` as the `chittychat.v1.Event` message.
+pub fn encode_event(event: &Event) -> Bytes {
+    // Once per event, not per recipient: the copies here do not matter.
+    Bytes::from(pb_event(event, false).encode_to_vec())
+}
+
+/// The `history` field (6) set to true, as protobuf writes it: the key (field 6,
+/// varint) and the value 1. Appended to the shared bytes for a recipient that gets
+/// the event as history; protobuf readers take fields in any order.
+const HISTORY_FIELD: [u8; 2] = [6 << 3, 1];
+
+/// An event on its way to one recipient, as the `Event` message tonic writes.
 ///
-/// It holds the broadcast itself, not a copy of its bytes, so handing it to a
-/// recipient's stream costs one reference count, taken by the hub.
+/// It holds the log's entry itself, not a copy of its bytes, so handing it to a
+/// recipient's stream costs one reference count.
 #[derive(Debug, Clone, Default)]
-pub struct EncodedEvent(Option<Arc<Broadcast>>);
+pub struct EncodedEvent(Option<Arc<Entry>>, bool);
 
 impl EncodedEvent {
-    /// The encoded bytes.
+    /// The encoded bytes shared by every recipient (without the history flag).
     pub fn as_bytes(&self) -> &[u8] {
         match &self.0 {
-            Some(broadcast) => broadcast.wire(encode_event),
+            Some(entry) => entry.wire(encode_event),
             None => &[],
         }
     }
 }
 
-impl From<Arc<Broadcast>> for EncodedEvent {
-    fn from(broadcast: Arc<Broadcast>) -> Self {
-        EncodedEvent(Some(broadcast))
+impl From<Arc<Entry>> for EncodedEvent {
+    fn from(entry: Arc<Entry>) -> Self {
+        EncodedEvent(Some(entry), false)
+    }
+}
+
+impl From<Delivery> for EncodedEvent {
+    fn from(delivery: Delivery) -> Self {
+        EncodedEvent(Some(delivery.entry), delivery.history)
     }
 }
 
 impl Message for EncodedEvent {
     fn encode_raw(&self, buf: &mut impl BufMut) {
         buf.put_slice(self.as_bytes());
+        if self.1 {
+            buf.put_slice(&HISTORY_FIELD);
+        }
     }
 
     fn merge_field(
@@ -124,11 +144,12 @@ impl Message for EncodedEvent {
     }
 
     fn encoded_len(&self) -> usize {
-        self.as_bytes().len()
+        self.as_bytes().len() + if self.1 { HISTORY_FIELD.len() } else { 0 }
     }
 
     fn clear(&mut self) {
         self.0 = None;
+        self.1 = false;
     }
 }
 
@@ -155,19 +176,27 @@ mod tests {
     }
 
     #[test]
-    fn tonic_writes_the_bytes_verbatim() {
-        use crate::hub::{Hub, HubConfig};
-        use tokio_stream::StreamExt;
-        let hub = Arc::new(Hub::new(HubConfig::default()));
-        let mut alice = hub.join(b"alice", 0).unwrap();
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let broadcast = runtime.block_on(alice.feed.next()).unwrap().unwrap();
-        let expected = encode_event(&broadcast);
-        let encoded = EncodedEvent::from(broadcast);
-        assert_eq!(encoded.encoded_len(), expected.len());
-        assert_eq!(encoded.encode_to_vec(), expected.to_vec());
+    fn tonic_writes_the_bytes_verbatim_and_the_history_flag_after_them() {
+        let event = Event {
+            kind: EventKind::Joined,
+            participant: Arc::from("alice"),
+            text: "Participant alice joined Chitty-Chat at Lamport time 1".into(),
+            lamport: 1,
+            seq: 1,
+        };
+        let entry = Arc::new(Entry::new(event, None, 0));
+        let expected = encode_event(&entry);
+        let live = EncodedEvent::from(Arc::clone(&entry));
+        assert_eq!(live.encoded_len(), expected.len());
+        assert_eq!(live.encode_to_vec(), expected.to_vec());
+        let history = EncodedEvent::from(Delivery {
+            entry,
+            history: true,
+        });
+        let decoded = pb::Event::decode(history.encode_to_vec().as_slice()).unwrap();
+        assert!(decoded.history);
+        assert_eq!(decoded.seq, 1);
+        assert_eq!(history.encoded_len(), expected.len() + 2);
         assert_eq!(EncodedEvent::default().encode_to_vec(), Vec::<u8>::new());
     }
 }

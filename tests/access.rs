@@ -277,6 +277,7 @@ async fn session_tokens_never_reach_a_log_even_at_trace_level() {
         session_token: token.clone(),
         text: b"hi".to_vec(),
         lamport: 2,
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -3,7 +3,7 @@
 
 mod fixture;
 
-use chittychat::hub::HubConfig;
+use chittychat::room::RoomConfig;
 use chittychat::server::ServerConfig;
 use fixture::TestServer;
 use serde_json::Value;
@@ -76,9 +76,9 @@ fn idle_and_join_storm_report_memory_and_join_times() {
 async fn drives_a_server_given_by_url_at_a_fixed_rate() {
     // 200 messages a second would trip the default per-participant publish limit.
     let server = TestServer::start(ServerConfig {
-        hub: HubConfig {
+        room: RoomConfig {
             publish_rate: None,
-            ..HubConfig::default()
+            ..RoomConfig::default()
         },
         ..ServerConfig::default()
     })

@@ -18,7 +18,7 @@
 //! The run takes about 21 seconds. Its random choices come from one seed, printed
 //! at the start; `CHITTYCHAT_CHAOS_SEED=<seed>` replays them (timing still varies).
 
-use chittychat::client::{ClientError, Events, Session, connect};
+use chittychat::client::{ClientError, Events, JoinOptions, Session, connect};
 use chittychat::display::event_line;
 use chittychat::event::{Event, EventKind, joined_sentence, left_sentence};
 use rand::rngs::StdRng;
@@ -47,9 +47,9 @@ const LIFETIME_MS: std::ops::Range<u64> = 200..4_000;
 const PUBLISH_EVERY_MS: std::ops::Range<u64> = 50..600;
 /// The chance that a life ends in a kill rather than a Leave.
 const KILL_CHANCE: f64 = 0.4;
-/// The server's per-participant queue bound for the run: small enough that the
-/// stalled reader overflows it within seconds.
-const QUEUE_DEPTH: u32 = 256;
+/// How many events the server's log keeps for the run: few enough that the stalled
+/// reader's position is trimmed within seconds, so it is cut off.
+const HISTORY_LIMIT: u32 = 256;
 /// The stalled reader's HTTP/2 stream window in bytes: how much the server may send
 /// it ahead of its reading. The client's default (2 MiB, about 20 000 events) would
 /// take minutes of chat to fill; with a small window the server's queue for it
@@ -90,7 +90,7 @@ async fn chaos() {
         .connect()
         .await
         .expect("connect the stalled reader");
-    let (stalled, stalled_events) = Session::join(stalled_channel, "stalled")
+    let (stalled, stalled_events) = Session::join_with(stalled_channel, "stalled", no_history())
         .await
         .expect("join");
 
@@ -185,7 +185,7 @@ impl ServerProcess {
     async fn start() -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
             .args(["--listen", "127.0.0.1:0"])
-            .args(["--queue-depth", &QUEUE_DEPTH.to_string()])
+            .args(["--ephemeral", "--history-limit", &HISTORY_LIMIT.to_string()])
             // Warnings (refusals, too-slow disconnects) and the listening address.
             .env("RUST_LOG", "warn,chittychat_server=info")
             .env_remove("CHITTYCHAT_LOG_FILE")
@@ -345,7 +345,7 @@ async fn join_retrying(url: &str, name: &str) -> Result<(Session, Events), Clien
     let give_up = Instant::now() + STEP_DEADLINE;
     let channel = connect(url).await?;
     loop {
-        match Session::join(channel.clone(), name).await {
+        match Session::join_with(channel.clone(), name, no_history()).await {
             Err(err)
                 if matches!(
                     err.code(),
@@ -550,7 +550,7 @@ async fn killed_processes(url: String, seed: u64, chaos_ends: Instant) -> Vec<Ki
         ))
         .await;
         let mut child = Command::new(env!("CARGO_BIN_EXE_chittychat-client"))
-            .args(["--server", &url, "--name", &name])
+            .args(["--server", &url, "--name", &name, "--history", "0"])
             .env("RUST_LOG", "off")
             .env_remove("CHITTYCHAT_LOG_FILE")
             .stdin(Stdio::piped())
@@ -760,7 +760,12 @@ fn check(
         let last = record.received.last().map_or(0, |e| e.seq);
         match record.end {
             // After Leave, it received everything up to its own leave notice.
-            End::Left => assert_eq!(last + 1, left.seq, "{who} left but missed events"),
+            End::Left => assert_eq!(
+                last + 1,
+                left.seq,
+                "{who} left but missed events: after #{last} came {:?}",
+                by_seq.get(&(last + 1))
+            ),
             End::Killed => {
                 assert!(last < left.seq, "{who} received events after its leave");
                 figures.dropped += 1;
@@ -867,4 +872,12 @@ fn next_notice<'a>(history: &[&'a Event], name: &str, after: u64) -> Option<&'a 
         .iter()
         .find(|e| e.seq > after && e.kind != EventKind::Chat && *e.participant == *name)
         .copied()
+}
+
+/// Joins without history: every record starts at its own join notice.
+fn no_history() -> JoinOptions {
+    JoinOptions {
+        history: Some(0),
+        ..JoinOptions::default()
+    }
 }

@@ -5,29 +5,39 @@ mod fixture;
 
 use chittychat::client::{ClientError, Received, connect};
 use chittychat::event::EventKind;
-use chittychat::hub::HubConfig;
+use chittychat::log::{DEFAULT_HISTORY_LIMIT, LogConfig, Retention, Storage};
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
+use chittychat::room::RoomConfig;
 use chittychat::server::ServerConfig;
 use fixture::{DEADLINE, TestServer, join, next_event as next, raw_join, within};
 use std::collections::{HashMap, HashSet};
 use tonic::Code;
 
 /// A server whose publishers may go as fast as they like, so the tests measure
-/// ordering and delivery rather than the rate limit (tests/limits.rs covers that).
-fn config(queue_depth: usize) -> ServerConfig {
+/// ordering and delivery rather than the rate limit (tests/limits.rs covers that),
+/// whose log keeps `history_limit` events, and whose newcomers see no history
+/// (tests/log.rs covers that).
+fn config(history_limit: u64) -> ServerConfig {
     ServerConfig {
-        hub: HubConfig {
-            queue_depth,
+        room: RoomConfig {
             publish_rate: None,
-            ..HubConfig::default()
+            join_history: 0,
+            ..RoomConfig::default()
+        },
+        log: LogConfig {
+            storage: Storage::Memory,
+            retention: Retention {
+                max_events: history_limit,
+                max_age: None,
+            },
         },
         ..ServerConfig::default()
     }
 }
 
 fn unlimited() -> ServerConfig {
-    config(HubConfig::default().queue_depth)
+    config(DEFAULT_HISTORY_LIMIT)
 }
 
 #[tokio::test]
@@ -145,6 +155,7 @@ async fn raw_publish(url: &str, token: &str, text: &[u8]) -> tonic::Status {
             session_token: token.to_owned(),
             text: text.to_vec(),
             lamport: 1,
+            ..Default::default()
         })
         .await
         .expect_err("the server accepted a request it must refuse")
@@ -238,6 +249,7 @@ async fn invalid_input_gets_invalid_argument_and_nothing_is_broadcast() {
             .join(pb::JoinRequest {
                 name: name.to_vec(),
                 lamport: 1,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -274,11 +286,11 @@ async fn the_library_client_refuses_bad_input_before_sending() {
 
 #[tokio::test]
 async fn a_stalled_participant_does_not_delay_the_others_and_is_dropped() {
-    const QUEUE_DEPTH: usize = 16;
+    const HISTORY_LIMIT: u64 = 16;
     // More than enough 128-character messages to fill the stalled participant's
     // HTTP/2 window and the server's send buffer for it, and then its queue.
     const MAX_MESSAGES: usize = 5000;
-    let server = TestServer::start(config(QUEUE_DEPTH)).await;
+    let server = TestServer::start(config(HISTORY_LIMIT)).await;
     // hyper's client accepts 2 MiB per stream before it stops reading; a small window
     // makes the stalled reader's buffers fill within a few hundred messages.
     let small_window = tonic::transport::Endpoint::from_shared(server.url())
@@ -347,7 +359,7 @@ async fn a_stalled_participant_does_not_delay_the_others_and_is_dropped() {
     };
     assert!(last_seq < left_seq);
     assert_eq!(err.code(), Some(Code::ResourceExhausted));
-    assert!(err.to_string().contains("fell 16 events behind"), "{err}");
+    assert!(err.to_string().contains("fell behind the chat"), "{err}");
     server.stop().await;
 }
 

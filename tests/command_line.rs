@@ -63,7 +63,11 @@ fn help_explains_every_flag_and_its_environment_variable() {
             SERVER,
             &[
                 "--listen",
-                "--queue-depth",
+                "--data-dir",
+                "--ephemeral",
+                "--history-limit",
+                "--history-max-age",
+                "--join-history",
                 "--max-participants",
                 "--publish-rate",
                 "--publish-burst",

@@ -155,10 +155,15 @@ impl Drop for Process {
     }
 }
 
-/// Starts the real server on a free port; returns it and its URL.
-fn start_server() -> (Process, String) {
+/// Starts the real server on a free port, its log in a temporary data directory
+/// (durable, as users run it); returns it, its URL and the directory, which lives
+/// as long as the test holds it.
+fn start_server() -> (Process, String, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
-    command.args(["--listen", "127.0.0.1:0"]);
+    command
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data.path());
     let server = Process::spawn("server", command);
     let line = server
         .stderr
@@ -167,12 +172,12 @@ fn start_server() -> (Process, String) {
         .split_whitespace()
         .find_map(|word| word.strip_prefix("address="))
         .expect("the listening line names the address");
-    (server, format!("http://{address}"))
+    (server, format!("http://{address}"), data)
 }
 
 #[test]
 fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
-    let (server, url) = start_server();
+    let (server, url, _data) = start_server();
 
     // Three participants join one after another; everyone, the newcomer included,
     // sees each join notice, with the same Lamport time.
@@ -226,7 +231,8 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
         p.sees_chat("bob", "still here");
     }
 
-    // A fourth joins late: it sees its own join, not what was said before.
+    // A fourth joins late: it sees what was said before as history, marked so,
+    // then its own join notice.
     let mut dave = Process::client("dave", &url);
     let dave_joined = dave.sees_notice("dave", "joined");
     for p in [&alice, &bob, &carol] {
@@ -236,12 +242,25 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
     for p in [&alice, &bob, &carol, &dave] {
         p.sees_chat("dave", "late but here");
     }
+    let lines = dave.stdout.all();
+    let earlier: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains("hello from alice"))
+        .collect();
+    assert!(!earlier.is_empty(), "{lines:#?}");
     assert!(
-        dave.stdout
-            .all()
-            .iter()
-            .all(|l| !l.contains("hello from alice"))
+        earlier.iter().all(|l| l.starts_with("[history] ")),
+        "{lines:#?}"
     );
+    let own_join = lines
+        .iter()
+        .position(|l| l.starts_with("Participant dave joined"))
+        .unwrap();
+    let last_history = lines
+        .iter()
+        .rposition(|l| l.starts_with("[history] "))
+        .unwrap();
+    assert!(last_history < own_join, "{lines:#?}");
 
     // The same name cannot join twice: one clear line, exit status 4.
     let twin = Process::client("alice", &url);
@@ -250,9 +269,10 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
         l.starts_with("chittychat-client: error:") && l.contains("\"alice\" is taken")
     });
 
-    // bob leaves by closing its input (EOF).
+    // bob leaves by closing its input (EOF); three of his lines were refused, so
+    // his exit status says that not every line was sent.
     bob.close_stdin();
-    assert_eq!(bob.wait_exit().code(), Some(0));
+    assert_eq!(bob.wait_exit().code(), Some(5));
     let bob_left = alice.sees_notice("bob", "left");
     for p in [&carol, &dave] {
         assert_eq!(p.sees_notice("bob", "left"), bob_left);
@@ -305,7 +325,7 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
 
 #[test]
 fn a_server_shutdown_ends_clients_with_a_clear_message() {
-    let (server, url) = start_server();
+    let (server, url, _data) = start_server();
     // Without reconnecting (tests/reconnect.rs covers that), the client ends.
     let erin = Process::client_with("erin", &url, &["--no-reconnect"]);
     erin.sees_notice("erin", "joined");
@@ -346,7 +366,7 @@ fn an_unreachable_server_is_one_line_and_exit_status_3() {
 
 #[test]
 fn a_bad_name_is_refused_before_joining() {
-    let (_server, url) = start_server();
+    let (_server, url, _data) = start_server();
     let client = Process::client("no spaces allowed", &url);
     assert_eq!(client.wait_exit().code(), Some(4));
     client.stderr.wait_for("the name rule", |l| {

@@ -27,7 +27,7 @@ const DEADLINE: Duration = Duration::from_secs(10);
 struct TestServer {
     address: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), tonic::transport::Error>>,
+    task: JoinHandle<Result<(), server::ServerError>>,
 }
 
 impl TestServer {

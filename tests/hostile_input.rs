@@ -6,7 +6,8 @@
 use chittychat::client::{ClientError, Session, connect};
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
-use chittychat::server::{self, SESSION_TOKEN_METADATA, ServerConfig};
+use chittychat::server::{self, ServerConfig};
+use chittychat::transport::SESSION_TOKEN_METADATA;
 use chittychat::validate::{validate_message, validate_name};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -29,7 +30,7 @@ struct TestServer {
     runtime: Runtime,
     channel: Channel,
     stop: Option<oneshot::Sender<()>>,
-    served: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    served: Option<JoinHandle<Result<(), server::ServerError>>>,
 }
 
 impl TestServer {
@@ -111,6 +112,7 @@ async fn raw_join(
         .join(pb::JoinRequest {
             name: name.to_vec(),
             lamport: 1,
+            ..Default::default()
         })
         .await?;
     let token = response
@@ -133,6 +135,7 @@ async fn raw_publish(
         session_token: token.to_owned(),
         text: text.to_vec(),
         lamport: 1,
+        ..Default::default()
     })
     .await
     .map(drop)

@@ -4,9 +4,9 @@
 mod fixture;
 
 use chittychat::client::{Session, connect};
-use chittychat::hub::{HubConfig, PublishRate};
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
+use chittychat::room::{PublishRate, RoomConfig};
 use chittychat::server::ServerConfig;
 use chittychat::transport::DEFAULT_MAX_REQUEST_BYTES;
 use fixture::{DEADLINE, ServerProcess, TestServer, within};
@@ -34,6 +34,7 @@ async fn an_oversize_request_gets_resource_exhausted_with_a_message() {
             session_token: "1.00".into(),
             text: huge.clone(),
             lamport: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -50,6 +51,7 @@ async fn an_oversize_request_gets_resource_exhausted_with_a_message() {
         .join(pb::JoinRequest {
             name: huge,
             lamport: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -63,9 +65,9 @@ async fn an_oversize_request_gets_resource_exhausted_with_a_message() {
 #[tokio::test]
 async fn a_full_server_says_so() {
     let server = TestServer::start(ServerConfig {
-        hub: HubConfig {
+        room: RoomConfig {
             max_participants: 2,
-            ..HubConfig::default()
+            ..RoomConfig::default()
         },
         ..ServerConfig::default()
     })
@@ -84,9 +86,9 @@ async fn a_flooder_is_slowed_and_the_others_are_not() {
     const PER_SECOND: u32 = 20;
     const BURST: u32 = 10;
     let server = TestServer::start(ServerConfig {
-        hub: HubConfig {
+        room: RoomConfig {
             publish_rate: rate(PER_SECOND, BURST),
-            ..HubConfig::default()
+            ..RoomConfig::default()
         },
         ..ServerConfig::default()
     })
@@ -196,6 +198,7 @@ async fn every_refusal_is_logged_at_warn_with_the_participants_name() {
             session_token: String::new(),
             text: vec![b'x'; 8192],
             lamport: 1,
+            ..Default::default()
         })
         .await
         .unwrap_err();

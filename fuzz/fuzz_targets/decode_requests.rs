@@ -1,7 +1,7 @@
-//! Fuzzes every request message from the wire into the hub: arbitrary bytes are
+//! Fuzzes every request message from the wire into the room: arbitrary bytes are
 //! decoded as a JoinRequest, PublishRequest or LeaveRequest (the first byte picks
-//! which) and, when they decode, handed to the hub the way the server does, in a room
-//! where "alice" is present. Nothing panics; a request is accepted exactly when the
+//! which) and, when they decode, handed to the room the way the server does, in a
+//! room (over an in-memory log) where "alice" is present. Nothing panics; a request is accepted exactly when the
 //! rules say so; an accepted one is stamped by Lamport's rule and reaches alice's
 //! feed; a refused one changes nothing; and whatever a request carried, the next
 //! event is still stamped later than every event before it.
@@ -12,11 +12,16 @@
 #![no_main]
 
 use chittychat::error::ChatError;
+use chittychat::event::Stamp;
 use chittychat::event::{EventKind, joined_sentence};
-use chittychat::hub::{Feed, Hub, HubConfig, Stamp};
+use chittychat::feed::{Delivery, Feed};
 use chittychat::lamport::LamportTime;
+use chittychat::log::{Log, LogConfig};
 use chittychat::pb;
-use chittychat::validate::{validate_lamport, validate_message, validate_name};
+use chittychat::room::{JoinOptions, Room, RoomConfig};
+use chittychat::validate::{
+    validate_lamport, validate_message, validate_name, validate_publish_id,
+};
 use futures::{FutureExt, StreamExt};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -57,27 +62,52 @@ fn decoded<M: Message + Default + PartialEq>(wire: &[u8]) -> Result<M, prost::De
 }
 
 /// A room in which alice is present and has read her own join notice.
-struct Room {
-    hub: Arc<Hub>,
+struct Fixture {
+    runtime: tokio::runtime::Runtime,
+    room: Arc<Room>,
     alice: Feed,
     token: String,
 }
 
-impl Room {
+/// Joins `name` at `lamport` without history and waits until its notice is stored.
+fn join_now(
+    runtime: &tokio::runtime::Runtime,
+    hub: &Arc<Room>,
+    name: &[u8],
+    lamport: LamportTime,
+) -> Result<chittychat::room::Joined, ChatError> {
+    let options = JoinOptions {
+        history: Some(0),
+        resume: None,
+    };
+    let joined = hub.join(name, lamport, options)?;
+    runtime.block_on(hub.durable(joined.stamp.seq))?;
+    Ok(joined)
+}
+
+impl Fixture {
     fn new() -> Self {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let (log, recovered) = Log::open(&LogConfig::default()).expect("an in-memory log");
         // No publish rate limit: the target checks which requests the rules accept,
         // and a flood of valid ones must all be accepted.
-        let hub = Arc::new(Hub::new(HubConfig {
-            queue_depth: 8,
-            publish_rate: None,
-            ..HubConfig::default()
-        }));
-        let mut joined = hub.join(b"alice", 0).expect("alice joins");
+        let hub = Room::open(
+            RoomConfig {
+                publish_rate: None,
+                ..RoomConfig::default()
+            },
+            log,
+            recovered,
+        );
+        let mut joined = join_now(&runtime, &hub, b"alice", 0).expect("alice joins");
         let first = next(&mut joined.feed).expect("alice's join notice");
-        assert_eq!(first.kind, EventKind::Joined);
+        assert_eq!(first.entry.kind, EventKind::Joined);
         let token = joined.token.expose().to_owned();
-        Room {
-            hub,
+        Fixture {
+            runtime,
+            room: hub,
             alice: joined.feed,
             token,
         }
@@ -92,7 +122,7 @@ impl Room {
     /// Checks that the server's clock still advances: a new event (a join, so that it
     /// works whether or not alice is still present) is stamped after `last`.
     fn assert_clock_still_rises(&self, last: LamportTime) {
-        let carol = self.hub.join(b"carol", 0).expect("carol joins");
+        let carol = join_now(&self.runtime, &self.room, b"carol", 0).expect("carol joins");
         assert!(
             carol.stamp.lamport > last,
             "the clock stopped: an event at {} after one at {last}",
@@ -102,8 +132,8 @@ impl Room {
 
     /// Checks that a refused request left the room as it was.
     fn assert_unchanged(&mut self, lamport_before: LamportTime) {
-        assert_eq!(self.hub.lamport_now(), lamport_before, "the clock moved");
-        assert_eq!(self.hub.present(), ["alice"]);
+        assert_eq!(self.room.lamport_now(), lamport_before, "the clock moved");
+        assert_eq!(self.room.present(), ["alice"]);
         assert!(
             self.alice.next().now_or_never().is_none(),
             "a refused request was broadcast"
@@ -111,8 +141,8 @@ impl Room {
     }
 }
 
-/// The event ready on `feed`, if any; `None` when none is queued or the feed ended.
-fn next(feed: &mut Feed) -> Option<Arc<chittychat::hub::Broadcast>> {
+/// The event ready on `feed`, if any; `None` when none is stored or the feed ended.
+fn next(feed: &mut Feed) -> Option<Delivery> {
     match feed.next().now_or_never() {
         Some(Some(Ok(event))) => Some(event),
         _ => None,
@@ -125,12 +155,12 @@ fn expected_time(before: LamportTime, client: LamportTime) -> LamportTime {
 }
 
 fn join(request: pb::JoinRequest) {
-    let mut room = Room::new();
-    let before = room.hub.lamport_now();
+    let mut fx = Fixture::new();
+    let before = fx.room.lamport_now();
     let should_accept = validate_name(&request.name).is_ok()
         && validate_lamport(request.lamport, before).is_ok()
         && request.name != b"alice";
-    match room.hub.join(&request.name, request.lamport) {
+    match join_now(&fx.runtime, &fx.room, &request.name, request.lamport) {
         Ok(mut joined) => {
             assert!(should_accept, "accepted the name {:?}", request.name);
             let name = std::str::from_utf8(&request.name).expect("an accepted name is text");
@@ -138,16 +168,16 @@ fn join(request: pb::JoinRequest) {
             assert_eq!(joined.stamp, Stamp { lamport, seq: 2 });
             let mut present = vec!["alice".to_owned(), name.to_owned()];
             present.sort();
-            assert_eq!(room.hub.present(), present);
-            for feed in [&mut joined.feed, &mut room.alice] {
-                let event = next(feed).expect("the join notice");
+            assert_eq!(fx.room.present(), present);
+            for feed in [&mut joined.feed, &mut fx.alice] {
+                let event = next(feed).expect("the join notice").entry;
                 assert_eq!(event.kind, EventKind::Joined);
                 assert_eq!(&*event.participant, name);
                 assert_eq!(event.text, joined_sentence(name, lamport));
                 assert_eq!((event.lamport, event.seq), (lamport, 2));
             }
             if name != "carol" {
-                room.assert_clock_still_rises(lamport);
+                fx.assert_clock_still_rises(lamport);
             }
         }
         Err(err) => {
@@ -161,29 +191,38 @@ fn join(request: pb::JoinRequest) {
                 ),
                 "{err:?}"
             );
-            room.assert_unchanged(before);
+            fx.assert_unchanged(before);
         }
     }
 }
 
 fn publish(request: pb::PublishRequest) {
-    let mut room = Room::new();
-    let token = room.token_from(&request.session_token);
-    let before = room.hub.lamport_now();
+    let mut fx = Fixture::new();
+    let token = fx.token_from(&request.session_token);
+    let before = fx.room.lamport_now();
     let rule = validate_message(&request.text)
-        .and_then(|text| validate_lamport(request.lamport, before).map(|()| text));
-    match room.hub.publish(&token, &request.text, request.lamport) {
+        .and_then(|text| validate_lamport(request.lamport, before).map(|()| text))
+        .and_then(|text| validate_publish_id(&request.publish_id).map(|_| text));
+    let published = fx.runtime.block_on(fx.room.publish(
+        &token,
+        &request.text,
+        request.lamport,
+        &request.publish_id,
+    ));
+    match published {
         Ok(stamp) => {
-            assert_eq!(token, room.token, "accepted the token {token:?}");
+            assert_eq!(token, fx.token, "accepted the token {token:?}");
             let text = rule.expect("accepted a message the rule refuses");
             let lamport = expected_time(before, request.lamport);
             assert_eq!(stamp, Stamp { lamport, seq: 2 });
-            let event = next(&mut room.alice).expect("the message on alice's feed");
+            let event = next(&mut fx.alice)
+                .expect("the message on alice's feed")
+                .entry;
             assert_eq!(event.kind, EventKind::Chat);
             assert_eq!(&*event.participant, "alice");
             assert_eq!(event.text, text);
             assert_eq!((event.lamport, event.seq), (lamport, 2));
-            room.assert_clock_still_rises(lamport);
+            fx.assert_clock_still_rises(lamport);
         }
         Err(err) => {
             match rule {
@@ -191,39 +230,39 @@ fn publish(request: pb::PublishRequest) {
                 Err(reason) => assert_eq!(err, reason),
                 Ok(_) => {
                     assert_eq!(err, ChatError::UnknownSession);
-                    assert_ne!(token, room.token, "refused alice's own token");
+                    assert_ne!(token, fx.token, "refused alice's own token");
                 }
             }
-            room.assert_unchanged(before);
+            fx.assert_unchanged(before);
         }
     }
 }
 
 fn leave(request: pb::LeaveRequest) {
-    let mut room = Room::new();
-    let token = room.token_from(&request.session_token);
-    let before = room.hub.lamport_now();
+    let mut fx = Fixture::new();
+    let token = fx.token_from(&request.session_token);
+    let before = fx.room.lamport_now();
     let rule = validate_lamport(request.lamport, before);
-    match room.hub.leave(&token, request.lamport) {
+    match fx.runtime.block_on(fx.room.leave(&token, request.lamport)) {
         Ok(stamp) => {
-            assert_eq!(token, room.token, "accepted the token {token:?}");
+            assert_eq!(token, fx.token, "accepted the token {token:?}");
             assert_eq!(rule, Ok(()), "accepted a time too far ahead");
             let lamport = expected_time(before, request.lamport);
             assert_eq!(stamp, Stamp { lamport, seq: 2 });
-            assert!(room.hub.present().is_empty());
+            assert!(fx.room.present().is_empty());
             // The leaver's feed ends cleanly, without its own leave notice.
-            assert!(matches!(room.alice.next().now_or_never(), Some(None)));
-            room.assert_clock_still_rises(lamport);
+            assert!(matches!(fx.alice.next().now_or_never(), Some(None)));
+            fx.assert_clock_still_rises(lamport);
         }
         Err(err) => {
             match rule {
                 Err(reason) => assert_eq!(err, reason),
                 Ok(()) => {
                     assert_eq!(err, ChatError::UnknownSession);
-                    assert_ne!(token, room.token, "refused alice's own token");
+                    assert_ne!(token, fx.token, "refused alice's own token");
                 }
             }
-            room.assert_unchanged(before);
+            fx.assert_unchanged(before);
         }
     }
 }

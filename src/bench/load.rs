@@ -2,7 +2,7 @@
 //! they receive, and publishers that send through the same client library.
 
 use super::BenchError;
-use crate::client::{self, ClientError, Events, Session};
+use crate::client::{self, ClientError, Events, JoinOptions, Session};
 use crate::event::{Event, EventKind};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -214,7 +214,14 @@ pub(super) async fn join(
     let (session, events) = {
         let _permit = gate.acquire().await;
         let channel = client::connect(&url).await.map_err(client_error)?;
-        Session::join(channel, &name).await.map_err(client_error)?
+        // Live deliveries are what the bench counts: no history on joining.
+        let options = JoinOptions {
+            history: Some(0),
+            ..JoinOptions::default()
+        };
+        Session::join_with(channel, &name, options)
+            .await
+            .map_err(client_error)?
     };
     tokio::spawn(receive(events, who, shared));
     Ok(session)

@@ -46,8 +46,13 @@ impl SpawnedServer {
         };
         let log_file = File::create(&log)
             .map_err(|err| spawn_error(format!("cannot create {}: {err}", log.display())))?;
+        // The durable log, as users run it, in a fresh directory beside the log.
+        let data_dir = log.with_extension("data");
+        let _ = std::fs::remove_dir_all(&data_dir);
         let child = Command::new(binary)
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data_dir)
             .args(["--max-participants", &participants.max(1).to_string()])
             .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
@@ -120,6 +125,7 @@ impl Drop for SpawnedServer {
         // Its state is of no further use, so no graceful shutdown.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(self.log.with_extension("data"));
         if !self.keep_log {
             let _ = std::fs::remove_file(&self.log);
         }

@@ -56,6 +56,11 @@ struct Args {
     /// interactive prompt, to a file in the temporary directory.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// How many past messages to see on joining (at most 1000). Default: the
+    /// server's choice (20 unless its operator changed it).
+    #[arg(long, env = "CHITTYCHAT_HISTORY", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    history: Option<u32>,
     /// Play a scripted part of a conversation from this file instead of reading
     /// input (steps: say, meet, await, leave; see the documentation of
     /// `chittychat::script`).
@@ -71,7 +76,9 @@ CHITTYCHAT_JOIN_SECRET holds the join secret, if the server needs one (or use
 
 Exit status: 0 after leaving; 1 when the session was lost and could not be
 resumed; 2 for a usage error or an unreadable file; 3 when the server cannot be
-reached; 4 when the server refused to let you join.";
+reached; 4 when the server refused to let you join; 5 after leaving when not
+every input line was published (some were invalid, or still waiting when you
+left with Ctrl-C).";
 
 /// The environment variable that may hold the join secret.
 const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";
@@ -139,6 +146,7 @@ async fn run(args: Args) -> ExitCode {
         reconnect: !args.no_reconnect,
         reconnect_timeout: args.reconnect_timeout.0,
         log_file,
+        history: args.history,
     })
     .await
 }

@@ -4,11 +4,12 @@
 
 use anyhow::Context;
 use chittychat::health::{self, Probed};
-use chittychat::hub::{
-    DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE, DEFAULT_QUEUE_DEPTH,
-    HubConfig, PublishRate,
-};
+use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Retention, Storage};
 use chittychat::logging::{self, LogFormat};
+use chittychat::room::{
+    DEFAULT_JOIN_HISTORY, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
+    MAX_HISTORY_PAGE, PublishRate, RoomConfig,
+};
 use chittychat::server::{self, DEFAULT_LISTEN, ServerConfig};
 use chittychat::transport::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES, JoinSecret,
@@ -28,11 +29,32 @@ struct Args {
     /// Address to listen on; port 0 picks a free port (the bound address is logged).
     #[arg(long, env = "CHITTYCHAT_LISTEN", default_value = DEFAULT_LISTEN)]
     listen: String,
-    /// How many events may wait for one participant before it is disconnected as
-    /// too slow (and announced as having left).
-    #[arg(long, env = "CHITTYCHAT_QUEUE_DEPTH", default_value_t = DEFAULT_QUEUE_DEPTH,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    queue_depth: u32,
+    /// Keep the event log in this directory (created on first start). Default: the
+    /// user's data directory, $XDG_DATA_HOME/chittychat or ~/.local/share/chittychat.
+    #[arg(
+        long,
+        env = "CHITTYCHAT_DATA_DIR",
+        value_name = "DIR",
+        conflicts_with = "ephemeral"
+    )]
+    data_dir: Option<PathBuf>,
+    /// Keep the event log in memory only: history, resume and publish ids are
+    /// forgotten when the server stops.
+    #[arg(long, env = "CHITTYCHAT_EPHEMERAL")]
+    ephemeral: bool,
+    /// How many events the log keeps; older ones are trimmed. A client that was
+    /// away for longer is told how many it missed.
+    #[arg(long, env = "CHITTYCHAT_HISTORY_LIMIT", default_value_t = DEFAULT_HISTORY_LIMIT,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    history_limit: u64,
+    /// Trim events older than this many seconds too. Default: keep them however old.
+    #[arg(long, env = "CHITTYCHAT_HISTORY_MAX_AGE", value_name = "SECONDS")]
+    history_max_age: Option<Seconds>,
+    /// How many past events a newcomer sees before its join notice when its client
+    /// does not ask for a number (at most 1000).
+    #[arg(long, env = "CHITTYCHAT_JOIN_HISTORY", default_value_t = DEFAULT_JOIN_HISTORY,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_HISTORY_PAGE)))]
+    join_history: u32,
     /// How many participants may be present at once; Join beyond it gets
     /// RESOURCE_EXHAUSTED ("server full").
     #[arg(long, env = "CHITTYCHAT_MAX_PARTICIPANTS", default_value_t = DEFAULT_MAX_PARTICIPANTS,
@@ -117,14 +139,31 @@ Every refusal (a limit reached, a bad request, a missing join secret) is logged 
 warn level as \"refused\" with the participant's name.";
 
 #[tokio::main]
-async fn main() -> anyhow::Result<ExitCode> {
+async fn main() -> ExitCode {
     let args = Args::parse();
     if args.health_check {
-        return Ok(health_check(&args.listen).await);
+        return health_check(&args.listen).await;
     }
+    match serve(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, the causes joined: what a person needs, never a backtrace.
+            eprintln!("chittychat-server: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     let _log = logging::init(args.log_format, args.log_file.as_deref(), "info")
         .with_context(|| format!("cannot open the log file {:?}", args.log_file))?;
     let config = server_config(&args)?;
+    if let Storage::Disk(dir) = &config.log.storage {
+        tracing::info!(data_dir = %dir.display(), "event log on disk");
+    }
+    // The log first: a data directory that cannot be used is refused before the
+    // server takes its port.
+    let (log, recovered) = Log::open(&config.log)?;
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -143,9 +182,13 @@ async fn main() -> anyhow::Result<ExitCode> {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     };
-    server::run(listener, config, shutdown).await?;
-    tracing::info!("Chitty-Chat server stopped");
-    Ok(ExitCode::SUCCESS)
+    let served = server::run_with_log(listener, config, log, recovered, shutdown).await;
+    if let Err(err) = &served {
+        tracing::error!(error = %err, "Chitty-Chat server stopped");
+    } else {
+        tracing::info!("Chitty-Chat server stopped");
+    }
+    Ok(served?)
 }
 
 /// Probes the server at `listen`; logs nothing, so a probe never writes into the
@@ -182,11 +225,28 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         per_second,
         burst: NonZeroU32::new(args.publish_burst).unwrap_or(NonZeroU32::MIN),
     });
+    let storage = if args.ephemeral {
+        Storage::Memory
+    } else {
+        match &args.data_dir {
+            Some(dir) => Storage::Disk(dir.clone()),
+            None => Storage::Disk(default_data_dir().context(
+                "no data directory: set HOME or XDG_DATA_HOME, pass --data-dir, or run --ephemeral",
+            )?),
+        }
+    };
     Ok(ServerConfig {
-        hub: HubConfig {
-            queue_depth: args.queue_depth as usize,
+        room: RoomConfig {
             max_participants: args.max_participants as usize,
             publish_rate,
+            join_history: args.join_history,
+        },
+        log: LogConfig {
+            storage,
+            retention: Retention {
+                max_events: args.history_limit,
+                max_age: args.history_max_age.map(|age| age.0),
+            },
         },
         keepalive: Keepalive {
             interval: args.keepalive_interval.0,
@@ -196,4 +256,18 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         tls,
         join_secret,
     })
+}
+
+/// The user's data directory for Chitty-Chat: `$XDG_DATA_HOME/chittychat`, else
+/// `~/.local/share/chittychat` (the XDG Base Directory rule; relative paths in
+/// `XDG_DATA_HOME` are ignored, as the rule says).
+fn default_data_dir() -> Option<PathBuf> {
+    let from_env = |name| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    from_env("XDG_DATA_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".local/share")))
+        .map(|base| base.join("chittychat"))
 }

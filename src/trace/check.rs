@@ -11,7 +11,10 @@
 //! 3. **Delivery**: every participant received each broadcast made while it was
 //!    present exactly once, in sequence order, which is the same order for everyone.
 //!    A participant that vanished (killed, or too slow) may miss the tail that was
-//!    in flight when it went, never one in the middle.
+//!    in flight when it went, never one in the middle. A session that resumed a feed
+//!    must deliver every broadcast after the resume point, those made while the
+//!    participant was away included: a resume has no gap. A past event replayed as
+//!    history is a receive like any other, and may come from before the session.
 //! 4. **Join and leave**: each join is matched by at most one leave.
 
 use super::causality::Index;
@@ -122,6 +125,9 @@ pub fn check(run: &Run) -> Report {
 
 /// One stay of a participant: from its join's broadcast to its leave's.
 struct Session {
+    /// The first broadcast the session must deliver: its join notice, or the one
+    /// after its resume point.
+    from: u64,
     join: u64,
     leave: Option<u64>,
     /// It left without asking (killed, disconnected, too slow) or never left.
@@ -130,13 +136,18 @@ struct Session {
 
 impl Session {
     fn contains(&self, seq: u64) -> bool {
-        seq >= self.join && self.leave.is_none_or(|leave| seq < leave)
+        seq >= self.from && self.leave.is_none_or(|leave| seq < leave)
     }
 
     fn describe(&self) -> String {
+        let joined = if self.from < self.join {
+            format!("joined at #{} resuming after #{}", self.join, self.from - 1)
+        } else {
+            format!("joined at #{}", self.join)
+        };
         match self.leave {
-            Some(leave) => format!("joined at #{}, left at #{leave}", self.join),
-            None => format!("joined at #{}, never left", self.join),
+            Some(leave) => format!("{joined}, left at #{leave}"),
+            None => format!("{joined}, never left"),
         }
     }
 }
@@ -385,8 +396,15 @@ impl Checker<'_> {
             // the join's broadcast to the first leave of this name after it.
             let mut sessions: Vec<Session> = Vec::new();
             for (join_seq, id) in &broadcasts {
-                let is_join = matches!(&self.run.event(*id).action,
-                    Action::Broadcast { cause, .. } if cause == "Join");
+                let (is_join, resumed_after) = match &self.run.event(*id).action {
+                    Action::Broadcast {
+                        cause,
+                        resumed_after,
+                        ..
+                    } => (cause == "Join", *resumed_after),
+                    _ => (false, None),
+                };
+                let from = resumed_after.map_or(*join_seq, |after| after + 1);
                 let ours = self
                     .index
                     .send_of(self.run, *id)
@@ -401,6 +419,7 @@ impl Checker<'_> {
                 });
                 sessions.push(match leave {
                     Some((seq, id)) => Session {
+                        from,
                         join: *join_seq,
                         leave: Some(*seq),
                         vanished: !matches!(&self.run.event(*id).action,
@@ -409,6 +428,7 @@ impl Checker<'_> {
                     // Still present when the logs end: whatever was in flight may
                     // be lost.
                     None => Session {
+                        from,
                         join: *join_seq,
                         leave: None,
                         vanished: true,
@@ -419,16 +439,21 @@ impl Checker<'_> {
                 // Refused, or never reached the server: nothing to deliver.
                 continue;
             }
-            let received: Vec<(u64, EventId)> = (0..process.events.len())
+            let received: Vec<(u64, EventId, bool)> = (0..process.events.len())
                 .map(|index| EventId { process: p, index })
                 .filter_map(|id| match &self.run.event(id).action {
-                    Action::Received { seq, .. } => Some((*seq, id)),
+                    Action::Received { seq, history, .. } => Some((*seq, id, *history)),
                     _ => None,
                 })
                 .collect();
             let mut seen: HashMap<u64, EventId> = HashMap::new();
             let mut last: Option<(u64, EventId)> = None;
-            for &(seq, id) in &received {
+            for &(seq, id, history) in &received {
+                // History replays what was said before; seen once already is fine.
+                if history {
+                    seen.entry(seq).or_insert(id);
+                    continue;
+                }
                 if let Some(&first) = seen.get(&seq) {
                     let message = format!(
                         "{who} received #{seq} twice: {} and {}",
@@ -466,7 +491,7 @@ impl Checker<'_> {
             for session in &sessions {
                 let last_received = received
                     .iter()
-                    .map(|(s, _)| *s)
+                    .map(|(s, _, _)| *s)
                     .filter(|s| session.contains(*s))
                     .max()
                     .unwrap_or(0);

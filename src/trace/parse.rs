@@ -97,6 +97,9 @@ pub enum Action {
         seq: u64,
         /// The Lamport time of the client's request; absent for dropouts.
         client_lamport: Option<LamportTime>,
+        /// For a Join that resumed a feed: the last event the client had received,
+        /// so its new session must deliver every event after it.
+        resumed_after: Option<u64>,
     },
     /// A client sent a request.
     Sent {
@@ -126,6 +129,8 @@ pub enum Action {
         seq: u64,
         /// The server's Lamport time of the broadcast.
         server_lamport: LamportTime,
+        /// A past event replayed before the participant's join notice.
+        history: bool,
     },
 }
 
@@ -157,12 +162,22 @@ impl Event {
                 text,
                 seq,
                 server_lamport,
-            } => match kind.as_str() {
-                "chat" => format!(
-                    "received #{seq} {participant}: \"{text}\" (server time {server_lamport})"
-                ),
-                _ => format!("received #{seq} {participant} {kind} (server time {server_lamport})"),
-            },
+                history,
+            } => {
+                let how = if *history {
+                    "received as history"
+                } else {
+                    "received"
+                };
+                match kind.as_str() {
+                    "chat" => format!(
+                        "{how} #{seq} {participant}: \"{text}\" (server time {server_lamport})"
+                    ),
+                    _ => {
+                        format!("{how} #{seq} {participant} {kind} (server time {server_lamport})")
+                    }
+                }
+            }
         }
     }
 }
@@ -302,6 +317,8 @@ struct Line {
     server_lamport: Option<LamportTime>,
     rpc: Option<String>,
     name: Option<String>,
+    history: Option<bool>,
+    resumed_after: Option<u64>,
 }
 
 /// Parses one process's log; `None` when it has no Chitty-Chat events.
@@ -341,6 +358,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                     text: parsed.text.unwrap_or_default(),
                     seq: parsed.seq.ok_or_else(|| missing("seq"))?,
                     client_lamport: parsed.client_lamport,
+                    resumed_after: parsed.resumed_after,
                 }
             }
             "sent" => {
@@ -368,6 +386,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                 server_lamport: parsed
                     .server_lamport
                     .ok_or_else(|| missing("server_lamport"))?,
+                history: parsed.history.unwrap_or(false),
             },
             _ => continue,
         };

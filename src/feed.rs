@@ -1,0 +1,230 @@
+//! A participant's feed: a cursor into the log that yields every durable event from
+//! its position on, in order, at the pace its reader takes them.
+//!
+//! A feed holds no copy of the events: it reads the log's newest events from memory
+//! and older ones from the store, a batch at a time. So a reader that falls behind
+//! costs its cursor, not a queue. It is cut off only when the log no longer holds
+//! its position (retention trimmed it), and then it can resume.
+
+use crate::error::ChatError;
+use crate::log::{Durable, Entry, LogError, Read, STORE_READ_BATCH};
+use crate::room::{LeaveCause, Room};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use tokio::task::JoinHandle;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::WatchStream;
+
+/// How many events a feed takes from memory at once.
+///
+/// Taking them together costs one look at the log per batch instead of per event,
+/// and lets the stream hand tonic everything that is ready in one poll, which tonic
+/// packs into one HTTP/2 frame.
+pub const FEED_BATCH: usize = 64;
+
+/// Where a session's feed ends, set once by the room: before the sequence number of
+/// its leave notice, or where the server stopped, with the reason.
+#[derive(Debug, Default)]
+pub(crate) struct FeedEnd(OnceLock<(u64, Option<ChatError>)>);
+
+impl FeedEnd {
+    /// Ends the feed before event `seq`, with `reason` (none for a clean end).
+    pub(crate) fn set(&self, seq: u64, reason: Option<ChatError>) {
+        let _ = self.0.set((seq, reason));
+    }
+
+    fn get(&self) -> Option<&(u64, Option<ChatError>)> {
+        self.0.get()
+    }
+}
+
+/// One event as a feed delivers it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event.
+    pub entry: Arc<Entry>,
+    /// Whether it is a past event replayed before the participant's join notice.
+    pub history: bool,
+}
+
+/// One participant's feed of events, in log order.
+///
+/// It yields every event from its position on, then ends: cleanly after the
+/// participant left, or with the error that ended it (cut off, shutting down).
+/// Dropping a feed whose participant is still present counts as leaving.
+pub struct Feed {
+    room: Arc<Room>,
+    session: u64,
+    /// The sequence number of the next event to read from the log.
+    cursor: u64,
+    /// The sequence number of the next event to deliver (the cursor, less what is
+    /// read and not yet delivered), shared with the room, which cuts off a feed
+    /// whose position the log trimmed.
+    position: Arc<AtomicU64>,
+    /// Events numbered below this are history.
+    history_before: u64,
+    end: Arc<FeedEnd>,
+    batch: VecDeque<Arc<Entry>>,
+    /// Wakes the feed when more of the log is durable (or its session ended).
+    wake: WatchStream<Durable>,
+    /// A read from the store in progress, for a feed behind what memory holds.
+    loading: Option<JoinHandle<Result<Vec<Arc<Entry>>, LogError>>>,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Feed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Feed")
+            .field("session", &self.session)
+            .field("cursor", &self.cursor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Feed {
+    pub(crate) fn new(
+        room: Arc<Room>,
+        session: u64,
+        position: Arc<AtomicU64>,
+        history_before: u64,
+        end: Arc<FeedEnd>,
+    ) -> Self {
+        let wake = WatchStream::from_changes(room.log().watch());
+        Self {
+            room,
+            session,
+            cursor: position.load(Ordering::Acquire),
+            position,
+            history_before,
+            end,
+            batch: VecDeque::new(),
+            wake,
+            loading: None,
+            finished: false,
+        }
+    }
+
+    /// The sequence number of the next event this feed delivers.
+    pub fn position(&self) -> u64 {
+        self.position.load(Ordering::Acquire)
+    }
+
+    /// Takes `entries` (consecutive, from the cursor on) for delivery, up to the
+    /// feed's end.
+    ///
+    /// The end is looked at again after the read: the room sets it before it
+    /// appends the leave notice, so a read that found the notice durable finds the
+    /// end set too, and the notice is never delivered to its own participant.
+    fn take(&mut self, entries: Vec<Arc<Entry>>) {
+        self.cursor += entries.len() as u64;
+        let end = self.end.get().map_or(u64::MAX, |(seq, _)| *seq);
+        self.batch
+            .extend(entries.into_iter().take_while(|entry| entry.seq < end));
+    }
+
+    /// Ends the feed with `err`, after announcing the participant's leave for `cause`.
+    fn cut_off(
+        &mut self,
+        cause: LeaveCause,
+        err: ChatError,
+    ) -> Poll<Option<Result<Delivery, ChatError>>> {
+        self.finished = true;
+        self.room.disconnect(self.session, cause);
+        Poll::Ready(Some(Err(err)))
+    }
+}
+
+impl Stream for Feed {
+    type Item = Result<Delivery, ChatError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(entry) = this.batch.pop_front() {
+                this.position.store(entry.seq + 1, Ordering::Release);
+                let history = entry.seq < this.history_before;
+                return Poll::Ready(Some(Ok(Delivery { entry, history })));
+            }
+            if this.finished {
+                return Poll::Ready(None);
+            }
+            if let Some(loading) = &mut this.loading {
+                let loaded = std::task::ready!(Pin::new(loading).poll(cx));
+                this.loading = None;
+                match loaded {
+                    Ok(Ok(entries)) if entries.first().is_some_and(|e| e.seq == this.cursor) => {
+                        this.take(entries);
+                        continue;
+                    }
+                    // The position was trimmed while we read: look again.
+                    Ok(Ok(_)) => {}
+                    Ok(Err(err)) => {
+                        let reason = err.to_string();
+                        return this.cut_off(
+                            LeaveCause::Disconnected,
+                            ChatError::LogUnavailable { reason },
+                        );
+                    }
+                    Err(join_error) => {
+                        let reason = join_error.to_string();
+                        return this.cut_off(
+                            LeaveCause::Disconnected,
+                            ChatError::LogUnavailable { reason },
+                        );
+                    }
+                }
+            }
+            let end = this.end.get();
+            if let Some((end_seq, reason)) = end
+                && this.cursor >= *end_seq
+            {
+                this.finished = true;
+                return Poll::Ready(reason.clone().map(Err));
+            }
+            let until = end.map(|(seq, _)| *seq);
+            match this.room.log().read(this.cursor, FEED_BATCH, until) {
+                Read::Ready(entries) => this.take(entries),
+                Read::Wait => match Pin::new(&mut this.wake).poll_next(cx) {
+                    Poll::Ready(Some(_)) => {}
+                    Poll::Ready(None) => {
+                        this.finished = true;
+                        return Poll::Ready(Some(Err(ChatError::ShuttingDown)));
+                    }
+                    Poll::Pending => return Poll::Pending,
+                },
+                Read::Stored => {
+                    let log = Arc::clone(this.room.log());
+                    let from = this.cursor;
+                    this.loading = Some(tokio::task::spawn_blocking(move || {
+                        log.read_stored(from, STORE_READ_BATCH)
+                    }));
+                }
+                Read::Trimmed { first_held } => {
+                    return this.cut_off(
+                        LeaveCause::TooSlow,
+                        ChatError::TooSlow {
+                            position: this.cursor,
+                            first_held,
+                        },
+                    );
+                }
+                Read::Failed(reason) => {
+                    return this.cut_off(
+                        LeaveCause::Disconnected,
+                        ChatError::LogUnavailable { reason },
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        self.room.disconnect(self.session, LeaveCause::Disconnected);
+    }
+}

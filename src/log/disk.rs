@@ -1,0 +1,487 @@
+//! The on-disk store: a redb database in the server's data directory.
+//!
+//! redb is an embedded, pure-Rust key-value store with ACID transactions: a commit
+//! is durable when it returns (one fsync), and a crash at any moment leaves the last
+//! committed state. Events are keyed by sequence number, so reading from a position
+//! and trimming the oldest are range operations on an ordered table. The record
+//! of each event is a small JSON object, readable by any tool that reads redb.
+//!
+//! Tables, all changed in the same transaction as the events they follow from:
+//! - `events`: sequence number → the event.
+//! - `meta`: the format version, the epoch, the head and the largest Lamport time
+//!   (kept even when every event has been trimmed).
+//! - `publish_ids`: "participant\nid" → the stamp of the message published under it.
+//! - `present`: participants who joined and have not left, so a restart after a
+//!   crash can announce that they left.
+
+use super::{CACHE_EVENTS, Entry, Epoch, LogError, Recovered, Retention, Store, now_ms};
+use crate::event::{Event, EventKind, Stamp};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError,
+    TableDefinition,
+};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The database's file name inside the data directory.
+pub const DATABASE_FILE: &str = "chittychat.redb";
+
+/// The file in the data directory that says which server holds it, so a second
+/// server can name the first.
+pub const OWNER_FILE: &str = "owner";
+
+/// The version of the tables' layout and records this server writes and reads.
+const FORMAT_VERSION: u64 = 1;
+
+const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const EPOCH: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("epoch");
+const PUBLISH_IDS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("publish_ids");
+const PRESENT: TableDefinition<'_, &str, u64> = TableDefinition::new("present");
+
+const META_FORMAT: &str = "format";
+const META_HEAD: &str = "head";
+const META_LAMPORT: &str = "lamport";
+
+/// One event as stored.
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    kind: String,
+    participant: String,
+    text: String,
+    lamport: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    publish_id: Option<String>,
+    appended_ms: u64,
+}
+
+/// The log in a redb database.
+#[derive(Debug)]
+pub struct DiskStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl DiskStore {
+    /// Opens (or creates) the log in `dir`, creating the directory if needed. Refuses
+    /// a directory another server holds, and a database that is damaged or of an
+    /// unknown format; never starts empty over data it cannot read.
+    pub fn open(dir: &Path) -> Result<Self, LogError> {
+        let unusable = |reason: String| LogError::Unusable {
+            path: dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|err| unusable(err.to_string()))?;
+        let path = dir.join(DATABASE_FILE);
+        let corrupt = |reason: String| LogError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let mut builder = Database::builder();
+        builder.set_check_integrity_on_open(true);
+        let db = match builder.create(&path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch) => {
+                let owner = std::fs::read_to_string(dir.join(OWNER_FILE))
+                    .map(|owner| format!(" ({})", owner.trim()))
+                    .unwrap_or_default();
+                return Err(LogError::Locked {
+                    path: dir.to_owned(),
+                    owner,
+                });
+            }
+            Err(DatabaseError::UpgradeRequired(version)) => {
+                return Err(corrupt(format!("redb file format {version}")));
+            }
+            Err(DatabaseError::Storage(StorageError::Io(err)))
+                if err.kind() != std::io::ErrorKind::InvalidData =>
+            {
+                return Err(LogError::Unusable {
+                    path: path.clone(),
+                    reason: err.to_string(),
+                });
+            }
+            Err(err) => return Err(corrupt(err.to_string())),
+        };
+        let store = Self { db, path };
+        store.initialise()?;
+        let owner = format!("pid {}", std::process::id());
+        std::fs::write(dir.join(OWNER_FILE), owner).map_err(|err| unusable(err.to_string()))?;
+        Ok(store)
+    }
+
+    /// Writes the format version and a new epoch into a new database; checks them in
+    /// an existing one.
+    fn initialise(&self) -> Result<(), LogError> {
+        let txn = self.db.begin_write().map_err(|e| self.failed(e))?;
+        {
+            let mut meta = txn.open_table(META).map_err(|e| self.failed(e))?;
+            let format = meta
+                .get(META_FORMAT)
+                .map_err(|e| self.failed(e))?
+                .map(|v| v.value());
+            let mut epoch = txn.open_table(EPOCH).map_err(|e| self.failed(e))?;
+            match format {
+                Some(FORMAT_VERSION) => {
+                    let stored = epoch.get("epoch").map_err(|e| self.failed(e))?;
+                    let valid = stored.is_some_and(|v| v.value().len() == 16);
+                    if !valid {
+                        return Err(self.corrupt("the log has no epoch".into()));
+                    }
+                }
+                Some(other) => {
+                    return Err(self.corrupt(format!(
+                        "format version {other}; this server reads version {FORMAT_VERSION}"
+                    )));
+                }
+                None => {
+                    let events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
+                    if !events.is_empty().map_err(|e| self.failed(e))? {
+                        return Err(self.corrupt("events without a format version".into()));
+                    }
+                    meta.insert(META_FORMAT, FORMAT_VERSION)
+                        .map_err(|e| self.failed(e))?;
+                    epoch
+                        .insert("epoch", Epoch::random().to_bytes().as_slice())
+                        .map_err(|e| self.failed(e))?;
+                }
+            }
+            txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
+            txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
+        }
+        txn.commit().map_err(|e| self.failed(e))
+    }
+
+    fn corrupt(&self, reason: String) -> LogError {
+        LogError::Corrupt {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    fn failed(&self, err: impl Into<redb::Error>) -> LogError {
+        match err.into() {
+            redb::Error::Corrupted(reason) => self.corrupt(reason),
+            redb::Error::TableTypeMismatch { .. } | redb::Error::TypeDefinitionChanged { .. } => {
+                self.corrupt("a table of another layout".into())
+            }
+            other => LogError::WriteFailed(format!("{}: {other}", self.path.display())),
+        }
+    }
+
+    fn decode(&self, seq: u64, bytes: &[u8]) -> Result<Arc<Entry>, LogError> {
+        let record: Record = serde_json::from_slice(bytes)
+            .map_err(|err| self.corrupt(format!("event {seq}: {err}")))?;
+        let kind = match record.kind.as_str() {
+            "chat" => EventKind::Chat,
+            "joined" => EventKind::Joined,
+            "left" => EventKind::Left,
+            other => return Err(self.corrupt(format!("event {seq} is of unknown kind {other:?}"))),
+        };
+        let event = Event {
+            kind,
+            participant: Arc::from(record.participant),
+            text: record.text,
+            lamport: record.lamport,
+            seq,
+        };
+        Ok(Arc::new(Entry::new(
+            event,
+            record.publish_id.map(String::into_boxed_str),
+            record.appended_ms,
+        )))
+    }
+
+    /// Trims what `retention` no longer keeps, inside `txn`.
+    fn trim_in(
+        &self,
+        txn: &redb::WriteTransaction,
+        retention: &Retention,
+    ) -> Result<u64, LogError> {
+        let mut events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
+        let mut ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
+        let mut held = events.len().map_err(|e| self.failed(e))?;
+        let oldest_kept = retention
+            .max_age
+            .map(|age| now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
+        loop {
+            let first = events
+                .first()
+                .map_err(|e| self.failed(e))?
+                .map(|(seq, bytes)| (seq.value(), bytes.value().to_vec()));
+            let Some((seq, bytes)) = first else {
+                break;
+            };
+            let record = self.decode(seq, &bytes)?;
+            let too_many = held > retention.max_events;
+            let too_old = oldest_kept.is_some_and(|oldest| record.appended_ms() < oldest);
+            if !(too_many || too_old) {
+                break;
+            }
+            events.remove(seq).map_err(|e| self.failed(e))?;
+            if let Some(id) = record.publish_id() {
+                ids.remove(id_key(&record.participant, id).as_str())
+                    .map_err(|e| self.failed(e))?;
+            }
+            held -= 1;
+        }
+        let first = events
+            .first()
+            .map_err(|e| self.failed(e))?
+            .map(|(seq, _)| seq.value());
+        let meta = txn.open_table(META).map_err(|e| self.failed(e))?;
+        let head = meta
+            .get(META_HEAD)
+            .map_err(|e| self.failed(e))?
+            .map_or(0, |v| v.value());
+        Ok(first.unwrap_or(head + 1))
+    }
+}
+
+/// The key of a publish id: ids are the publisher's, so they are kept per name.
+fn id_key(participant: &str, id: &str) -> String {
+    format!("{participant}\n{id}")
+}
+
+impl Store for DiskStore {
+    fn recover(&self) -> Result<Recovered, LogError> {
+        let txn = self.db.begin_read().map_err(|e| self.failed(e))?;
+        let meta = txn.open_table(META).map_err(|e| self.failed(e))?;
+        let get = |key: &str| -> Result<u64, LogError> {
+            Ok(meta
+                .get(key)
+                .map_err(|e| self.failed(e))?
+                .map_or(0, |v| v.value()))
+        };
+        let (head, last_lamport) = (get(META_HEAD)?, get(META_LAMPORT)?);
+        let epoch_table = txn.open_table(EPOCH).map_err(|e| self.failed(e))?;
+        let epoch_bytes: [u8; 16] = epoch_table
+            .get("epoch")
+            .map_err(|e| self.failed(e))?
+            .and_then(|v| v.value().try_into().ok())
+            .ok_or_else(|| self.corrupt("the log has no epoch".into()))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
+        let first_held = events
+            .first()
+            .map_err(|e| self.failed(e))?
+            .map_or(head + 1, |(seq, _)| seq.value());
+        let mut recent = Vec::new();
+        for item in events
+            .range(head.saturating_sub(CACHE_EVENTS as u64 - 1).max(first_held)..)
+            .map_err(|e| self.failed(e))?
+        {
+            let (seq, bytes) = item.map_err(|e| self.failed(e))?;
+            recent.push(self.decode(seq.value(), bytes.value())?);
+        }
+        if recent.last().is_some_and(|entry| entry.seq != head) {
+            return Err(self.corrupt(format!("the head is {head} but the newest event is not")));
+        }
+        let present = txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
+        let mut names = Vec::new();
+        for item in present.iter().map_err(|e| self.failed(e))? {
+            let (name, _) = item.map_err(|e| self.failed(e))?;
+            names.push(Arc::from(name.value()));
+        }
+        let ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
+        let mut publish_ids = Vec::new();
+        for item in ids.iter().map_err(|e| self.failed(e))? {
+            let (key, stamp) = item.map_err(|e| self.failed(e))?;
+            let Some((participant, id)) = key.value().split_once('\n') else {
+                return Err(self.corrupt("a publish id without its participant".into()));
+            };
+            let (seq, lamport) = stamp.value();
+            publish_ids.push((
+                Arc::from(participant),
+                Box::from(id),
+                Stamp { lamport, seq },
+            ));
+        }
+        Ok(Recovered {
+            epoch: Epoch::from_bytes(epoch_bytes),
+            head,
+            first_held,
+            last_lamport,
+            present: names,
+            publish_ids,
+            recent,
+        })
+    }
+
+    fn append(&self, entries: &[Arc<Entry>], retention: &Retention) -> Result<u64, LogError> {
+        let txn = self.db.begin_write().map_err(|e| self.failed(e))?;
+        {
+            let mut events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
+            let mut ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
+            let mut present = txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
+            let mut meta = txn.open_table(META).map_err(|e| self.failed(e))?;
+            for entry in entries {
+                let record = Record {
+                    kind: entry.kind.as_str().to_owned(),
+                    participant: entry.participant.to_string(),
+                    text: entry.text.clone(),
+                    lamport: entry.lamport,
+                    publish_id: entry.publish_id().map(str::to_owned),
+                    appended_ms: entry.appended_ms(),
+                };
+                let bytes = serde_json::to_vec(&record)
+                    .map_err(|err| LogError::WriteFailed(err.to_string()))?;
+                events
+                    .insert(entry.seq, bytes.as_slice())
+                    .map_err(|e| self.failed(e))?;
+                if let Some(id) = entry.publish_id() {
+                    ids.insert(
+                        id_key(&entry.participant, id).as_str(),
+                        (entry.seq, entry.lamport),
+                    )
+                    .map_err(|e| self.failed(e))?;
+                }
+                match entry.kind {
+                    EventKind::Joined => {
+                        present
+                            .insert(&*entry.participant, entry.seq)
+                            .map_err(|e| self.failed(e))?;
+                    }
+                    EventKind::Left => {
+                        present
+                            .remove(&*entry.participant)
+                            .map_err(|e| self.failed(e))?;
+                    }
+                    EventKind::Chat => {}
+                }
+            }
+            if let Some(last) = entries.last() {
+                meta.insert(META_HEAD, last.seq)
+                    .map_err(|e| self.failed(e))?;
+                let lamport = entries.iter().map(|e| e.lamport).max().unwrap_or(0);
+                let stored = meta
+                    .get(META_LAMPORT)
+                    .map_err(|e| self.failed(e))?
+                    .map_or(0, |v| v.value());
+                meta.insert(META_LAMPORT, lamport.max(stored))
+                    .map_err(|e| self.failed(e))?;
+            }
+        }
+        let first = self.trim_in(&txn, retention)?;
+        txn.commit().map_err(|e| self.failed(e))?;
+        Ok(first)
+    }
+
+    fn trim(&self, retention: &Retention) -> Result<u64, LogError> {
+        let txn = self.db.begin_write().map_err(|e| self.failed(e))?;
+        let first = self.trim_in(&txn, retention)?;
+        txn.commit().map_err(|e| self.failed(e))?;
+        Ok(first)
+    }
+
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Arc<Entry>>, LogError> {
+        let txn = self.db.begin_read().map_err(|e| self.failed(e))?;
+        let events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
+        let mut out = Vec::new();
+        for item in events.range(from..).map_err(|e| self.failed(e))?.take(max) {
+            let (seq, bytes) = item.map_err(|e| self.failed(e))?;
+            let seq = seq.value();
+            if seq != from + out.len() as u64 {
+                // The position was trimmed: the first event held is later.
+                return Ok(Vec::new());
+            }
+            out.push(self.decode(seq, bytes.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::log::Log;
+
+    fn retention(max_events: u64) -> Retention {
+        Retention {
+            max_events,
+            max_age: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reopened_log_continues_where_it_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = {
+            let store = Arc::new(DiskStore::open(dir.path()).unwrap());
+            let (log, recovered) = Log::with_store(store, retention(100)).unwrap();
+            assert_eq!((recovered.head, recovered.first_held), (0, 1));
+            log.append(EventKind::Joined, Arc::from("alice"), "j".into(), 3, None);
+            log.append(
+                EventKind::Chat,
+                Arc::from("alice"),
+                "hi".into(),
+                5,
+                Some("id-1".into()),
+            );
+            log.append(EventKind::Joined, Arc::from("bob"), "j".into(), 6, None);
+            log.append(EventKind::Left, Arc::from("bob"), "l".into(), 7, None);
+            log.durable(4).await.unwrap();
+            log.epoch()
+        };
+        // Dropping the log stopped its writer and closed the database.
+        let store = DiskStore::open(dir.path()).unwrap();
+        let recovered = store.recover().unwrap();
+        assert_eq!(recovered.epoch, epoch);
+        assert_eq!((recovered.head, recovered.first_held), (4, 1));
+        assert_eq!(recovered.last_lamport, 7);
+        assert_eq!(recovered.present, vec![Arc::<str>::from("alice")]);
+        assert_eq!(recovered.publish_ids.len(), 1);
+        assert_eq!(recovered.publish_ids[0].2, Stamp { lamport: 5, seq: 2 });
+        let texts: Vec<String> = recovered.recent.iter().map(|e| e.text.clone()).collect();
+        assert_eq!(texts, ["j", "hi", "j", "l"]);
+    }
+
+    #[test]
+    fn trimming_keeps_the_head_and_forgets_trimmed_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let entries: Vec<Arc<Entry>> = (1..=5)
+            .map(|seq| {
+                let event = Event {
+                    kind: EventKind::Chat,
+                    participant: Arc::from("a"),
+                    text: format!("m{seq}"),
+                    lamport: seq * 2,
+                    seq,
+                };
+                // Appended ten seconds ago, so that trimming by age has work.
+                let appended = now_ms() - 10_000;
+                Arc::new(Entry::new(event, Some(format!("id{seq}").into()), appended))
+            })
+            .collect();
+        assert_eq!(store.append(&entries, &retention(2)).unwrap(), 4);
+        let recovered = store.recover().unwrap();
+        assert_eq!((recovered.head, recovered.first_held), (5, 4));
+        assert_eq!(recovered.publish_ids.len(), 2);
+        assert!(store.read(2, 10).unwrap().is_empty());
+        let seqs: Vec<u64> = store.read(4, 10).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [4, 5]);
+        // Everything aged out: the head and the Lamport time stay.
+        let aged = Retention {
+            max_events: 10,
+            max_age: Some(std::time::Duration::from_secs(5)),
+        };
+        assert_eq!(store.trim(&aged).unwrap(), 6);
+        let recovered = store.recover().unwrap();
+        assert_eq!((recovered.head, recovered.first_held), (5, 6));
+        assert_eq!(recovered.last_lamport, 10);
+    }
+
+    #[test]
+    fn a_damaged_database_is_refused_not_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DATABASE_FILE), vec![0x5a; 4096]).unwrap();
+        let err = DiskStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(DATABASE_FILE), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join(DATABASE_FILE)).unwrap(),
+            vec![0x5a; 4096]
+        );
+    }
+}

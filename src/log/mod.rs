@@ -1,0 +1,699 @@
+//! The event log: one ordered, numbered record of every accepted event (join, chat,
+//! leave). It is the source of truth; feeds, history and resume are views of it.
+//!
+//! [`Log`] is what the room and the feeds use. It numbers each appended event (the
+//! sequence numbers are gapless), keeps the newest events in memory, and hands them
+//! to a writer thread that commits them to a [`Store`] in batches (group commit).
+//! An event becomes *durable* when its batch is committed; the room answers a
+//! request, and feeds deliver an event, only once it is durable. So what a client
+//! was told or shown is in the store, whatever happens to the process afterwards.
+//!
+//! Two stores: [`MemoryStore`] (`--ephemeral`: nothing survives the process) and
+//! [`DiskStore`] (redb, in a data directory). A broker-backed store (the cluster's
+//! JetStream stream) fits the same trait: append returns once the events are held,
+//! reads go by sequence number.
+
+mod disk;
+mod memory;
+
+pub use disk::{DATABASE_FILE, DiskStore, OWNER_FILE};
+pub use memory::MemoryStore;
+
+use crate::event::{Event, EventKind, Stamp};
+use crate::lamport::LamportTime;
+use bytes::Bytes;
+use std::collections::VecDeque;
+use std::fmt;
+use std::ops::Deref;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How many events the log keeps by default (`--history-limit`); older ones are
+/// trimmed. At a few hundred bytes an event, about 30 MB on disk.
+pub const DEFAULT_HISTORY_LIMIT: u64 = 100_000;
+
+/// How many of the newest events the log keeps in memory for the feeds, so that a
+/// reader that keeps up never touches the store. At about 400 bytes an event
+/// (the event, its wire bytes and bookkeeping) this is about 1.6 MiB.
+pub const CACHE_EVENTS: usize = 4096;
+
+/// The most events one commit takes: a burst is written in several commits rather
+/// than one huge one, so the first requests in it are answered sooner.
+pub const MAX_COMMIT_BATCH: usize = 4096;
+
+/// How many events a reader behind the in-memory cache reads from the store at once.
+pub const STORE_READ_BATCH: usize = 512;
+
+/// How often the writer trims by age when no events arrive.
+const AGE_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long events are kept and how many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// The most events kept; at least 1.
+    pub max_events: u64,
+    /// Events older than this are trimmed; `None` keeps them however old.
+    pub max_age: Option<Duration>,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_events: DEFAULT_HISTORY_LIMIT,
+            max_age: None,
+        }
+    }
+}
+
+/// Where the log lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory only: nothing survives the process.
+    Memory,
+    /// In a redb database in this directory, created if missing.
+    Disk(PathBuf),
+}
+
+/// A log's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Where the log lives.
+    pub storage: Storage,
+    /// What it keeps.
+    pub retention: Retention,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            storage: Storage::Memory,
+            retention: Retention::default(),
+        }
+    }
+}
+
+/// The identity of one log: a random id made with it. A client that knew another
+/// epoch knows the log was wiped or replaced, so its sequence numbers mean nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch(u128);
+
+impl Epoch {
+    /// A new random epoch.
+    pub fn random() -> Self {
+        Self(rand::random())
+    }
+
+    /// The epoch's 16 bytes, as stored.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The epoch stored as `bytes`.
+    pub fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(u128::from_be_bytes(bytes))
+    }
+}
+
+impl fmt::Display for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:032x}", self.0)
+    }
+}
+
+impl fmt::Debug for Epoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Epoch({self})")
+    }
+}
+
+impl FromStr for Epoch {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        if text.len() != 32 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(());
+        }
+        u128::from_str_radix(text, 16).map(Self).map_err(|_| ())
+    }
+}
+
+/// One event of the log, shared by every reader: the event, the publish id it was
+/// published under, when it was appended, and its wire form, which the first reader
+/// to need it makes and the others share.
+///
+/// The log knows nothing of the wire; the gRPC layer fills the slot, once per event
+/// rather than once per recipient.
+#[derive(Debug)]
+pub struct Entry {
+    event: Event,
+    publish_id: Option<Box<str>>,
+    appended_ms: u64,
+    wire: OnceLock<Bytes>,
+}
+
+impl Entry {
+    /// An entry for `event`, appended at `appended_ms` (Unix time in milliseconds).
+    pub fn new(event: Event, publish_id: Option<Box<str>>, appended_ms: u64) -> Self {
+        Self {
+            event,
+            publish_id,
+            appended_ms,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The id the publisher gave this chat message, if any.
+    pub fn publish_id(&self) -> Option<&str> {
+        self.publish_id.as_deref()
+    }
+
+    /// When the entry was appended, in milliseconds since the Unix epoch.
+    pub fn appended_ms(&self) -> u64 {
+        self.appended_ms
+    }
+
+    /// The event's wire form: made by `encode` on the first call, shared after.
+    pub fn wire(&self, encode: impl FnOnce(&Event) -> Bytes) -> &Bytes {
+        self.wire.get_or_init(|| encode(&self.event))
+    }
+}
+
+impl Deref for Entry {
+    type Target = Event;
+
+    fn deref(&self) -> &Event {
+        &self.event
+    }
+}
+
+/// What a store held when it was opened.
+#[derive(Debug, Clone)]
+pub struct Recovered {
+    /// The log's epoch.
+    pub epoch: Epoch,
+    /// The sequence number of the newest event; 0 for an empty log.
+    pub head: u64,
+    /// The oldest sequence number held; `head + 1` when nothing is held.
+    pub first_held: u64,
+    /// The largest Lamport time stored.
+    pub last_lamport: LamportTime,
+    /// Participants who joined and never left: present when the server stopped.
+    pub present: Vec<Arc<str>>,
+    /// The publish ids of the chat messages held: (participant, id, stamp).
+    pub publish_ids: Vec<(Arc<str>, Box<str>, Stamp)>,
+    /// The newest events, oldest first, at most [`CACHE_EVENTS`].
+    pub recent: Vec<Arc<Entry>>,
+}
+
+/// Why the log cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The data directory or its database cannot be read or written.
+    #[error("cannot use the data directory {path}: {reason}")]
+    Unusable {
+        /// The path concerned.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Another server holds the data directory.
+    #[error(
+        "the data directory {path} is in use by another chittychat-server{owner}; stop it or choose another --data-dir"
+    )]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it, as its owner file says (", pid 12, …"), or nothing.
+        owner: String,
+    },
+    /// The stored data is damaged or of a format this server does not know.
+    #[error(
+        "the log in {path} is corrupt or of an unknown format: {reason}; move it away to start afresh"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing to the store failed; the log takes no more events.
+    #[error("the log cannot be written: {0}")]
+    WriteFailed(String),
+}
+
+/// Where events are kept: the part of the log that may be on disk.
+///
+/// Appends come from one writer thread, in sequence order; reads may come from any
+/// thread at the same time.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// What the store holds, read once when the log opens.
+    fn recover(&self) -> Result<Recovered, LogError>;
+
+    /// Stores `entries` (consecutive, right after the head) so that they survive a
+    /// crash once this returns, then trims what `retention` no longer keeps.
+    /// Returns the oldest sequence number held afterwards.
+    fn append(&self, entries: &[Arc<Entry>], retention: &Retention) -> Result<u64, LogError>;
+
+    /// Trims what `retention` no longer keeps without appending (events aged out).
+    /// Returns the oldest sequence number held afterwards.
+    fn trim(&self, retention: &Retention) -> Result<u64, LogError>;
+
+    /// Up to `max` consecutive entries starting at `from`; fewer at the head, and
+    /// none when `from` is no longer held.
+    fn read(&self, from: u64, max: usize) -> Result<Vec<Arc<Entry>>, LogError>;
+}
+
+/// How far the log is durable, and whether it still works.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Durable {
+    /// Every event up to this sequence number is stored.
+    seq: u64,
+    /// Set when a write failed: nothing after `seq` will ever be stored.
+    failed: Option<String>,
+}
+
+/// The log as the room and the feeds use it.
+#[derive(Debug)]
+pub struct Log {
+    store: Arc<dyn Store>,
+    epoch: Epoch,
+    /// The newest events (durable or not yet), oldest first, and the next number.
+    tail: RwLock<Tail>,
+    /// The oldest sequence number the store holds.
+    first_held: AtomicU64,
+    durable: watch::Sender<Durable>,
+    /// Events on their way to the writer thread, in sequence order.
+    writer: Mutex<Option<std::sync::mpsc::Sender<Arc<Entry>>>>,
+    /// The writer thread, joined when the log is dropped so that the store is
+    /// closed (and its lock released) when the log is gone.
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+#[derive(Debug)]
+struct Tail {
+    cache: VecDeque<Arc<Entry>>,
+    next_seq: u64,
+}
+
+/// What a reader gets when it asks the log for events from a position.
+#[derive(Debug)]
+pub enum Read {
+    /// Durable events from the position on, from memory.
+    Ready(Vec<Arc<Entry>>),
+    /// Nothing durable at the position yet: wait for [`Log::watch`].
+    Wait,
+    /// The position is behind memory: read it from the store ([`Log::read_stored`]).
+    Stored,
+    /// The log no longer holds the position: it was trimmed.
+    Trimmed {
+        /// The oldest sequence number held.
+        first_held: u64,
+    },
+    /// The log failed; it delivers nothing more.
+    Failed(String),
+}
+
+/// Unix time in milliseconds, for retention by age.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+impl Log {
+    /// Opens the log `config` describes, recovering what its store holds, and starts
+    /// its writer thread.
+    pub fn open(config: &LogConfig) -> Result<(Arc<Log>, Recovered), LogError> {
+        let store: Arc<dyn Store> = match &config.storage {
+            Storage::Memory => Arc::new(MemoryStore::new()),
+            Storage::Disk(dir) => Arc::new(DiskStore::open(dir)?),
+        };
+        Self::with_store(store, config.retention)
+    }
+
+    /// Opens a log over `store`.
+    pub fn with_store(
+        store: Arc<dyn Store>,
+        mut retention: Retention,
+    ) -> Result<(Arc<Log>, Recovered), LogError> {
+        retention.max_events = retention.max_events.max(1);
+        let recovered = store.recover()?;
+        let (durable, _) = watch::channel(Durable {
+            seq: recovered.head,
+            failed: None,
+        });
+        let (to_writer, from_log) = std::sync::mpsc::channel();
+        let log = Arc::new(Log {
+            store: Arc::clone(&store),
+            epoch: recovered.epoch,
+            tail: RwLock::new(Tail {
+                cache: recovered.recent.iter().cloned().collect(),
+                next_seq: recovered.head + 1,
+            }),
+            first_held: AtomicU64::new(recovered.first_held),
+            durable,
+            writer: Mutex::new(Some(to_writer)),
+            writer_thread: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&log);
+        let thread = std::thread::Builder::new()
+            .name("chittychat-log-writer".into())
+            .spawn(move || write_batches(weak, store, retention, from_log))
+            .map_err(|err| LogError::WriteFailed(format!("cannot start the writer: {err}")))?;
+        *log.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
+        Ok((log, recovered))
+    }
+
+    /// The log's epoch.
+    pub fn epoch(&self) -> Epoch {
+        self.epoch
+    }
+
+    /// The sequence number of the newest event appended (durable or not); 0 when empty.
+    pub fn head(&self) -> u64 {
+        self.read_tail().next_seq - 1
+    }
+
+    /// Every event up to this sequence number is durable.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.borrow().seq
+    }
+
+    /// The oldest sequence number the log holds.
+    pub fn first_held(&self) -> u64 {
+        self.first_held.load(Ordering::Acquire)
+    }
+
+    /// Why the log stopped taking events, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.durable.borrow().failed.clone()
+    }
+
+    /// Completes when the log fails (a write to the store failed); never otherwise.
+    pub async fn failed(&self) {
+        let mut watch = self.durable.subscribe();
+        if watch
+            .wait_for(|durable| durable.failed.is_some())
+            .await
+            .is_err()
+        {
+            // The log is gone without failing: wait for ever.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Appends an event stamped `lamport` as the next sequence number and hands it to
+    /// the writer. The caller serialises appends (the room's lock) so that numbering
+    /// and the order of everything that follows from it agree.
+    pub fn append(
+        &self,
+        kind: EventKind,
+        participant: Arc<str>,
+        text: String,
+        lamport: LamportTime,
+        publish_id: Option<Box<str>>,
+    ) -> Arc<Entry> {
+        let mut tail = self.tail.write().unwrap_or_else(|p| p.into_inner());
+        let event = Event {
+            kind,
+            participant,
+            text,
+            lamport,
+            seq: tail.next_seq,
+        };
+        tail.next_seq += 1;
+        let entry = Arc::new(Entry::new(event, publish_id, now_ms()));
+        tail.cache.push_back(Arc::clone(&entry));
+        // Readers only take durable events, and whatever is durable is in the store,
+        // so any entry may leave memory, written or not.
+        while tail.cache.len() > CACHE_EVENTS {
+            tail.cache.pop_front();
+        }
+        drop(tail);
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(writer) = writer.as_ref() {
+            // A closed channel means the writer failed; `failure` says so.
+            let _ = writer.send(Arc::clone(&entry));
+        }
+        entry
+    }
+
+    /// Waits until the event numbered `seq` is durable; an error when the log failed
+    /// before it was.
+    pub async fn durable(&self, seq: u64) -> Result<(), String> {
+        let mut watch = self.durable.subscribe();
+        let durable = watch
+            .wait_for(|durable| durable.seq >= seq || durable.failed.is_some())
+            .await
+            .map_err(|_| "the log was closed".to_owned())?;
+        match (&durable.failed, durable.seq >= seq) {
+            (_, true) => Ok(()),
+            (Some(failure), false) => Err(failure.clone()),
+            (None, false) => Err("the log was closed".to_owned()),
+        }
+    }
+
+    /// A receiver that changes whenever more events become durable, the log fails, or
+    /// [`Log::wake_readers`] is called.
+    pub(crate) fn watch(&self) -> watch::Receiver<Durable> {
+        self.durable.subscribe()
+    }
+
+    /// Wakes every reader waiting on [`Log::watch`], to look at its session again.
+    pub fn wake_readers(&self) {
+        self.durable.send_modify(|_| {});
+    }
+
+    /// Durable events from `from` up to `max` of them (and before `until`, when
+    /// given), or what the reader must do instead.
+    pub fn read(&self, from: u64, max: usize, until: Option<u64>) -> Read {
+        let durable = self.durable.borrow().clone();
+        let last = match until {
+            Some(until) => durable.seq.min(until.saturating_sub(1)),
+            None => durable.seq,
+        };
+        if from > last {
+            return match durable.failed {
+                Some(failure) => Read::Failed(failure),
+                None => Read::Wait,
+            };
+        }
+        let first_held = self.first_held();
+        if from < first_held {
+            return Read::Trimmed { first_held };
+        }
+        let tail = self.read_tail();
+        let Some(cached_from) = tail.cache.front().map(|entry| entry.seq) else {
+            return Read::Stored;
+        };
+        if from < cached_from {
+            return Read::Stored;
+        }
+        let count = usize::try_from(last - from + 1)
+            .unwrap_or(usize::MAX)
+            .min(max);
+        let start = usize::try_from(from - cached_from).unwrap_or(usize::MAX);
+        Read::Ready(tail.cache.range(start..).take(count).cloned().collect())
+    }
+
+    /// Up to `max` durable events from `from`, read from the store: for a reader
+    /// behind memory. Blocking I/O: call it off the async threads. An empty result
+    /// when `from` is no longer held.
+    pub fn read_stored(&self, from: u64, max: usize) -> Result<Vec<Arc<Entry>>, LogError> {
+        let durable = self.durable_seq();
+        if from > durable {
+            return Ok(Vec::new());
+        }
+        let max = max.min(usize::try_from(durable - from + 1).unwrap_or(usize::MAX));
+        self.store.read(from, max)
+    }
+
+    /// At most `limit` durable events before `before` (the newest when `before` is 0),
+    /// oldest first. Blocking I/O when they are not in memory.
+    pub fn page_before(&self, before: u64, limit: usize) -> Result<Vec<Arc<Entry>>, LogError> {
+        loop {
+            let end = match before {
+                0 => self.durable_seq(),
+                before => self.durable_seq().min(before - 1),
+            };
+            let first_held = self.first_held();
+            let start = (end + 1).saturating_sub(limit as u64).max(first_held);
+            if limit == 0 || end < start {
+                return Ok(Vec::new());
+            }
+            let count = usize::try_from(end - start + 1).unwrap_or(usize::MAX);
+            let mut out = Vec::with_capacity(count);
+            while out.len() < count {
+                let from = start + out.len() as u64;
+                let batch = match self.read(from, count - out.len(), Some(end + 1)) {
+                    Read::Ready(batch) => batch,
+                    Read::Stored => self.store.read(from, count - out.len())?,
+                    Read::Wait | Read::Trimmed { .. } | Read::Failed(_) => Vec::new(),
+                };
+                if batch.is_empty() {
+                    break;
+                }
+                out.extend(batch);
+            }
+            // A short page means the oldest events were trimmed while we read: read
+            // again from what is held now, unless nothing changed.
+            if out.len() == count || self.first_held() == first_held {
+                return Ok(out);
+            }
+        }
+    }
+
+    fn read_tail(&self) -> std::sync::RwLockReadGuard<'_, Tail> {
+        self.tail.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        // Closing the channel ends the writer thread once it has written the rest.
+        self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        // The writer itself may hold the last reference for a moment; it is ending.
+        if let Some(thread) = thread
+            && thread.thread().id() != std::thread::current().id()
+        {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The writer thread: commits whatever has arrived since the last commit as one
+/// batch (group commit), then tells the readers and the waiting requests.
+fn write_batches(
+    log: std::sync::Weak<Log>,
+    store: Arc<dyn Store>,
+    retention: Retention,
+    events: std::sync::mpsc::Receiver<Arc<Entry>>,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    loop {
+        let first = match events.recv_timeout(AGE_TRIM_INTERVAL) {
+            Ok(entry) => Some(entry),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let result = match first {
+            Some(first) => {
+                let mut batch = vec![first];
+                while batch.len() < MAX_COMMIT_BATCH {
+                    match events.try_recv() {
+                        Ok(entry) => batch.push(entry),
+                        Err(_) => break,
+                    }
+                }
+                store
+                    .append(&batch, &retention)
+                    .map(|first_held| (first_held, batch.last().map(|entry| entry.seq)))
+            }
+            None if retention.max_age.is_some() => {
+                store.trim(&retention).map(|first_held| (first_held, None))
+            }
+            None => continue,
+        };
+        let Some(log) = log.upgrade() else { return };
+        match result {
+            Ok((first_held, written)) => {
+                log.first_held.fetch_max(first_held, Ordering::AcqRel);
+                if let Some(seq) = written {
+                    log.durable.send_modify(|durable| durable.seq = seq);
+                }
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "the log cannot be written; refusing new events");
+                log.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+                log.durable
+                    .send_modify(|durable| durable.failed = Some(err.to_string()));
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(max_events: u64) -> Arc<Log> {
+        let retention = Retention {
+            max_events,
+            max_age: None,
+        };
+        Log::with_store(Arc::new(MemoryStore::new()), retention)
+            .unwrap()
+            .0
+    }
+
+    fn append(log: &Log, text: &str) -> Arc<Entry> {
+        log.append(EventKind::Chat, Arc::from("a"), text.into(), 1, None)
+    }
+
+    #[tokio::test]
+    async fn appends_are_numbered_without_gaps_and_read_back_once_durable() {
+        let log = open(100);
+        let seqs: Vec<u64> = (0..5).map(|i| append(&log, &format!("m{i}")).seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        log.durable(5).await.unwrap();
+        match log.read(2, 10, None) {
+            Read::Ready(entries) => {
+                let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+                assert_eq!(seqs, [2, 3, 4, 5]);
+            }
+            other => panic!("expected events, got {other:?}"),
+        }
+        assert!(matches!(log.read(6, 10, None), Read::Wait));
+        assert!(matches!(log.read(2, 10, Some(2)), Read::Wait));
+    }
+
+    #[tokio::test]
+    async fn retention_trims_and_says_so() {
+        let log = open(3);
+        for i in 0..10 {
+            append(&log, &format!("m{i}"));
+        }
+        log.durable(10).await.unwrap();
+        assert_eq!(log.first_held(), 8);
+        assert!(matches!(
+            log.read(5, 10, None),
+            Read::Trimmed { first_held: 8 }
+        ));
+        let page: Vec<u64> = log
+            .page_before(0, 10)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(page, [8, 9, 10]);
+        let page: Vec<u64> = log
+            .page_before(10, 1)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(page, [9]);
+    }
+
+    #[test]
+    fn epochs_print_and_parse_as_32_hex_digits() {
+        let epoch = Epoch::random();
+        let text = epoch.to_string();
+        assert_eq!(text.len(), 32);
+        assert_eq!(text.parse::<Epoch>(), Ok(epoch));
+        assert!("xyz".parse::<Epoch>().is_err());
+        assert!(format!("{text}0").parse::<Epoch>().is_err());
+    }
+}

@@ -1,0 +1,1227 @@
+//! The chat room: who is present, their session tokens and rate limits, and the
+//! server's Lamport clock. Every accepted request becomes one event appended to the
+//! [`Log`]; feeds ([`Feed`]) read the log, each at its own position.
+//!
+//! One mutex guards the sessions, the names and the stamping, so that stamping an
+//! event and appending it (which numbers it) is one step: Lamport times rise with
+//! sequence numbers, and every reader of the log sees one order. The lock is never
+//! held across an `.await`. A request is answered once its event is durable
+//! ([`Log::durable`]), outside the lock.
+
+use crate::error::ChatError;
+use crate::event::{EventKind, Stamp, joined_sentence, left_sentence};
+use crate::feed::{Feed, FeedEnd};
+use crate::lamport::{LamportClock, LamportTime};
+use crate::log::{Entry, Epoch, Log, Recovered};
+use crate::validate::{validate_lamport, validate_message, validate_name, validate_publish_id};
+use governor::clock::Clock;
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use subtle::ConstantTimeEq;
+
+/// How many participants may be present at once.
+///
+/// Each one costs a session, a feed's cursor and one HTTP/2 connection; the feeds
+/// share the log, so a participant who stops reading costs no more than one who
+/// keeps up.
+pub const DEFAULT_MAX_PARTICIPANTS: u32 = 1000;
+
+/// How many messages a second one participant may publish, sustained.
+///
+/// Far above what a person types, low enough that one script cannot flood the log
+/// and push everyone else's history out of it.
+pub const DEFAULT_PUBLISH_RATE: u32 = 10;
+
+/// How many messages one participant may publish at once after a quiet spell (the
+/// token bucket's size), so pasting a few lines is never refused.
+pub const DEFAULT_PUBLISH_BURST: u32 = 20;
+
+/// How many past events a newcomer sees before its join notice when its Join does
+/// not say: enough to pick up a conversation, few enough to read.
+pub const DEFAULT_JOIN_HISTORY: u32 = 20;
+
+/// The most past events a Join may ask for, and the most one History call returns,
+/// so that one request cannot make the server read the whole log at once.
+pub const MAX_HISTORY_PAGE: u32 = 1000;
+
+/// How many random bytes a session token's secret has (128 bits).
+const SECRET_BYTES: usize = 16;
+
+/// Settings of the chat room.
+#[derive(Debug, Clone)]
+pub struct RoomConfig {
+    /// How many participants may be present at once; at least 1.
+    pub max_participants: usize,
+    /// Each participant's publish rate limit; `None` for no limit.
+    pub publish_rate: Option<PublishRate>,
+    /// How many past events a newcomer gets when its Join does not say.
+    pub join_history: u32,
+}
+
+impl Default for RoomConfig {
+    fn default() -> Self {
+        Self {
+            max_participants: DEFAULT_MAX_PARTICIPANTS as usize,
+            publish_rate: Some(PublishRate::default()),
+            join_history: DEFAULT_JOIN_HISTORY,
+        }
+    }
+}
+
+/// A per-participant publish rate limit: a token bucket that holds `burst` messages
+/// and refills at `per_second` messages a second.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRate {
+    /// The sustained rate, in messages a second.
+    pub per_second: NonZeroU32,
+    /// The bucket's size: how many messages may go at once after a quiet spell.
+    pub burst: NonZeroU32,
+}
+
+impl Default for PublishRate {
+    fn default() -> Self {
+        Self {
+            per_second: NonZeroU32::new(DEFAULT_PUBLISH_RATE).unwrap_or(NonZeroU32::MIN),
+            burst: NonZeroU32::new(DEFAULT_PUBLISH_BURST).unwrap_or(NonZeroU32::MIN),
+        }
+    }
+}
+
+impl PublishRate {
+    fn limiter(self) -> DefaultDirectRateLimiter {
+        RateLimiter::direct(Quota::per_second(self.per_second).allow_burst(self.burst))
+    }
+
+    /// Takes a token from `limiter`, or says when to retry.
+    fn check(self, limiter: &DefaultDirectRateLimiter) -> Result<(), ChatError> {
+        limiter.check().map_err(|not_until| {
+            let wait = not_until.wait_time_from(limiter.clock().now());
+            ChatError::RateLimited {
+                per_second: self.per_second.get(),
+                burst: self.burst.get(),
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            }
+        })
+    }
+}
+
+/// Why a participant left; logged with the leave notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveCause {
+    /// It called Leave.
+    Requested,
+    /// Its feed was dropped: the client closed the stream, crashed or vanished.
+    Disconnected,
+    /// It fell so far behind that the log no longer held its position.
+    TooSlow,
+    /// It was present when the server stopped; announced when the server came back.
+    ServerRestart,
+}
+
+impl LeaveCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            LeaveCause::Requested => "Leave",
+            LeaveCause::Disconnected => "disconnected",
+            LeaveCause::TooSlow => "too_slow",
+            LeaveCause::ServerRestart => "server_restart",
+        }
+    }
+}
+
+/// A session token: the proof that a request comes from the participant who joined.
+///
+/// Its text is `<session id in hex>.<128-bit secret in hex>`. `Debug` hides it, so
+/// it never reaches a log by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionToken(String);
+
+impl SessionToken {
+    /// The token's text, to hand to the client.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SessionToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionToken(<redacted>)")
+    }
+}
+
+/// Where a client's previous feed stopped: the log it read and the last event it got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The epoch of the log it read.
+    pub epoch: Epoch,
+    /// The sequence number of the last event it received.
+    pub after_seq: u64,
+}
+
+/// What a Join asks for beyond its name and time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JoinOptions {
+    /// How many past events to replay before the join notice; the room's default
+    /// when `None`. Capped at [`MAX_HISTORY_PAGE`].
+    pub history: Option<u32>,
+    /// Continue a previous feed from where it stopped.
+    pub resume: Option<ResumePoint>,
+}
+
+/// How a Join's request to resume turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resume {
+    /// The Join did not ask to resume.
+    NotAsked,
+    /// Every event after the resume point is replayed: nothing was missed.
+    Resumed,
+    /// The log no longer holds the resume point: this many events are gone, and the
+    /// feed replays recent history instead.
+    Gap {
+        /// How many events after the resume point the log no longer holds.
+        missed: u64,
+    },
+    /// The resume point is from another log (wiped or replaced): what was missed is
+    /// unknown, and the feed replays recent history instead.
+    OtherLog,
+}
+
+/// What a successful Join hands back.
+#[derive(Debug)]
+pub struct Joined {
+    /// The token Publish and Leave must present.
+    pub token: SessionToken,
+    /// The participant's feed: the replayed events (history, or what it missed), then
+    /// its own join notice, then the live events.
+    pub feed: Feed,
+    /// The join notice's stamp.
+    pub stamp: Stamp,
+    /// The log's epoch, for a later resume.
+    pub epoch: Epoch,
+    /// How the request to resume turned out.
+    pub resume: Resume,
+    /// How many past events the feed replays as history before the join notice.
+    pub history: u64,
+}
+
+/// The chat room. Share it through an `Arc`.
+#[derive(Debug)]
+pub struct Room {
+    config: RoomConfig,
+    clock: LamportClock,
+    log: Arc<Log>,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_session: u64,
+    sessions: HashMap<u64, Session>,
+    names: HashMap<Arc<str>, u64>,
+    shutting_down: bool,
+    /// The stamps of the chat messages the log holds, by (participant, publish id).
+    published: HashMap<(Arc<str>, Box<str>), Stamp>,
+    /// The same keys in sequence order, to forget those the log trimmed.
+    published_order: VecDeque<(u64, Arc<str>, Box<str>)>,
+}
+
+#[derive(Debug)]
+struct Session {
+    name: Arc<str>,
+    secret: [u8; SECRET_BYTES],
+    end: Arc<FeedEnd>,
+    /// The sequence number of the next event its feed delivers, kept by the feed.
+    position: Arc<AtomicU64>,
+    /// The publish rate limit's bucket; `None` when publishing is not limited.
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// An event appended under the lock, logged after it is released.
+struct Logged {
+    entry: Arc<Entry>,
+    cause: &'static str,
+    client_lamport: Option<LamportTime>,
+    recipients: usize,
+    /// For a Join that resumed a feed: the resume point's sequence number.
+    resumed_after: Option<u64>,
+}
+
+impl Room {
+    /// The room over `log`, continuing from what the log held when it was opened:
+    /// the clock goes on from the largest stored Lamport time, the publish ids are
+    /// remembered, and everyone who was present when the server stopped is announced
+    /// as having left.
+    pub fn open(config: RoomConfig, log: Arc<Log>, recovered: Recovered) -> Arc<Self> {
+        let mut config = config;
+        config.max_participants = config.max_participants.max(1);
+        let mut state = State::default();
+        for (participant, id, stamp) in recovered.publish_ids {
+            state
+                .published_order
+                .push_back((stamp.seq, Arc::clone(&participant), id.clone()));
+            state.published.insert((participant, id), stamp);
+        }
+        state
+            .published_order
+            .make_contiguous()
+            .sort_unstable_by_key(|(seq, ..)| *seq);
+        let room = Arc::new(Self {
+            config,
+            clock: LamportClock::starting_at(recovered.last_lamport),
+            log,
+            state: Mutex::new(state),
+        });
+        let mut logged = Vec::new();
+        for name in recovered.present {
+            let lamport = room.clock.tick();
+            let text = left_sentence(&name, lamport);
+            let entry = room.log.append(EventKind::Left, name, text, lamport, None);
+            logged.push(Logged {
+                entry,
+                cause: LeaveCause::ServerRestart.as_str(),
+                client_lamport: None,
+                recipients: 0,
+                resumed_after: None,
+            });
+        }
+        log_events(&logged);
+        room
+    }
+
+    /// The log the room appends to.
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+
+    /// The server's Lamport time of its latest event.
+    pub fn lamport_now(&self) -> LamportTime {
+        self.clock.now()
+    }
+
+    /// The names of the participants present, sorted.
+    pub fn present(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.lock().names.keys().map(|n| n.to_string()).collect();
+        names.sort();
+        names
+    }
+
+    /// The name of the participant holding `token`, if it is present; for logs.
+    pub fn name_of(&self, token: &str) -> Option<Arc<str>> {
+        let state = self.lock();
+        let id = authenticate(&state, token).ok()?;
+        Some(Arc::clone(&state.sessions[&id].name))
+    }
+
+    /// Joins `name` (raw bytes from the wire) whose request was sent at
+    /// `client_lamport`, and opens its feed at the position `options` ask for.
+    ///
+    /// The feed's position is set in the same step that appends the join notice, so
+    /// the newcomer's feed holds every event from its position on, its own join
+    /// notice included. Answer the Join only once [`Room::durable`] says the join
+    /// notice is stored.
+    pub fn join(
+        self: &Arc<Self>,
+        name: &[u8],
+        client_lamport: LamportTime,
+        options: JoinOptions,
+    ) -> Result<Joined, ChatError> {
+        let name: Arc<str> = Arc::from(validate_name(name)?);
+        validate_lamport(client_lamport, self.clock.now())?;
+        let history = u64::from(
+            options
+                .history
+                .unwrap_or(self.config.join_history)
+                .min(MAX_HISTORY_PAGE),
+        );
+        let secret: [u8; SECRET_BYTES] = rand::random();
+        let end = Arc::new(FeedEnd::default());
+        let position = Arc::new(AtomicU64::new(0));
+        let mut logged = Vec::new();
+        let (id, entry, cursor, resume) = {
+            let mut state = self.lock();
+            if state.shutting_down {
+                return Err(ChatError::ShuttingDown);
+            }
+            self.check_log()?;
+            if state.names.contains_key(&name) {
+                return Err(ChatError::NameTaken {
+                    name: name.to_string(),
+                });
+            }
+            if state.sessions.len() >= self.config.max_participants {
+                return Err(ChatError::ServerFull {
+                    max: self.config.max_participants,
+                });
+            }
+            state.next_session += 1;
+            let id = state.next_session;
+            state.names.insert(Arc::clone(&name), id);
+            state.sessions.insert(
+                id,
+                Session {
+                    name: Arc::clone(&name),
+                    secret,
+                    end: Arc::clone(&end),
+                    position: Arc::clone(&position),
+                    limiter: self.config.publish_rate.map(PublishRate::limiter),
+                },
+            );
+            // What the log holds as this request finds it: the writer may trim more
+            // as soon as the join notice is appended, and a feed that finds its
+            // position trimmed is cut off and can resume again.
+            let first_held = self.log.first_held();
+            let lamport = self.clock.observe(client_lamport);
+            let text = joined_sentence(&name, lamport);
+            let entry = self
+                .log
+                .append(EventKind::Joined, name, text, lamport, None);
+            let recent = entry.seq.saturating_sub(history).max(first_held);
+            let (cursor, resume) = match options.resume {
+                None => (recent, Resume::NotAsked),
+                Some(point) if point.epoch != self.log.epoch() || point.after_seq >= entry.seq => {
+                    (recent, Resume::OtherLog)
+                }
+                Some(point) if point.after_seq + 1 >= first_held => {
+                    (point.after_seq + 1, Resume::Resumed)
+                }
+                Some(point) => {
+                    let missed = first_held - (point.after_seq + 1);
+                    (recent, Resume::Gap { missed })
+                }
+            };
+            let mut line = Logged::new(Arc::clone(&entry), "Join", Some(client_lamport), &state);
+            if resume == Resume::Resumed {
+                line.resumed_after = Some(cursor - 1);
+            }
+            logged.push(line);
+            position.store(cursor, Ordering::Release);
+            (id, entry, cursor, resume)
+        };
+        log_events(&logged);
+        // Replayed events before the join notice are history unless they are what a
+        // resuming client missed.
+        let history_before = match resume {
+            Resume::Resumed => 0,
+            _ => entry.seq,
+        };
+        Ok(Joined {
+            token: SessionToken(format!("{id:x}.{}", hex::encode(secret))),
+            feed: Feed::new(Arc::clone(self), id, position, history_before, end),
+            stamp: entry.stamp(),
+            epoch: self.log.epoch(),
+            resume,
+            history: if history_before == 0 {
+                0
+            } else {
+                entry.seq - cursor
+            },
+        })
+    }
+
+    /// Publishes `text` (raw bytes from the wire) for the holder of `token`, whose
+    /// request was sent at `client_lamport`, under `publish_id` (empty for none).
+    ///
+    /// A repeated publish id is answered with the stamp of the message first
+    /// published under it, and nothing is appended. A refused request changes
+    /// nothing. Returns once the event is durable.
+    pub async fn publish(
+        &self,
+        token: &str,
+        text: &[u8],
+        client_lamport: LamportTime,
+        publish_id: &str,
+    ) -> Result<Stamp, ChatError> {
+        let text = validate_message(text)?.to_owned();
+        validate_lamport(client_lamport, self.clock.now())?;
+        let publish_id: Option<Box<str>> = match validate_publish_id(publish_id)? {
+            "" => None,
+            id => Some(Box::from(id)),
+        };
+        let mut logged = Vec::new();
+        // Either the stamp of the message first published under this id, or of the
+        // one appended now.
+        let (stamp, repeated) = {
+            let mut state = self.lock();
+            let id = authenticate(&state, token)?;
+            let session = &state.sessions[&id];
+            let name = Arc::clone(&session.name);
+            let key = publish_id.map(|id| (Arc::clone(&name), id));
+            if let Some(stamp) = key.as_ref().and_then(|key| state.published.get(key)) {
+                (*stamp, Some(name))
+            } else {
+                if let (Some(rate), Some(limiter)) = (self.config.publish_rate, &session.limiter) {
+                    rate.check(limiter)?;
+                }
+                self.check_log()?;
+                let lamport = self.clock.observe(client_lamport);
+                let publish_id = key.as_ref().map(|(_, id)| id.clone());
+                let entry = self
+                    .log
+                    .append(EventKind::Chat, name, text, lamport, publish_id);
+                let stamp = entry.stamp();
+                if let Some((name, id)) = key {
+                    remember_publish_id(&mut state, name, id, stamp, self.log.first_held());
+                }
+                logged.push(Logged::new(entry, "Publish", Some(client_lamport), &state));
+                (stamp, None)
+            }
+        };
+        if let Some(name) = repeated {
+            tracing::info!(
+                rpc = "Publish",
+                participant = %name,
+                seq = stamp.seq,
+                "repeated publish id: answered with the original"
+            );
+        }
+        log_events(&logged);
+        self.durable(stamp.seq).await?;
+        Ok(stamp)
+    }
+
+    /// Removes the holder of `token`, whose request was sent at `client_lamport`, and
+    /// tells the others. The leaver's feed delivers the events before its leave
+    /// notice, then ends. Returns once the leave notice is durable.
+    pub async fn leave(
+        &self,
+        token: &str,
+        client_lamport: LamportTime,
+    ) -> Result<Stamp, ChatError> {
+        validate_lamport(client_lamport, self.clock.now())?;
+        let entry = {
+            let mut state = self.lock();
+            let id = authenticate(&state, token)?;
+            let lamport = self.clock.observe(client_lamport);
+            let entry = self.remove_and_announce(&mut state, id, lamport);
+            entry.map(|entry| {
+                Logged::new(
+                    entry,
+                    LeaveCause::Requested.as_str(),
+                    Some(client_lamport),
+                    &state,
+                )
+            })
+        };
+        let Some(logged) = entry else {
+            return Err(ChatError::UnknownSession);
+        };
+        let stamp = logged.entry.stamp();
+        log_events(std::slice::from_ref(&logged));
+        self.durable(stamp.seq).await?;
+        Ok(stamp)
+    }
+
+    /// At most `limit` durable events before sequence number `before` (the newest when
+    /// 0), oldest first, for the holder of `token`; and the oldest sequence number
+    /// the log holds.
+    pub async fn history(
+        &self,
+        token: &str,
+        before: u64,
+        limit: u32,
+    ) -> Result<(Vec<Arc<Entry>>, u64), ChatError> {
+        authenticate(&self.lock(), token)?;
+        let limit = limit.min(MAX_HISTORY_PAGE) as usize;
+        let log = Arc::clone(&self.log);
+        let page = tokio::task::spawn_blocking(move || log.page_before(before, limit))
+            .await
+            .map_err(|err| ChatError::LogUnavailable {
+                reason: err.to_string(),
+            })?
+            .map_err(|err| ChatError::LogUnavailable {
+                reason: err.to_string(),
+            })?;
+        Ok((page, self.log.first_held()))
+    }
+
+    /// Waits until the event numbered `seq` is durable.
+    pub async fn durable(&self, seq: u64) -> Result<(), ChatError> {
+        self.log
+            .durable(seq)
+            .await
+            .map_err(|reason| ChatError::LogUnavailable { reason })
+    }
+
+    /// Stops the room: every feed delivers what was appended, then ends with
+    /// [`ChatError::ShuttingDown`], and Join is refused from now on. Those present
+    /// stay present in the log; the next server announces that they left. Returns
+    /// how many were present.
+    pub fn shutdown(&self) -> usize {
+        let mut state = self.lock();
+        state.shutting_down = true;
+        let present = state.sessions.len();
+        let end = self.log.head() + 1;
+        for (_, session) in state.sessions.drain() {
+            session.end.set(end, Some(ChatError::ShuttingDown));
+        }
+        state.names.clear();
+        drop(state);
+        self.log.wake_readers();
+        present
+    }
+
+    /// Cuts off every participant whose feed stands before the oldest event the log
+    /// holds: it fell so far behind that retention trimmed its position. Each is
+    /// announced as having left, and its feed ends with [`ChatError::TooSlow`] when
+    /// next read, so a reader that stopped reading altogether is cut off too.
+    /// Returns how many were cut off.
+    pub fn cut_off_trimmed(&self) -> usize {
+        let first_held = self.log.first_held();
+        let mut logged = Vec::new();
+        {
+            let mut state = self.lock();
+            let behind: Vec<(u64, u64)> = state
+                .sessions
+                .iter()
+                .map(|(id, session)| (*id, session.position.load(Ordering::Acquire)))
+                .filter(|(_, position)| *position < first_held)
+                .collect();
+            for (id, position) in behind {
+                if let Some(session) = state.sessions.get(&id) {
+                    let err = ChatError::TooSlow {
+                        position,
+                        first_held,
+                    };
+                    session.end.set(position, Some(err));
+                }
+                let lamport = self.clock.tick();
+                if let Some(entry) = self.remove_and_announce(&mut state, id, lamport) {
+                    logged.push(Logged::new(
+                        entry,
+                        LeaveCause::TooSlow.as_str(),
+                        None,
+                        &state,
+                    ));
+                }
+            }
+        }
+        if !logged.is_empty() {
+            self.log.wake_readers();
+        }
+        log_events(&logged);
+        logged.len()
+    }
+
+    /// Removes `session`, if it is still present, and announces that it left for
+    /// `cause`: its feed was dropped, or fell behind what the log holds.
+    pub(crate) fn disconnect(&self, session: u64, cause: LeaveCause) {
+        let logged = {
+            let mut state = self.lock();
+            if !state.sessions.contains_key(&session) {
+                return;
+            }
+            let lamport = self.clock.tick();
+            self.remove_and_announce(&mut state, session, lamport)
+                .map(|entry| Logged::new(entry, cause.as_str(), None, &state))
+        };
+        log_events(logged.as_slice());
+    }
+
+    fn check_log(&self) -> Result<(), ChatError> {
+        match self.log.failure() {
+            Some(reason) => Err(ChatError::LogUnavailable { reason }),
+            None => Ok(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the state half-changed in a
+        // way that matters more than losing the whole room, so carry on.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Removes a session and appends its leave notice at `lamport`; its feed ends
+    /// before the notice.
+    fn remove_and_announce(
+        &self,
+        state: &mut State,
+        id: u64,
+        lamport: LamportTime,
+    ) -> Option<Arc<Entry>> {
+        let session = state.sessions.remove(&id)?;
+        state.names.remove(&session.name);
+        // The feed's end is set before the notice is appended: the writer may make
+        // the notice durable at once, and the feed must never deliver it.
+        let seq = self.log.head() + 1;
+        session.end.set(seq, None);
+        let text = left_sentence(&session.name, lamport);
+        let entry = self
+            .log
+            .append(EventKind::Left, session.name, text, lamport, None);
+        debug_assert_eq!(entry.seq, seq, "appends are serialised by the room's lock");
+        Some(entry)
+    }
+}
+
+/// Remembers the stamp of a message published under `id`, and forgets the ids whose
+/// messages the log no longer holds.
+fn remember_publish_id(
+    state: &mut State,
+    name: Arc<str>,
+    id: Box<str>,
+    stamp: Stamp,
+    first_held: u64,
+) {
+    while let Some((seq, ..)) = state.published_order.front() {
+        if *seq >= first_held {
+            break;
+        }
+        if let Some((_, name, id)) = state.published_order.pop_front() {
+            state.published.remove(&(name, id));
+        }
+    }
+    state
+        .published_order
+        .push_back((stamp.seq, Arc::clone(&name), id.clone()));
+    state.published.insert((name, id), stamp);
+}
+
+impl Logged {
+    fn new(
+        entry: Arc<Entry>,
+        cause: &'static str,
+        client_lamport: Option<LamportTime>,
+        state: &State,
+    ) -> Self {
+        Self {
+            entry,
+            cause,
+            client_lamport,
+            recipients: state.sessions.len(),
+            resumed_after: None,
+        }
+    }
+}
+
+/// One log line per event, written after the lock is released.
+fn log_events(logged: &[Logged]) {
+    for Logged {
+        entry,
+        cause,
+        client_lamport,
+        recipients,
+        resumed_after,
+    } in logged
+    {
+        let level_is_warn = *cause == LeaveCause::TooSlow.as_str();
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    target: "chittychat::broadcast",
+                    cause = *cause,
+                    kind = %entry.kind,
+                    participant = %entry.participant,
+                    text = %entry.text,
+                    lamport = entry.lamport,
+                    seq = entry.seq,
+                    client_lamport = *client_lamport,
+                    recipients = *recipients,
+                    resumed_after = *resumed_after,
+                    "broadcast"
+                )
+            };
+        }
+        if level_is_warn {
+            line!(warn);
+        } else {
+            line!(info);
+        }
+    }
+}
+
+/// Finds the session a token names, comparing its secret in constant time.
+///
+/// Only the token's one spelling is accepted: lower-case hex, no sign, no leading
+/// zero, as [`Room::join`] wrote it, so that no second string opens the session.
+fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
+    let lower_hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (id_text, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
+    let id = u64::from_str_radix(id_text, 16).map_err(|_| ChatError::UnknownSession)?;
+    if id_text != format!("{id:x}") || !lower_hex(secret) {
+        return Err(ChatError::UnknownSession);
+    }
+    let mut bytes = [0u8; SECRET_BYTES];
+    hex::decode_to_slice(secret, &mut bytes).map_err(|_| ChatError::UnknownSession)?;
+    let session = state.sessions.get(&id).ok_or(ChatError::UnknownSession)?;
+    if bool::from(session.secret.ct_eq(&bytes)) {
+        Ok(id)
+    } else {
+        Err(ChatError::UnknownSession)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::feed::Delivery;
+    use crate::log::{LogConfig, Retention, Storage};
+    use crate::validate::MAX_LAMPORT_LEAD;
+    use tokio_stream::StreamExt;
+
+    fn room_with(config: RoomConfig, max_events: u64) -> Arc<Room> {
+        let (log, recovered) = Log::open(&LogConfig {
+            storage: Storage::Memory,
+            retention: Retention {
+                max_events,
+                max_age: None,
+            },
+        })
+        .unwrap();
+        Room::open(config, log, recovered)
+    }
+
+    fn room() -> Arc<Room> {
+        room_with(
+            RoomConfig {
+                publish_rate: None,
+                join_history: 0,
+                ..RoomConfig::default()
+            },
+            1000,
+        )
+    }
+
+    fn join(room: &Arc<Room>, name: &str) -> Joined {
+        room.join(name.as_bytes(), 0, JoinOptions::default())
+            .unwrap()
+    }
+
+    async fn next(feed: &mut Feed) -> Delivery {
+        feed.next().await.expect("feed ended").expect("feed failed")
+    }
+
+    #[tokio::test]
+    async fn newcomer_gets_its_own_join_notice_first() {
+        let room = room();
+        let mut alice = join(&room, "alice");
+        let event = next(&mut alice.feed).await;
+        assert_eq!(event.entry.kind, EventKind::Joined);
+        assert_eq!(event.entry.seq, 1);
+        assert!(!event.history);
+        assert_eq!(
+            event.entry.text,
+            "Participant alice joined Chitty-Chat at Lamport time 1"
+        );
+    }
+
+    #[tokio::test]
+    async fn stamps_merge_the_client_clock_and_rise_with_seq() {
+        let room = room();
+        let alice = room.join(b"alice", 10, JoinOptions::default()).unwrap();
+        assert_eq!(
+            alice.stamp,
+            Stamp {
+                lamport: 11,
+                seq: 1
+            }
+        );
+        let token = alice.token.expose().to_owned();
+        // A request from behind the server's clock still advances it.
+        assert_eq!(
+            room.publish(&token, b"hi", 2, "").await.unwrap(),
+            Stamp {
+                lamport: 12,
+                seq: 2
+            }
+        );
+        assert_eq!(
+            room.publish(&token, b"hi", 50, "").await.unwrap(),
+            Stamp {
+                lamport: 51,
+                seq: 3
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_sees_recent_history_marked_as_such_before_its_join() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let token = alice.token.expose().to_owned();
+        for i in 0..5 {
+            room.publish(&token, format!("m{i}").as_bytes(), 0, "")
+                .await
+                .unwrap();
+        }
+        let options = JoinOptions {
+            history: Some(3),
+            resume: None,
+        };
+        let mut bob = room.join(b"bob", 0, options).unwrap();
+        assert_eq!(bob.history, 3);
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            let delivery = next(&mut bob.feed).await;
+            seen.push((delivery.entry.seq, delivery.history));
+        }
+        assert_eq!(seen, [(4, true), (5, true), (6, true), (7, false)]);
+    }
+
+    #[tokio::test]
+    async fn a_resumed_feed_replays_exactly_what_was_missed() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let mut bob = join(&room, "bob");
+        let token = alice.token.expose().to_owned();
+        let seen = next(&mut bob.feed).await.entry.seq;
+        drop(bob.feed);
+        room.publish(&token, b"while away", 0, "").await.unwrap();
+        let resume = ResumePoint {
+            epoch: bob.epoch,
+            after_seq: seen,
+        };
+        let mut again = room
+            .join(
+                b"bob",
+                0,
+                JoinOptions {
+                    history: None,
+                    resume: Some(resume),
+                },
+            )
+            .unwrap();
+        assert_eq!(again.resume, Resume::Resumed);
+        let mut texts = Vec::new();
+        loop {
+            let delivery = next(&mut again.feed).await;
+            assert!(!delivery.history);
+            texts.push((delivery.entry.seq, delivery.entry.kind));
+            if delivery.entry.kind == EventKind::Joined && &*delivery.entry.participant == "bob" {
+                break;
+            }
+        }
+        assert_eq!(
+            texts,
+            [
+                (3, EventKind::Left),
+                (4, EventKind::Chat),
+                (5, EventKind::Joined)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_resume_beyond_retention_or_from_another_log_says_so() {
+        let room = room_with(
+            RoomConfig {
+                publish_rate: None,
+                join_history: 2,
+                ..RoomConfig::default()
+            },
+            4,
+        );
+        let alice = join(&room, "alice");
+        let token = alice.token.expose().to_owned();
+        for i in 0..6 {
+            room.publish(&token, format!("m{i}").as_bytes(), 0, "")
+                .await
+                .unwrap();
+        }
+        // Events 1..=7 appended, the log holds 4..=7; after seq 1, 2 and 3 are gone.
+        let gap = room
+            .join(
+                b"bob",
+                0,
+                JoinOptions {
+                    history: None,
+                    resume: Some(ResumePoint {
+                        epoch: alice.epoch,
+                        after_seq: 1,
+                    }),
+                },
+            )
+            .unwrap();
+        room.durable(gap.stamp.seq).await.unwrap();
+        assert_eq!(gap.resume, Resume::Gap { missed: 2 });
+        assert_eq!(gap.history, 2);
+        let other = room
+            .join(
+                b"carol",
+                0,
+                JoinOptions {
+                    history: None,
+                    resume: Some(ResumePoint {
+                        epoch: Epoch::random(),
+                        after_seq: 3,
+                    }),
+                },
+            )
+            .unwrap();
+        assert_eq!(other.resume, Resume::OtherLog);
+    }
+
+    #[tokio::test]
+    async fn a_reader_whose_position_was_trimmed_is_cut_off_and_announced() {
+        let room = room_with(
+            RoomConfig {
+                publish_rate: None,
+                join_history: 0,
+                ..RoomConfig::default()
+            },
+            4,
+        );
+        let mut slow = join(&room, "slow");
+        let mut fast = join(&room, "fast");
+        let token = fast.token.expose().to_owned();
+        next(&mut fast.feed).await;
+        // fast keeps up; slow reads nothing while the log moves past its position.
+        for i in 0..6 {
+            let stamp = room
+                .publish(&token, format!("m{i}").as_bytes(), 0, "")
+                .await
+                .unwrap();
+            assert_eq!(next(&mut fast.feed).await.entry.seq, stamp.seq);
+        }
+        let err = match slow.feed.next().await {
+            Some(Err(err)) => err,
+            other => panic!("the slow reader's position is gone, yet: {other:?}"),
+        };
+        assert!(
+            matches!(err, ChatError::TooSlow { position: 1, .. }),
+            "{err:?}"
+        );
+        assert_eq!(room.present(), ["fast"]);
+        let mut last = next(&mut fast.feed).await;
+        while last.entry.kind != EventKind::Left {
+            last = next(&mut fast.feed).await;
+        }
+        assert_eq!(&*last.entry.participant, "slow");
+    }
+
+    #[tokio::test]
+    async fn a_repeated_publish_id_is_answered_with_the_original() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let token = alice.token.expose().to_owned();
+        let first = room.publish(&token, b"once", 0, "id-1").await.unwrap();
+        let again = room.publish(&token, b"once", 0, "id-1").await.unwrap();
+        assert_eq!(first, again);
+        let other = room.publish(&token, b"twice", 0, "id-2").await.unwrap();
+        assert_eq!(other.seq, first.seq + 1);
+        assert!(matches!(
+            room.publish(&token, b"x", 0, "has space").await,
+            Err(ChatError::InvalidPublishId { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_time_far_ahead_is_refused_so_the_clock_keeps_rising() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let token = alice.token.expose().to_owned();
+        let before = room.lamport_now();
+        assert!(matches!(
+            room.publish(&token, b"x", u64::MAX, "").await,
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            room.join(b"bob", u64::MAX, JoinOptions::default()),
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert!(matches!(
+            room.leave(&token, before + MAX_LAMPORT_LEAD + 1).await,
+            Err(ChatError::LamportTooFarAhead { .. })
+        ));
+        assert_eq!(room.lamport_now(), before);
+        assert_eq!(room.present(), ["alice"]);
+        let far = room
+            .publish(&token, b"far", before + MAX_LAMPORT_LEAD, "")
+            .await
+            .unwrap();
+        let later = room.publish(&token, b"later", 0, "").await.unwrap();
+        assert_eq!(far.lamport, before + MAX_LAMPORT_LEAD + 1);
+        assert!(later.lamport > far.lamport);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_refused_and_changes_nothing() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let real = alice.token.expose().to_owned();
+        let (id, secret) = real.split_once('.').unwrap();
+        let mut flipped = secret.to_owned();
+        flipped.replace_range(0..1, if secret.starts_with('0') { "1" } else { "0" });
+        let before = room.lamport_now();
+        for bad in [
+            String::new(),
+            "nonsense".into(),
+            format!("{id}.{flipped}"),
+            format!("ff.{secret}"),
+            format!("{id}.{}", &secret[..30]),
+            format!("{id}.é{}", &secret[2..]),
+            // Other spellings of the same numbers.
+            format!("0{id}.{secret}"),
+            format!("+{id}.{secret}"),
+            format!("{id}.{}", secret.to_uppercase()),
+            format!("{id}.+{}", &secret[1..]),
+        ] {
+            assert_eq!(
+                room.publish(&bad, b"x", 0, "").await,
+                Err(ChatError::UnknownSession)
+            );
+            assert_eq!(room.leave(&bad, 0).await, Err(ChatError::UnknownSession));
+            assert!(room.history(&bad, 0, 10).await.is_err());
+        }
+        assert_eq!(room.lamport_now(), before);
+        assert_eq!(room.present(), ["alice"]);
+    }
+
+    #[tokio::test]
+    async fn dropping_a_feed_announces_a_leave_exactly_once() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let mut bob = join(&room, "bob");
+        drop(alice.feed);
+        // A late Leave with the old token is refused; the leave was already announced.
+        assert_eq!(
+            room.leave(alice.token.expose(), 0).await,
+            Err(ChatError::UnknownSession)
+        );
+        let kinds: Vec<_> = [next(&mut bob.feed).await, next(&mut bob.feed).await]
+            .iter()
+            .map(|d| (d.entry.kind, d.entry.participant.to_string()))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (EventKind::Joined, "bob".to_string()),
+                (EventKind::Left, "alice".to_string())
+            ]
+        );
+        assert_eq!(room.present(), ["bob"]);
+        // The name is free again.
+        join(&room, "alice");
+    }
+
+    #[tokio::test]
+    async fn leave_ends_the_leavers_feed_without_its_own_notice() {
+        let room = room();
+        let mut alice = join(&room, "alice");
+        room.leave(alice.token.expose(), 0).await.unwrap();
+        assert_eq!(next(&mut alice.feed).await.entry.kind, EventKind::Joined);
+        assert!(alice.feed.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_every_feed_with_a_reason_and_refuses_joins() {
+        let room = room();
+        let mut alice = join(&room, "alice");
+        assert_eq!(room.shutdown(), 1);
+        assert_eq!(next(&mut alice.feed).await.entry.kind, EventKind::Joined);
+        assert_eq!(
+            alice.feed.next().await.unwrap().unwrap_err(),
+            ChatError::ShuttingDown
+        );
+        assert_eq!(
+            room.join(b"bob", 0, JoinOptions::default()).unwrap_err(),
+            ChatError::ShuttingDown
+        );
+    }
+
+    #[tokio::test]
+    async fn duplicate_names_and_bad_input_are_refused() {
+        let room = room();
+        let _alice = join(&room, "alice");
+        assert_eq!(
+            room.join(b"alice", 0, JoinOptions::default()).unwrap_err(),
+            ChatError::NameTaken {
+                name: "alice".into()
+            }
+        );
+        assert!(matches!(
+            room.join(b"no spaces", 0, JoinOptions::default())
+                .unwrap_err(),
+            ChatError::InvalidName { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_full_server_refuses_joins_until_someone_leaves() {
+        let room = room_with(
+            RoomConfig {
+                max_participants: 2,
+                ..RoomConfig::default()
+            },
+            100,
+        );
+        let alice = join(&room, "alice");
+        let _bob = join(&room, "bob");
+        assert_eq!(
+            room.join(b"carol", 0, JoinOptions::default()).unwrap_err(),
+            ChatError::ServerFull { max: 2 }
+        );
+        room.leave(alice.token.expose(), 0).await.unwrap();
+        join(&room, "carol");
+    }
+
+    #[tokio::test]
+    async fn publishing_beyond_the_burst_is_refused_with_a_retry_time() {
+        let rate = PublishRate {
+            per_second: NonZeroU32::new(2).unwrap(),
+            burst: NonZeroU32::new(3).unwrap(),
+        };
+        let room = room_with(
+            RoomConfig {
+                publish_rate: Some(rate),
+                ..RoomConfig::default()
+            },
+            100,
+        );
+        let flooder = join(&room, "flooder");
+        let other = join(&room, "other");
+        let flooder = flooder.token.expose();
+        for i in 0..3 {
+            room.publish(flooder, b"spam", 0, &format!("s{i}"))
+                .await
+                .unwrap();
+        }
+        // A repeat of an accepted id is answered without spending the bucket.
+        room.publish(flooder, b"spam", 0, "s0").await.unwrap();
+        let before = room.lamport_now();
+        match room.publish(flooder, b"spam", 0, "s3").await.unwrap_err() {
+            ChatError::RateLimited {
+                per_second: 2,
+                burst: 3,
+                retry_after_ms,
+            } => assert!((1..=500).contains(&retry_after_ms), "{retry_after_ms}"),
+            other => panic!("expected RateLimited, got {other:?}"),
+        }
+        // A refused publish appends nothing, and the others keep their own bucket.
+        assert_eq!(room.lamport_now(), before);
+        room.publish(other.token.expose(), b"hello", 0, "")
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn history_pages_back_through_the_log() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let token = alice.token.expose().to_owned();
+        for i in 0..10 {
+            room.publish(&token, format!("m{i}").as_bytes(), 0, "")
+                .await
+                .unwrap();
+        }
+        let (page, first_held) = room.history(&token, 0, 3).await.unwrap();
+        let seqs: Vec<u64> = page.iter().map(|e| e.seq).collect();
+        assert_eq!((seqs, first_held), (vec![9, 10, 11], 1));
+        let (page, _) = room.history(&token, 9, 100).await.unwrap();
+        assert_eq!(page.len(), 8);
+        assert_eq!(page[0].seq, 1);
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let room = room();
+        let alice = join(&room, "alice");
+        let shown = format!("{:?}", alice.token);
+        assert!(!shown.contains(alice.token.expose()));
+    }
+}
