@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== chittychat-bench smoke"
-cargo build --quiet --bins
+cargo build --locked --quiet --bins
 bench=target/debug/chittychat-bench
 run() {
     echo "-- chittychat-bench $*"

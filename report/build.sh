@@ -3,12 +3,13 @@
 # chittychat-demo into report/run/ (replacing the previous run), checks and draws it
 # with chittychat-trace, and typesets report.md into report.pdf.
 #
-# Needs pandoc and weasyprint (Debian: apt-get install pandoc weasyprint).
-# SEED=n picks another script (default 1).
+# Needs pandoc, weasyprint and python3 (which weasyprint brings; Debian:
+# apt-get install pandoc weasyprint). SEED=n picks another script (default 1);
+# REPORT_DATE sets the date on the title page (default: today).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-for tool in pandoc weasyprint; do
+for tool in pandoc weasyprint python3; do
     if ! command -v "$tool" >/dev/null; then
         echo "report/build.sh: error: $tool is missing; install it with: apt-get install -y pandoc weasyprint" >&2
         exit 1
@@ -36,18 +37,11 @@ first=$(sed -n 's/^ *1\. \(.*\) joins$/\1/p' "$run/steps.txt")
 awk -v who="$first" 'NR == 1 || $2 == who || ($2 == "server" && ($5 == who || $5 == who ":"))' \
     "$work/timeline.txt" >"$run/story.txt"
 "$bin/chittychat-trace" diagram "$run" --only "$first" --svg "$run/story.svg" >/dev/null
-{
-    for log in "$run"/server.log $(ls "$run"/*.log | grep -v '/server.log$'); do
-        printf '\n**%s**\n\n~~~ {.log}\n' "$(basename "$log")"
-        cat "$log"
-        printf '~~~\n'
-    done
-} >"$run/logs.md"
 
-# Inline the includes ("!include path", relative to report/), then typeset.
-awk '/^!include / { path = "report/" $2; while ((getline line < path) > 0) print line; close(path); next } { print }' \
-    report/report.md >"$work/report.md"
+# Inline the run (report/inline.py: the directives of report.md), then typeset.
+python3 report/inline.py report/report.md >"$work/report.md"
 pandoc "$work/report.md" --standalone --self-contained --resource-path=report \
+    --metadata date="${REPORT_DATE:-$(date -u '+%-d %B %Y')}" --metadata toc-title=Contents \
     --css report/style.css --toc --toc-depth=1 -o "$work/report.html"
 weasyprint "$work/report.html" report/report.pdf
 echo "wrote report/report.pdf from the run in $run"

@@ -456,7 +456,6 @@ impl Stage {
         .await
     }
 
-    /// Has each `(name, line)` typed at once, then waits until everyone shows them.
     /// Has each `(name, line)` typed, then waits until everyone shows them.
     ///
     /// Two or more lines are made concurrent for certain: the server is paused

@@ -24,7 +24,7 @@
 //! - [`trace`]: reads a run's JSON logs, checks them and draws space-time diagrams.
 //! - [`demo`]: the scripted demonstration run by `chittychat-demo`.
 //! - [`wire`]: events encoded once per broadcast, as the server sends them.
-//! - [`bench`]: `chittychat-bench`, the load generator and its measurements.
+//! - [`bench`](mod@bench): `chittychat-bench`, the load generator and its measurements.
 
 pub mod bench;
 pub mod client;

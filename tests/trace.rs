@@ -6,7 +6,7 @@ mod support;
 
 use chittychat::trace::causality::{self, MessageKind, happened_before};
 use chittychat::trace::check::{self, Rule};
-use chittychat::trace::parse::{Run, parse_process};
+use chittychat::trace::parse::{Action, Run, parse_process};
 use chittychat::trace::{mermaid, shiviz, svg, timeline};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -218,6 +218,34 @@ fn the_svg_is_well_formed_with_an_arrow_per_message() {
     assert_eq!(arrows["request"], count(MessageKind::Request));
     assert_eq!(arrows["broadcast"], count(MessageKind::Broadcast));
     assert_eq!(arrows["reply"], count(MessageKind::Reply));
+}
+
+#[test]
+fn the_svg_keys_every_broadcast_by_number_with_its_whole_text() {
+    let run = read_run("demo");
+    let messages = causality::messages(&run);
+    let svg = svg::svg(&run, &messages);
+    assert_svg_well_formed(&svg);
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let texts: Vec<&str> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| n.text())
+        .collect();
+    // Nothing is shortened, and a long message is wrapped, not cut: its words
+    // follow one another over the key's lines.
+    assert!(!texts.iter().any(|t| t.contains('…')), "{texts:?}");
+    let key = texts.join(" ");
+    for event in run.processes.iter().flat_map(|p| &p.events) {
+        if let Action::Broadcast { kind, text, .. } = &event.action
+            && kind == "chat"
+        {
+            assert!(
+                key.contains(text.as_str()),
+                "{text:?} is not whole in {key:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! participant over its own HTTP/2 connection, and measures deliveries, latency,
 //! loss and duplication, and the server's CPU and memory.
 //!
-//! - [`load`]: the participants and publishers.
+//! - `load`: the participants and publishers (private to the bench).
 //! - [`process`]: the spawned server and its `/proc` readings.
 //! - [`report`]: the results, as a table or JSON.
 

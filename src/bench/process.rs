@@ -113,11 +113,6 @@ impl SpawnedServer {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-
-    /// Where the server's log goes.
-    pub fn log(&self) -> &Path {
-        &self.log
-    }
 }
 
 impl Drop for SpawnedServer {

@@ -22,7 +22,7 @@ struct Args {
     #[arg(long, default_value_t = MIN_CLIENTS as u64,
           value_parser = clap::value_parser!(u64).range(MIN_CLIENTS as u64..=MAX_CLIENTS as u64))]
     clients: u64,
-    /// The run's folder; must be new or empty [default: a fresh runs/<UTC time>].
+    /// The run's folder; must be new or empty [default: a fresh folder in runs/ named by the UTC time].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Seed for names, messages and who does what; the same seed plays the same script.

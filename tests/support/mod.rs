@@ -7,10 +7,17 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// The SVG parses as XML; every arrow points down (from the earlier Lamport time
-/// to the later); no two labels on one row overlap. Returns the arrow count by class.
+/// to the later); no two labels on one row overlap, and every label lies inside
+/// the drawing, uncut. Returns the arrow count by class.
 pub fn assert_svg_well_formed(svg: &str) -> HashMap<String, usize> {
     let doc = roxmltree::Document::parse(svg).expect("the SVG parses as XML");
     assert_eq!(doc.root_element().tag_name().name(), "svg");
+    let svg_width: f64 = doc
+        .root_element()
+        .attribute("width")
+        .expect("a width")
+        .parse()
+        .expect("a number");
     let mut arrows: HashMap<String, usize> = HashMap::new();
     let number = |node: roxmltree::Node<'_, '_>, name: &str| -> f64 {
         node.attribute(name)
@@ -18,8 +25,8 @@ pub fn assert_svg_well_formed(svg: &str) -> HashMap<String, usize> {
             .parse()
             .expect("a number")
     };
-    // Labels as (y, left, right), with widths estimated at 6.2 px per character
-    // of a 10 px font (an over-estimate for DejaVu Sans).
+    // Labels as (y, left, right), with widths estimated at 6.8 px per character
+    // of the 11 px font (an over-estimate for DejaVu Sans).
     let mut labels: Vec<(f64, f64, f64, String)> = Vec::new();
     for node in doc.descendants() {
         match node.tag_name().name() {
@@ -35,12 +42,16 @@ pub fn assert_svg_well_formed(svg: &str) -> HashMap<String, usize> {
             "text" => {
                 let text: String = node.text().unwrap_or_default().to_owned();
                 let (x, y) = (number(node, "x"), number(node, "y"));
-                let width = 6.2 * text.chars().count() as f64;
+                let width = 6.8 * text.chars().count() as f64;
                 let (left, right) = match node.attribute("text-anchor") {
                     Some("end") => (x - width, x),
                     Some("middle") => (x - width / 2.0, x + width / 2.0),
                     _ => (x, x + width),
                 };
+                assert!(
+                    left >= 0.0 && right <= svg_width,
+                    "a label runs off the drawing ({left:.0} to {right:.0} of {svg_width:.0}): {text:?}"
+                );
                 labels.push((y, left, right, text));
             }
             _ => {}
