@@ -304,7 +304,7 @@ struct Tail {
 pub enum Read {
     /// Durable events from the position on, from memory.
     Ready(Vec<Arc<Entry>>),
-    /// Nothing durable at the position yet: wait for [`Log::watch`].
+    /// Nothing durable at the position yet: wait for the log to move on.
     Wait,
     /// The position is behind memory: read it from the store ([`Log::read_stored`]).
     Stored,
@@ -465,7 +465,7 @@ impl Log {
         self.durable.subscribe()
     }
 
-    /// Wakes every reader waiting on [`Log::watch`], to look at its session again.
+    /// Wakes every reader waiting for the log to move on, to look at its session again.
     pub fn wake_readers(&self) {
         self.durable.send_modify(|_| {});
     }
