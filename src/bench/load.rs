@@ -54,6 +54,9 @@ pub(super) struct Shared {
     pub(super) max_seq: AtomicU64,
     /// Set once the bench is done and feeds may end.
     pub(super) stopping: AtomicBool,
+    /// Publish-to-reply latencies in ns of publishes sent in the measured window:
+    /// the time a publisher waits for its message to be durable.
+    publish_latencies: Mutex<Vec<u32>>,
     /// The first failure of a participant or a publish.
     failure: Mutex<Option<String>>,
     pub(super) failures: AtomicU64,
@@ -70,6 +73,7 @@ impl Shared {
             accepted: AtomicU64::new(0),
             max_seq: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
+            publish_latencies: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             failures: AtomicU64::new(0),
         }
@@ -87,6 +91,30 @@ impl Shared {
     /// Stops counting latencies of messages sent from now on.
     pub(super) fn close_window(&self) {
         self.window_end.store(self.now_ns(), Relaxed);
+    }
+
+    /// Records that a publish sent at `sent_ns` was answered now, if it was sent in
+    /// the measured window.
+    fn record_publish(&self, sent_ns: u64) {
+        let in_window =
+            sent_ns >= self.window_start.load(Relaxed) && sent_ns < self.window_end.load(Relaxed);
+        if in_window {
+            let took = self.now_ns().saturating_sub(sent_ns);
+            self.publish_latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(u32::try_from(took).unwrap_or(u32::MAX));
+        }
+    }
+
+    /// Takes the publish-to-reply latencies recorded so far.
+    pub(super) fn take_publish_latencies(&self) -> Vec<u32> {
+        std::mem::take(
+            &mut self
+                .publish_latencies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     fn fail(&self, what: String) {
@@ -299,8 +327,10 @@ pub(super) async fn publish(
         let text = shared.message(chars);
         let (session, shared) = (session.clone(), Arc::clone(&shared));
         tokio::spawn(async move {
+            let sent = shared.now_ns();
             match session.publish(&text).await {
                 Ok(published) => {
+                    shared.record_publish(sent);
                     shared.accepted.fetch_add(1, Relaxed);
                     shared.max_seq.fetch_max(published.seq, Relaxed);
                 }

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use load::{Pace, Shared};
 use process::{SpawnedServer, cpu_ns, status_kib};
-use report::{Joins, Latency, Report, ServerUsage};
+use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -49,6 +49,12 @@ pub enum Mode {
     Idle,
     /// The time until all participants joined and saw every join notice.
     JoinStorm,
+    /// One participant leaves, --missed events are published, and it resumes:
+    /// the time until it has caught up.
+    Resume,
+    /// --events are published, the server is killed (SIGKILL) and started again
+    /// on its data directory: the time until it serves again.
+    Restart,
 }
 
 impl Mode {
@@ -58,6 +64,8 @@ impl Mode {
             Mode::Rate => "rate",
             Mode::Idle => "idle",
             Mode::JoinStorm => "join-storm",
+            Mode::Resume => "resume",
+            Mode::Restart => "restart",
         }
     }
 }
@@ -114,6 +122,13 @@ pub struct BenchConfig {
     /// Participants connecting and joining at the same time.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub join_concurrency: u64,
+    /// Resume mode: events published while the participant is away.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub missed: u64,
+    /// Restart mode: events in the log before the server is killed (the spawned
+    /// server keeps at least this many).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub events: u64,
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -184,7 +199,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         )));
     }
     raise_fd_limit(config.participants)?;
-    let target = match &config.server {
+    let mut target = match &config.server {
         Some(url) => Target {
             url: url.clone(),
             spawned: None,
@@ -206,7 +221,13 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                     false,
                 ),
             };
-            let server = SpawnedServer::start(&binary, config.participants, log, keep)?;
+            let history_limit = match config.mode {
+                Mode::Restart => config.events.max(crate::log::DEFAULT_HISTORY_LIMIT),
+                Mode::Resume => config.missed.max(crate::log::DEFAULT_HISTORY_LIMIT) + 16,
+                _ => crate::log::DEFAULT_HISTORY_LIMIT,
+            };
+            let server =
+                SpawnedServer::start(&binary, config.participants, history_limit, log, keep)?;
             Target {
                 url: server.url(),
                 spawned: Some(server),
@@ -281,6 +302,9 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         publishes: 0,
         publishes_per_s: 0.0,
         latency: None,
+        publish_latency: None,
+        resume: None,
+        restart: None,
         lost: 0,
         duplicated: 0,
         failures: 0,
@@ -360,9 +384,32 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                 .map(|t| t.lost.load(Relaxed) + last.saturating_sub(t.last_seq.load(Relaxed)))
                 .sum();
             report.latency = latency(shared.take_latencies());
+            report.publish_latency = latency(shared.take_publish_latencies());
+        }
+        Mode::Resume => {
+            progress.message("resuming");
+            report.resume = Some(resume(&target.url, config, &sessions).await?);
+        }
+        Mode::Restart => {
+            progress.message("filling the log");
+            let fill = fill_log(&sessions, config.events, config.message_chars as usize).await?;
+            let server = target
+                .spawned
+                .as_mut()
+                .ok_or_else(|| BenchError::Config("restart mode starts its own server".into()))?;
+            progress.message("restarting");
+            let (listening_s, serving_s) = server.restart().await?;
+            report.restart = Some(Restarted {
+                events: fill,
+                listening_s,
+                serving_s,
+            });
         }
     }
-    if matches!(config.mode, Mode::JoinStorm | Mode::Idle) {
+    if matches!(
+        config.mode,
+        Mode::JoinStorm | Mode::Idle | Mode::Resume | Mode::Restart
+    ) {
         window.close(&shared, &mut report);
         report.lost = shared.tallies.iter().map(|t| t.lost.load(Relaxed)).sum();
     }
@@ -439,6 +486,112 @@ impl Window {
             })
         });
     }
+}
+
+/// The name resume mode's returning participant joins under.
+const RESUMER: &str = "bench-resumer";
+
+/// Resume mode: a participant joins and leaves its connection; `config.missed`
+/// events are published by the first participant; it joins again with its resume
+/// point and reads until it has caught up.
+async fn resume(
+    url: &str,
+    config: &BenchConfig,
+    sessions: &[crate::client::Session],
+) -> Result<Resumed, BenchError> {
+    use crate::client::{JoinOptions, Session, connect};
+    let failed = |what: &str| {
+        let what = what.to_owned();
+        move |source| BenchError::Client { what, source }
+    };
+    let options = JoinOptions {
+        history: Some(0),
+        ..JoinOptions::default()
+    };
+    let channel = connect(url).await.map_err(failed("the resumer"))?;
+    let (session, mut events) = Session::join_with(channel, RESUMER, options.clone())
+        .await
+        .map_err(failed("the resumer"))?;
+    events.next().await.map_err(failed("the resumer"))?;
+    let point = session
+        .resume_point()
+        .ok_or_else(|| BenchError::Server("the server named no log epoch".into()))?;
+    // Away: the connection is gone, the server announces the leave.
+    drop(events);
+    drop(session);
+    fill_log(&sessions[..1], config.missed, config.message_chars as usize).await?;
+    let channel = connect(url).await.map_err(failed("the resumer"))?;
+    let started = Instant::now();
+    let resume = JoinOptions {
+        resume: Some(point.clone()),
+        ..options
+    };
+    let (session, mut events) = loop {
+        // The old session may still hold the name for a moment.
+        match Session::join_with(channel.clone(), RESUMER, resume.clone()).await {
+            Ok(joined) => break joined,
+            Err(err) if err.code() == Some(tonic::Code::AlreadyExists) => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            Err(err) => return Err(failed("the resumer")(err)),
+        }
+    };
+    let mut received = 0u64;
+    loop {
+        let Some(event) = events.next().await.map_err(failed("the resumer"))? else {
+            return Err(BenchError::Server("the resumed feed ended".into()));
+        };
+        received += 1;
+        if event.event.kind == crate::event::EventKind::Joined
+            && &*event.event.participant == RESUMER
+        {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Resumed {
+        missed: received.saturating_sub(1),
+        seconds,
+        gapless: session.joined().resumed == Some(true),
+    })
+}
+
+/// Publishes `count` messages from `sessions` together, as fast as the server
+/// takes them (64 in flight each). Returns how many were accepted.
+async fn fill_log(
+    sessions: &[crate::client::Session],
+    count: u64,
+    chars: usize,
+) -> Result<u64, BenchError> {
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let text: Arc<str> = Arc::from("f".repeat(chars.max(1)));
+    let mut tasks = Vec::new();
+    for session in sessions {
+        for _ in 0..64 {
+            let (session, next, text) = (session.clone(), Arc::clone(&next), Arc::clone(&text));
+            tasks.push(tokio::spawn(async move {
+                let mut accepted = 0u64;
+                while next.fetch_add(1, Relaxed) < count {
+                    session
+                        .publish(&text)
+                        .await
+                        .map_err(|source| BenchError::Client {
+                            what: format!("{} filling the log", session.name()),
+                            source,
+                        })?;
+                    accepted += 1;
+                }
+                Ok::<u64, BenchError>(accepted)
+            }));
+        }
+    }
+    let mut accepted = 0;
+    for task in tasks {
+        accepted += task
+            .await
+            .map_err(|err| BenchError::Server(format!("a publishing task failed: {err}")))??;
+    }
+    Ok(accepted)
 }
 
 /// Percentiles of `samples` (nanoseconds) through an HDR histogram.

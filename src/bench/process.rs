@@ -22,6 +22,9 @@ const USER_HZ: u64 = 100;
 #[derive(Debug)]
 pub struct SpawnedServer {
     child: Child,
+    binary: PathBuf,
+    participants: u64,
+    history_limit: u64,
     address: String,
     log: PathBuf,
     keep_log: bool,
@@ -38,38 +41,89 @@ impl SpawnedServer {
     pub fn start(
         binary: &Path,
         participants: u64,
+        history_limit: u64,
         log: PathBuf,
         keep_log: bool,
     ) -> Result<Self, BenchError> {
-        let spawn_error = |reason: String| {
-            BenchError::Server(format!("cannot start {}: {reason}", binary.display()))
-        };
-        let log_file = File::create(&log)
-            .map_err(|err| spawn_error(format!("cannot create {}: {err}", log.display())))?;
         // The durable log, as users run it, in a fresh directory beside the log.
-        let data_dir = log.with_extension("data");
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let child = Command::new(binary)
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--data-dir")
-            .arg(&data_dir)
-            .args(["--max-participants", &participants.max(1).to_string()])
-            .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
-            .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file)
-            .spawn()
-            .map_err(|err| spawn_error(err.to_string()))?;
+        let _ = std::fs::remove_dir_all(log.with_extension("data"));
+        let child = Self::spawn(binary, participants, history_limit, &log)?;
         let mut server = SpawnedServer {
             child,
+            binary: binary.to_owned(),
+            participants,
+            history_limit,
             address: String::new(),
             log,
             keep_log,
         };
         server.address = server.wait_for_address()?;
         Ok(server)
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on the same data directory.
+    /// Returns the seconds until it listened and until it answered a Join.
+    pub async fn restart(&mut self) -> Result<(f64, f64), BenchError> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let started = Instant::now();
+        self.child = Self::spawn(
+            &self.binary,
+            self.participants,
+            self.history_limit,
+            &self.log,
+        )?;
+        self.address = self.wait_for_address()?;
+        let listening = started.elapsed().as_secs_f64();
+        let url = self.url();
+        loop {
+            let joined = match crate::client::connect(&url).await {
+                Ok(channel) => crate::client::Session::join(channel, "bench-restart")
+                    .await
+                    .map(|_| ()),
+                Err(err) => Err(err),
+            };
+            match joined {
+                Ok(()) => break,
+                Err(_) if started.elapsed() < SERVER_START_TIMEOUT => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err(err) => {
+                    return Err(BenchError::Server(format!(
+                        "the restarted server does not serve: {err}"
+                    )));
+                }
+            }
+        }
+        Ok((listening, started.elapsed().as_secs_f64()))
+    }
+
+    fn spawn(
+        binary: &Path,
+        participants: u64,
+        history_limit: u64,
+        log: &Path,
+    ) -> Result<Child, BenchError> {
+        let spawn_error = |reason: String| {
+            BenchError::Server(format!("cannot start {}: {reason}", binary.display()))
+        };
+        let log_file = File::create(log)
+            .map_err(|err| spawn_error(format!("cannot create {}: {err}", log.display())))?;
+        let data_dir = log.with_extension("data");
+        Command::new(binary)
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--max-participants", &participants.max(1).to_string()])
+            .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
+            .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
+            .args(["--history-limit", &history_limit.to_string()])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|err| spawn_error(err.to_string()))
     }
 
     /// Reads the log until the server says where it listens.

@@ -29,6 +29,13 @@ pub struct Report {
     /// Publish-to-delivery latency over every delivery of every message published
     /// in the window.
     pub latency: Option<Latency>,
+    /// Publish-to-reply latency of every message published in the window: how long
+    /// a publisher waits for its message to be durable.
+    pub publish_latency: Option<Latency>,
+    /// Resume mode: how a returning participant caught up.
+    pub resume: Option<Resumed>,
+    /// Restart mode: how long a restart on a full log took.
+    pub restart: Option<Restarted>,
     /// Sequence numbers a participant never received.
     pub lost: u64,
     /// Events a participant received twice or out of order.
@@ -58,6 +65,29 @@ pub struct Latency {
     pub p999_us: f64,
     /// The slowest.
     pub max_us: f64,
+}
+
+/// How a participant that was away caught up (resume mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct Resumed {
+    /// Events published while it was away.
+    pub missed: u64,
+    /// Seconds from sending the resuming Join until every missed event and its own
+    /// join notice had arrived.
+    pub seconds: f64,
+    /// Whether the server resumed the feed exactly (no gap).
+    pub gapless: bool,
+}
+
+/// How a server restarted on a log of many events (restart mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct Restarted {
+    /// Events in the log when the server was killed.
+    pub events: u64,
+    /// Seconds from starting the server until it listened.
+    pub listening_s: f64,
+    /// Seconds from starting the server until a Join was answered.
+    pub serving_s: f64,
 }
 
 /// How long joining took.
@@ -145,6 +175,44 @@ impl fmt::Display for Report {
                     l.p999_us,
                     l.max_us,
                     thousands(l.samples as f64)
+                ),
+            )?;
+        }
+        if let Some(l) = &self.publish_latency {
+            row(
+                f,
+                "publish p50/p99/p99.9",
+                format!(
+                    "{:.0} / {:.0} / {:.0} µs (max {:.0} µs, {} publishes)",
+                    l.p50_us,
+                    l.p99_us,
+                    l.p999_us,
+                    l.max_us,
+                    thousands(l.samples as f64)
+                ),
+            )?;
+        }
+        if let Some(r) = &self.resume {
+            row(
+                f,
+                "resume",
+                format!(
+                    "{} missed events caught up in {:.3} s ({})",
+                    thousands(r.missed as f64),
+                    r.seconds,
+                    if r.gapless { "no gap" } else { "with a gap" }
+                ),
+            )?;
+        }
+        if let Some(r) = &self.restart {
+            row(
+                f,
+                "restart",
+                format!(
+                    "{} events: listening after {:.2} s, serving after {:.2} s",
+                    thousands(r.events as f64),
+                    r.listening_s,
+                    r.serving_s
                 ),
             )?;
         }
