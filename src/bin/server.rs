@@ -3,6 +3,7 @@
 //! server.
 
 use anyhow::Context;
+use chittychat::connection::{ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_SEND_TIMEOUT};
 use chittychat::health::{self, Probed};
 use chittychat::hub::{
     DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE, DEFAULT_QUEUE_DEPTH,
@@ -62,6 +63,21 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_KEEPALIVE_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(DEFAULT_KEEPALIVE_TIMEOUT))]
     keepalive_timeout: Seconds,
+    /// How many connections may be open at once; one more is closed as soon as it
+    /// is accepted. Default: the file-descriptor limit less 256.
+    #[arg(long, env = "CHITTYCHAT_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Seconds a connection may go without a participant (a client that joined and
+    /// has not left) before the server closes it.
+    #[arg(long, env = "CHITTYCHAT_JOIN_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_JOIN_TIMEOUT))]
+    join_timeout: Seconds,
+    /// Seconds a connection's socket may accept no data while the server has some to
+    /// send (the client stopped reading) before the server closes it.
+    #[arg(long, env = "CHITTYCHAT_SEND_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_SEND_TIMEOUT))]
+    send_timeout: Seconds,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Clients then
     /// connect with https:// URLs.
     #[arg(
@@ -195,5 +211,10 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         max_request_bytes: args.max_request_bytes as usize,
         tls,
         join_secret,
+        connections: ConnectionLimits {
+            max_connections: args.max_connections.map(|max| max as usize),
+            join_timeout: args.join_timeout.0,
+            send_timeout: args.send_timeout.0,
+        },
     })
 }
