@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -333,9 +333,28 @@ struct State {
 struct FeedProbe {
     /// How often HTTP/2 has polled the feed.
     polls: AtomicU64,
-    /// Whether the last poll handed over an event: then HTTP/2 owes another poll
-    /// as soon as it has room, and none coming means the peer grants no window.
+    /// Whether HTTP/2 owes the feed a poll: its last poll handed over an event, or
+    /// the feed has woken it since (an event is waiting). HTTP/2 polls as soon as
+    /// it has room to send; none coming means the peer grants no window.
     owed: AtomicBool,
+}
+
+/// The waker a [`ParticipantFeed`] gives its inner feed: it notes that a poll is
+/// owed, then wakes HTTP/2's task.
+struct ProbeWaker {
+    probe: Arc<FeedProbe>,
+    task: Waker,
+}
+
+impl Wake for ProbeWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.probe.owed.store(true, Ordering::Relaxed);
+        self.task.wake_by_ref();
+    }
 }
 
 /// A feed as its connection checks it.
@@ -492,6 +511,9 @@ pub struct ParticipantFeed<S> {
     inner: S,
     connection: Option<ConnectionHandle>,
     probe: Arc<FeedProbe>,
+    /// The last task to poll, and the [`ProbeWaker`] made for it (made again only
+    /// when another task polls).
+    waker: Option<(Waker, Waker)>,
 }
 
 impl<S> fmt::Debug for ParticipantFeed<S> {
@@ -527,6 +549,22 @@ impl<S> ParticipantFeed<S> {
             inner,
             connection,
             probe,
+            waker: None,
+        }
+    }
+
+    /// The waker for the inner feed: the task's, noting that a poll is owed.
+    fn probe_waker(&mut self, task: &Waker) -> Waker {
+        match &self.waker {
+            Some((known, probe)) if known.will_wake(task) => probe.clone(),
+            _ => {
+                let probe = Waker::from(Arc::new(ProbeWaker {
+                    probe: Arc::clone(&self.probe),
+                    task: task.clone(),
+                }));
+                self.waker = Some((task.clone(), probe.clone()));
+                probe
+            }
         }
     }
 }
@@ -553,7 +591,8 @@ where
                 }
             }
         }
-        let item = Pin::new(&mut self.inner).poll_next(cx);
+        let waker = self.probe_waker(cx.waker());
+        let item = Pin::new(&mut self.inner).poll_next(&mut Context::from_waker(&waker));
         match (&item, &self.connection) {
             (Poll::Ready(Some(Err(_))), Some(connection)) => connection.cut_off(),
             (Poll::Ready(Some(Ok(_))), _) => self.probe.owed.store(true, Ordering::Relaxed),

@@ -122,6 +122,38 @@ async fn a_participant_that_stops_reading_is_cut_off_and_its_connection_closed()
 }
 
 #[tokio::test]
+async fn a_participant_that_grants_no_window_is_cut_off_and_its_connection_closed() {
+    const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+    let server = TestServer::start(config(
+        16,
+        ConnectionLimits {
+            send_timeout: SEND_TIMEOUT,
+            ..ConnectionLimits::default()
+        },
+    ))
+    .await;
+    let (alice, mut alice_events) = join(&server.url(), "alice").await;
+
+    // This peer reads its socket and answers pings, but offers a 1 KiB window and
+    // never gives it back: HTTP/2 can send it nothing more, its socket never fills.
+    let mut miser = RawPeer::connect(server.addr, 1024, None).await.unwrap();
+    let (_token, _feed) = within(DEADLINE, "the miser's Join", miser.join("miser"))
+        .await
+        .unwrap();
+    await_notice(&mut alice_events, EventKind::Joined, "miser", DEADLINE).await;
+
+    let sent = publish_until_left(&alice, &mut alice_events, "miser").await;
+    let took = await_socket_closed(server.addr, miser.local, SEND_TIMEOUT * 3).await;
+    println!("cut off after {sent} messages; connection closed {took:?} later");
+    let ended = within(DEADLINE, "the miser's connection to end", &mut miser.driver)
+        .await
+        .unwrap();
+    assert!(ended.is_err(), "{ended:?}");
+    alice.publish("still here").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_cut_off_participant_that_reads_again_gets_the_reason_then_loses_its_connection() {
     let server = TestServer::start(config(
         16,
