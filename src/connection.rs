@@ -49,7 +49,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
-use tonic::transport::server::{Connected, TlsConnectInfo};
+use tonic::transport::server::Connected;
 
 /// How long a connection may carry no participant before it is closed.
 ///
@@ -459,13 +459,10 @@ impl fmt::Debug for ConnectionHandle {
 
 impl ConnectionHandle {
     /// The handle of the connection that carried `extensions`' request, when it came
-    /// through [`accept`] (in plain text or TLS).
+    /// through [`accept`]. Under TLS too: tonic puts the inner connection's info
+    /// beside its `TlsConnectInfo`.
     pub fn of(extensions: &tonic::Extensions) -> Option<Self> {
-        extensions.get::<ConnectionHandle>().cloned().or_else(|| {
-            extensions
-                .get::<TlsConnectInfo<ConnectionHandle>>()
-                .map(|tls| tls.get_ref().clone())
-        })
+        extensions.get::<ConnectionHandle>().cloned()
     }
 
     /// The connection's number, in order of acceptance; for logs.
