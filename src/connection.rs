@@ -67,6 +67,16 @@ pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// costs a full socket buffer and the room's queue, no more.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many HTTP/2 streams one connection may have open at once
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`); a stream beyond it is refused.
+///
+/// A client needs its feed and a Publish or Leave in flight, plus a health check or
+/// two; 8 leaves room for that and for a few participants sharing a connection, while
+/// a peer that opens streams and never finishes them holds at most 8 (each a few KiB).
+/// A load generator that keeps many calls in flight on one connection raises it
+/// (`--max-streams`).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 8;
+
 /// How long a connection whose participant was cut off stays open so that the
 /// status (`RESOURCE_EXHAUSTED`, "you fell … behind") can reach the client.
 ///
@@ -117,6 +127,8 @@ pub struct ConnectionLimits {
     /// How long a connection's socket may take no byte while there is something to
     /// send.
     pub send_timeout: Duration,
+    /// How many HTTP/2 streams one connection may have open at once.
+    pub max_streams: u32,
 }
 
 impl Default for ConnectionLimits {
@@ -125,6 +137,7 @@ impl Default for ConnectionLimits {
             max_connections: None,
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
+            max_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -180,6 +193,13 @@ pub fn accept(
         .max_connections
         .unwrap_or_else(default_max_connections)
         .max(1);
+    tracing::info!(
+        max_connections = max,
+        join_timeout_secs = limits.join_timeout.as_secs_f64(),
+        send_timeout_secs = limits.send_timeout.as_secs_f64(),
+        max_streams = limits.max_streams,
+        "connection limits"
+    );
     let acceptor = Acceptor {
         listener,
         slots: Arc::new(Semaphore::new(max)),

@@ -41,14 +41,6 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 /// How long a graceful shutdown waits for clients to hang up before it stops anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// How many HTTP/2 streams one connection may have open at once
-/// (`SETTINGS_MAX_CONCURRENT_STREAMS`); a stream beyond it is refused.
-///
-/// A client needs its feed and a Publish or Leave in flight, plus a health check or
-/// two; 8 leaves room for that and for a few participants sharing a connection, while
-/// a peer that opens streams and never finishes them holds at most 8 (each a few KiB).
-pub const MAX_STREAMS_PER_CONNECTION: u32 = 8;
-
 /// How many streams the server may reset on one connection for the peer's errors,
 /// refused streams included, before it closes the connection with GOAWAY
 /// (`ENHANCE_YOUR_CALM`). An honest client causes none; tonic's default, no limit,
@@ -127,7 +119,7 @@ pub async fn run(
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive.interval))
         .http2_keepalive_timeout(Some(config.keepalive.timeout))
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_concurrent_streams(config.connections.max_streams)
         .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESET_STREAMS))
         .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
         .initial_stream_window_size(STREAM_RECEIVE_WINDOW)

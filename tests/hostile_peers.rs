@@ -4,10 +4,10 @@
 
 mod fixture;
 
-use chittychat::connection::{CUT_OFF_GRACE, ConnectionLimits};
+use chittychat::connection::{CUT_OFF_GRACE, ConnectionLimits, DEFAULT_MAX_STREAMS_PER_CONNECTION};
 use chittychat::event::EventKind;
 use chittychat::hub::HubConfig;
-use chittychat::server::{MAX_LOCAL_RESET_STREAMS, MAX_STREAMS_PER_CONNECTION, ServerConfig};
+use chittychat::server::{MAX_LOCAL_RESET_STREAMS, ServerConfig};
 use chittychat::transport::Keepalive;
 use fixture::peer::{
     ENHANCE_YOUR_CALM, FramePeer, HUGE_WINDOW, RawPeer, proc_sockets_at, socket_open,
@@ -211,7 +211,7 @@ async fn streams_past_the_limit_are_refused_and_a_peer_that_insists_is_closed() 
     // A peer that ignores the server's SETTINGS_MAX_CONCURRENT_STREAMS: it opens
     // Publish streams, sends their headers and never finishes them.
     let mut peer = FramePeer::connect(server.addr).await.unwrap();
-    let allowed = MAX_STREAMS_PER_CONNECTION as usize;
+    let allowed = DEFAULT_MAX_STREAMS_PER_CONNECTION as usize;
     let mut ids = Vec::new();
     for _ in 0..allowed + MAX_LOCAL_RESET_STREAMS + 8 {
         ids.push(

@@ -206,7 +206,9 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                     false,
                 ),
             };
-            let server = SpawnedServer::start(&binary, config.participants, log, keep)?;
+            // A publisher's calls in flight, its feed and a spare.
+            let streams = config.inflight + 2;
+            let server = SpawnedServer::start(&binary, config.participants, streams, log, keep)?;
             Target {
                 url: server.url(),
                 spawned: Some(server),

@@ -31,13 +31,15 @@ impl SpawnedServer {
     /// Starts `binary --listen 127.0.0.1:0` with its stderr (its log, at the
     /// default level and format) going to `log`, and waits until it listens.
     ///
-    /// Everything is at its default except two limits a load test must lift: room
-    /// for `participants`, and a publish rate limit of [`BENCH_PUBLISH_RATE`], which
-    /// stays switched on (so its cost is measured) but never refuses the bench.
+    /// Everything is at its default except the limits a load test must lift: room
+    /// for `participants`, a publish rate limit of [`BENCH_PUBLISH_RATE`], which
+    /// stays switched on (so its cost is measured) but never refuses the bench, and
+    /// room on each connection for `streams` calls at once.
     /// The server inherits the bench's file-descriptor limit.
     pub fn start(
         binary: &Path,
         participants: u64,
+        streams: u64,
         log: PathBuf,
         keep_log: bool,
     ) -> Result<Self, BenchError> {
@@ -51,6 +53,7 @@ impl SpawnedServer {
             .args(["--max-participants", &participants.max(1).to_string()])
             .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
+            .args(["--max-streams", &streams.to_string()])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -3,7 +3,10 @@
 //! server.
 
 use anyhow::Context;
-use chittychat::connection::{ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_SEND_TIMEOUT};
+use chittychat::connection::{
+    ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_SEND_TIMEOUT,
+};
 use chittychat::health::{self, Probed};
 use chittychat::hub::{
     DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE, DEFAULT_QUEUE_DEPTH,
@@ -78,6 +81,11 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_SEND_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(DEFAULT_SEND_TIMEOUT))]
     send_timeout: Seconds,
+    /// How many HTTP/2 streams (calls in progress, a feed included) one connection
+    /// may have open at once; a client waits for a free one beyond it.
+    #[arg(long, env = "CHITTYCHAT_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Clients then
     /// connect with https:// URLs.
     #[arg(
@@ -215,6 +223,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
             max_connections: args.max_connections.map(|max| max as usize),
             join_timeout: args.join_timeout.0,
             send_timeout: args.send_timeout.0,
+            max_streams: args.max_streams,
         },
     })
 }
