@@ -353,3 +353,47 @@ async fn connections_past_the_limit_are_refused_and_the_honest_are_served() {
         "the limit was logged more than once per episode"
     );
 }
+
+#[tokio::test]
+async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_once() {
+    const DESCRIPTORS: u32 = 64;
+    let mut server = ServerProcess::start(&["--max-connections", "10000"]).await;
+    // Lower the running server's descriptor limit (the program raised it at start).
+    let limited = std::process::Command::new("prlimit")
+        .arg(format!("--pid={}", server.pid()))
+        .arg(format!("--nofile={DESCRIPTORS}:{DESCRIPTORS}"))
+        .status()
+        .expect("prlimit (util-linux) runs");
+    assert!(limited.success());
+
+    // More connections than descriptors: the kernel queues the rest, and accept
+    // fails with EMFILE until some close.
+    let mut held = Vec::new();
+    for _ in 0..DESCRIPTORS + 16 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    let line = server
+        .await_log("cannot accept connections; backing off")
+        .await;
+    assert_eq!(line["level"], "WARN", "{line}");
+    // Backing off, the server idles instead of spinning on accept.
+    let cpu = |pid| chittychat::bench::process::cpu_ns(pid).unwrap();
+    let (before, started) = (cpu(server.pid()), Instant::now());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let busy = (cpu(server.pid()) - before) as f64 / started.elapsed().as_nanos() as f64;
+    assert!(busy < 0.3, "the server used {:.0}% of a core", busy * 100.0);
+
+    drop(held);
+    let line = server.await_log("accepting connections again").await;
+    assert!(line["failures"].as_u64().unwrap() >= 1, "{line}");
+    let warnings = server
+        .log
+        .drain()
+        .iter()
+        .filter(|l| l.contains("cannot accept connections"))
+        .count();
+    assert_eq!(warnings, 1, "the episode was logged more than once");
+    // And it serves again.
+    let (alice, _events) = join(&server.url(), "alice").await;
+    alice.publish("back").await.unwrap();
+}
