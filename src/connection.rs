@@ -106,7 +106,8 @@ pub const RESERVED_DESCRIPTORS: u64 = 256;
 
 /// How many times per send timeout the feeds of a connection are checked for
 /// having been left waiting by HTTP/2; a stalled feed is noticed between one and
-/// 1 + 1/4 send timeouts after it stalled.
+/// two send timeouts after it stalled, at the cost of a few checks per connection
+/// with a participant per send timeout.
 const FEED_CHECKS_PER_SEND_TIMEOUT: u32 = 4;
 
 /// The accept loop's first pause after an accept error (such as `EMFILE`).
