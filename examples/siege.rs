@@ -44,7 +44,11 @@ struct Args {
     /// Messages a second each honest participant publishes.
     #[arg(long, default_value_t = 100)]
     rate: u32,
-    /// Seconds of each phase (unloaded, besieged).
+    /// How many times the siege comes back, after the attackers of the last one
+    /// went: memory must not grow from wave to wave.
+    #[arg(long, default_value_t = 1)]
+    waves: usize,
+    /// Seconds of each phase (unloaded, each wave of the siege).
     #[arg(long, default_value_t = 15.0)]
     duration: f64,
     /// Extra arguments for the server, such as "--send-timeout 2".
@@ -268,16 +272,37 @@ async fn main() -> ExitCode {
     let phase_length = Duration::from_secs_f64(args.duration);
     let mut failed = Vec::new();
 
-    // Honest participants, each on its own connection.
+    // Honest participants, each on its own connection, on a runtime and thread of
+    // their own, so that they never wait behind the attackers' tasks.
     let record = Arc::new(Honest::new());
-    let mut honest_tasks = JoinSet::new();
-    for i in 0..args.honest {
-        let channel = connect(&server.url).await.expect("connect");
-        let (session, events) = Session::join(channel, &format!("honest-{i}"))
-            .await
-            .expect("an honest join");
-        honest_tasks.spawn(honest(session, events, args.rate, Arc::clone(&record)));
-    }
+    let (joined, all_joined) = tokio::sync::oneshot::channel();
+    let honest_thread = {
+        let (url, record, count, rate) = (
+            server.url.clone(),
+            Arc::clone(&record),
+            args.honest,
+            args.rate,
+        );
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let mut tasks = JoinSet::new();
+                for i in 0..count {
+                    let channel = connect(&url).await.expect("connect");
+                    let (session, events) = Session::join(channel, &format!("honest-{i}"))
+                        .await
+                        .expect("an honest join");
+                    tasks.spawn(honest(session, events, rate, Arc::clone(&record)));
+                }
+                let _ = joined.send(());
+                while tasks.join_next().await.is_some() {}
+            });
+        })
+    };
+    all_joined.await.expect("the honest participants joined");
     let (idle_tcp, idle_sockets) = kernel_tcp();
     println!("siege: server pid {pid}, log {}", log.display());
     println!(
@@ -287,71 +312,100 @@ async fn main() -> ExitCode {
     let none = StdMutex::new(Vec::new());
     let unloaded = sample_until(pid, Instant::now() + phase_length, server.addr, &none).await;
 
-    // The siege.
-    println!(
-        "phase 2: {} stalled participants and {} silent connections, {:.0} s",
-        args.stalled, args.silent, args.duration
-    );
-    let stop = Arc::new(AtomicBool::new(false));
-    let stalled: Arc<StdMutex<Vec<Stalled>>> = Arc::default();
-    let mut attackers = JoinSet::new();
-    for i in 0..args.stalled {
-        let (addr, stalled) = (server.addr, Arc::clone(&stalled));
-        attackers.spawn(async move {
-            let Ok(mut peer) = RawPeer::connect(addr, HUGE_WINDOW, Some(4096)).await else {
-                return;
-            };
-            // The feed is kept, unread, until the server closes the connection.
-            let _feed = match peer.join(&format!("stalled-{i}")).await {
-                Ok((_token, feed)) => feed,
-                Err(err) => return eprintln!("siege: stalled-{i} could not join: {err}"),
-            };
-            peer.gate.stop_reading();
-            // The peer reads nothing, so it learns nothing: the sampler looks at the
-            // server's side of its connection.
-            stalled.lock().expect("not poisoned").push(Stalled {
-                local: peer.local,
-                since: Instant::now(),
-                closed_after: None,
-            });
-            // Held, unread, until the siege ends.
-            std::future::pending::<()>().await;
-        });
-    }
-    let silent_closed = Arc::new(AtomicU64::new(0));
-    for _ in 0..args.silent {
-        let (addr, stop, closed) = (server.addr, Arc::clone(&stop), Arc::clone(&silent_closed));
-        attackers.spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match RawPeer::connect(addr, 65_535, None).await {
-                    Ok(mut peer) => {
-                        let _ = (&mut peer.driver).await;
-                        closed.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-                }
-            }
-        });
-    }
+    // The siege, in waves.
     record.phase.store(BESIEGED, Ordering::Relaxed);
-    let besieged = sample_until(pid, Instant::now() + phase_length, server.addr, &stalled).await;
-    record.phase.store(AFTER, Ordering::Relaxed);
-    let (stalled_closed, slowest_close) = {
-        let stalled = stalled.lock().expect("not poisoned");
-        let closed: Vec<Duration> = stalled.iter().filter_map(|s| s.closed_after).collect();
-        (
-            closed.len() as u64,
-            closed.into_iter().max().unwrap_or_default(),
-        )
-    };
+    let mut waves = Vec::new();
+    for wave in 1..=args.waves {
+        println!(
+            "phase 2, wave {wave}: {} stalled participants and {} silent connections, {:.0} s",
+            args.stalled, args.silent, args.duration
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stalled: Arc<StdMutex<Vec<Stalled>>> = Arc::default();
+        let mut attackers = JoinSet::new();
+        for i in 0..args.stalled {
+            let (addr, stalled) = (server.addr, Arc::clone(&stalled));
+            attackers.spawn(async move {
+                let Ok(mut peer) = RawPeer::connect(addr, HUGE_WINDOW, Some(4096)).await else {
+                    return;
+                };
+                // The feed is kept, unread, until the server closes the connection.
+                let _feed = match peer.join(&format!("stalled-{wave}-{i}")).await {
+                    Ok((_token, feed)) => feed,
+                    Err(err) => {
+                        return eprintln!("siege: stalled-{wave}-{i} could not join: {err}");
+                    }
+                };
+                peer.gate.stop_reading();
+                // The peer reads nothing, so it learns nothing: the sampler looks at the
+                // server's side of its connection.
+                stalled.lock().expect("not poisoned").push(Stalled {
+                    local: peer.local,
+                    since: Instant::now(),
+                    closed_after: None,
+                });
+                // Held, unread, until the siege ends.
+                std::future::pending::<()>().await;
+            });
+        }
+        let silent_closed = Arc::new(AtomicU64::new(0));
+        for _ in 0..args.silent {
+            let (addr, stop, closed) = (server.addr, Arc::clone(&stop), Arc::clone(&silent_closed));
+            attackers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match RawPeer::connect(addr, 65_535, None).await {
+                        Ok(mut peer) => {
+                            let _ = (&mut peer.driver).await;
+                            closed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+        }
+        let besieged =
+            sample_until(pid, Instant::now() + phase_length, server.addr, &stalled).await;
+        let (stalled_closed, slowest_close) = {
+            let stalled = stalled.lock().expect("not poisoned");
+            let closed: Vec<Duration> = stalled.iter().filter_map(|s| s.closed_after).collect();
+            (
+                closed.len() as u64,
+                closed.into_iter().max().unwrap_or_default(),
+            )
+        };
 
-    // The attackers go; memory should come back.
-    stop.store(true, Ordering::Relaxed);
-    attackers.shutdown().await;
-    let settle = Instant::now();
-    while kernel_tcp().1 > idle_sockets + 8 && settle.elapsed() < Duration::from_secs(30) {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The attackers go; memory should come back.
+        stop.store(true, Ordering::Relaxed);
+        attackers.shutdown().await;
+        let settle = Instant::now();
+        while kernel_tcp().1 > idle_sockets + 8 && settle.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "  wave {wave}: peak RSS {:.1} MiB, peak kernel TCP {:.1} MiB; {stalled_closed} of {} stalled closed, the last {:.1} s after it stopped reading; RSS after {:.1} MiB",
+            besieged.rss_kib as f64 / 1024.0,
+            besieged.tcp_kib as f64 / 1024.0,
+            args.stalled,
+            slowest_close.as_secs_f64(),
+            rss_kib(pid) as f64 / 1024.0,
+        );
+        waves.push((
+            besieged,
+            stalled_closed,
+            slowest_close,
+            silent_closed.load(Ordering::Relaxed),
+        ));
     }
+    record.phase.store(AFTER, Ordering::Relaxed);
+    // The peaks and counts of the worst wave.
+    let besieged = Peaks {
+        rss_kib: waves.iter().map(|w| w.0.rss_kib).max().unwrap_or(0),
+        tcp_kib: waves.iter().map(|w| w.0.tcp_kib).max().unwrap_or(0),
+        sockets: waves.iter().map(|w| w.0.sockets).max().unwrap_or(0),
+    };
+    let stalled_closed = waves.iter().map(|w| w.1).min().unwrap_or(0);
+    let slowest_close = waves.iter().map(|w| w.2).max().unwrap_or_default();
+    let silent_closed: u64 = waves.iter().map(|w| w.3).sum();
     let after = sample_until(
         pid,
         Instant::now() + phase_length.min(Duration::from_secs(5)),
@@ -362,7 +416,7 @@ async fn main() -> ExitCode {
     let after_rss = rss_kib(pid);
     let after_tcp = kernel_tcp();
     record.phase.store(STOPPED, Ordering::Relaxed);
-    while honest_tasks.join_next().await.is_some() {}
+    let _ = honest_thread.join();
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!();
@@ -406,10 +460,7 @@ async fn main() -> ExitCode {
         args.stalled,
         slowest_close.as_secs_f64()
     );
-    println!(
-        "| silent connections closed by the server | | {} | |",
-        silent_closed.load(Ordering::Relaxed)
-    );
+    println!("| silent connections closed by the server | | {silent_closed} | |",);
 
     failed.extend(
         record
