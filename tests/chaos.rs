@@ -186,6 +186,10 @@ impl ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
             .args(["--listen", "127.0.0.1:0"])
             .args(["--queue-depth", &QUEUE_DEPTH.to_string()])
+            // The stalled reader reads nothing for the whole chaos and must then find
+            // the reason it was cut off; a reader silent for the send timeout loses
+            // its connection instead (tests/hostile_peers.rs), so outlast the chaos.
+            .args(["--send-timeout", "120"])
             // Warnings (refusals, too-slow disconnects) and the listening address.
             .env("RUST_LOG", "warn,chittychat_server=info")
             .env_remove("CHITTYCHAT_LOG_FILE")
