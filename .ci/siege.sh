@@ -4,7 +4,7 @@
 # Fails if an honest participant lost a message or its session, or if a stalled
 # participant's connection outlived the siege; no timing is asserted (CI machines
 # are noisy). README's figures come from the full-size run:
-#   cargo run --release --example siege -- --stalled 1000 --silent 2000
+#   cargo run --release --example siege -- --stalled 1000 --silent 2000 --honest 10 --duration 20 --waves 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

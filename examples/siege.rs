@@ -6,7 +6,7 @@
 //! round trips before, during and after.
 //!
 //! ```text
-//! cargo run --release --example siege -- --stalled 1000 --silent 2000
+//! cargo run --release --example siege -- --stalled 1000 --silent 2000 --honest 10 --duration 20 --waves 2
 //! ```
 //!
 //! Exits 1 when an honest participant lost a message or its session, when a stalled
