@@ -27,7 +27,9 @@ RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
     cargo build --release --target "$host" \
     --bin chittychat-server --bin chittychat-client
 
-mkdir -p target/docker
+# An empty folder the server image copies as /data, its event log's home, owned by
+# the unprivileged user (a scratch image has no mkdir).
+mkdir -p target/docker/data
 for bin in chittychat-server chittychat-client; do
     built="${CARGO_TARGET_DIR:-target}/$host/release/$bin"
     if ldd "$built" 2>&1 | grep -q '=>'; then

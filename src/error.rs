@@ -86,7 +86,7 @@ pub enum ChatError {
     },
     /// The publish id breaks the rule for ids.
     #[error(
-        "invalid publish id: an id is at most {max} printable ASCII characters (found {found} bytes)"
+        "invalid publish id: an id is at most {max} ASCII letters, digits and punctuation, without spaces (found {found} bytes)"
     )]
     InvalidPublishId {
         /// The id's length in bytes.

@@ -12,6 +12,8 @@
 //!   clock; every accepted request becomes one event in the log.
 //! - [`feed`]: a participant's cursor into the log.
 //! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`connection`]: each accepted connection: the capped accept loop, the join and
+//!   send deadlines, and closing a connection whose participant was cut off.
 //! - [`health`]: the gRPC health service, server reflection and the health probe.
 //! - [`transport`]: connection settings shared by server and client: keepalive,
 //!   the request size limit, TLS files and the join secret.
@@ -29,6 +31,7 @@
 pub mod bench;
 pub mod client;
 pub mod client_app;
+pub mod connection;
 pub mod demo;
 pub mod display;
 pub mod error;

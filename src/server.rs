@@ -4,6 +4,7 @@
 //! refused call, and maps [`ChatError`] to a status through its one `From` impl.
 //! Accepted calls are logged by the room, one line per event.
 
+use crate::connection::{self, ConnectionHandle, ConnectionLimits, ParticipantFeed};
 use crate::error::ChatError;
 use crate::feed::Feed;
 use crate::health;
@@ -26,9 +27,9 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::body::Body;
+use tonic::codec::CompressionEncoding;
 use tonic::codegen::http;
 use tonic::metadata::{MetadataMap, MetadataValue};
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 use tower::Service;
@@ -39,6 +40,30 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:50051";
 
 /// How long a graceful shutdown waits for clients to hang up before it stops anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How many streams the server may reset on one connection for the peer's errors,
+/// refused streams included, before it closes the connection with GOAWAY
+/// (`ENHANCE_YOUR_CALM`). An honest client causes none; tonic's default, no limit,
+/// would let a peer make the server reset streams forever.
+pub const MAX_LOCAL_RESET_STREAMS: usize = 32;
+
+/// How many streams the peer may open and reset before the server has looked at
+/// them ("rapid reset", CVE-2023-44487) before the connection is closed; h2's own
+/// default, set here so that it is a decision, not an accident.
+pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+
+/// How much request data the server accepts per stream before the client must wait
+/// for it to be read (the HTTP/2 receive window). Requests are at most
+/// `--max-request-bytes` (4 KiB by default), so the protocol's own 64 KiB is ample;
+/// hyper's 1 MiB would let each stream park a megabyte on the server.
+pub const STREAM_RECEIVE_WINDOW: u32 = 64 * 1024;
+
+/// The HTTP/2 receive window of a whole connection: a few streams' worth.
+pub const CONNECTION_RECEIVE_WINDOW: u32 = 4 * STREAM_RECEIVE_WINDOW;
+
+/// The largest header block the server accepts on one request (hyper's default,
+/// set here so that it is a decision): metadata is a join secret and a few names.
+pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// Settings of the server.
 #[derive(Debug, Clone)]
@@ -55,6 +80,9 @@ pub struct ServerConfig {
     pub tls: Option<TlsIdentity>,
     /// Refuse Join without this secret; anyone may join without one.
     pub join_secret: Option<JoinSecret>,
+    /// How many connections, for how long without a participant, and how long a
+    /// socket may take nothing.
+    pub connections: ConnectionLimits,
 }
 
 impl Default for ServerConfig {
@@ -66,6 +94,7 @@ impl Default for ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             tls: None,
             join_secret: None,
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -128,7 +157,14 @@ pub async fn run_with_log(
         .unzip();
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(config.keepalive.interval))
-        .http2_keepalive_timeout(Some(config.keepalive.timeout));
+        .http2_keepalive_timeout(Some(config.keepalive.timeout))
+        .max_concurrent_streams(config.connections.max_streams)
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_RESET_STREAMS))
+        .http2_max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .initial_stream_window_size(STREAM_RECEIVE_WINDOW)
+        .initial_connection_window_size(CONNECTION_RECEIVE_WINDOW)
+        .http2_adaptive_window(Some(false))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES);
     if let Some(tls) = &config.tls {
         let identity = Identity::from_pem(&tls.cert_pem, &tls.key_pem);
         let tls = ServerTlsConfig::new()
@@ -136,7 +172,7 @@ pub async fn run_with_log(
             .timeout(TLS_HANDSHAKE_TIMEOUT);
         builder = builder.tls_config(tls)?;
     }
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = connection::accept(listener, config.connections);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let log_failed = {
         let log = Arc::clone(&log);
@@ -154,7 +190,12 @@ pub async fn run_with_log(
     };
     let serve = builder
         .layer(layer_fn(|inner| OversizeExplained { inner }))
-        .add_service(ChittyChatServer::new(service).max_decoding_message_size(max_request_bytes))
+        .add_service(
+            ChittyChatServer::new(service)
+                .max_decoding_message_size(max_request_bytes)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .send_compressed(CompressionEncoding::Gzip),
+        )
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
@@ -249,13 +290,14 @@ impl ChatService {
 
 #[tonic::async_trait]
 impl ChittyChat for ChatService {
-    type JoinStream = EventStream;
+    type JoinStream = ParticipantFeed<EventStream>;
 
     async fn join(
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<Self::JoinStream>, Status> {
         let secret_checked = self.check_join_secret(request.metadata());
+        let connection = ConnectionHandle::of(request.extensions());
         let request = request.into_inner();
         let refused = |err: &ChatError| {
             self.refused("Join", Some(&name_for_display(&request.name)), err);
@@ -278,7 +320,8 @@ impl ChittyChat for ChatService {
             .durable(joined.stamp.seq)
             .await
             .inspect_err(refused)?;
-        let mut response = Response::new(EventStream(joined.feed));
+        let feed = ParticipantFeed::new(EventStream(joined.feed), connection);
+        let mut response = Response::new(feed);
         let metadata = response.metadata_mut();
         // The token is hex and a dot, always a valid metadata value.
         let token = MetadataValue::try_from(joined.token.expose())

@@ -112,6 +112,39 @@ async fn tls_end_to_end_and_only_with_the_right_authority() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn over_tls_a_connection_with_a_participant_outlives_the_join_timeout() {
+    const JOIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
+    let pki = Pki::new();
+    let server = TestServer::start(ServerConfig {
+        tls: Some(pki.identity()),
+        connections: chittychat::connection::ConnectionLimits {
+            join_timeout: JOIN_TIMEOUT,
+            ..Default::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = format!("https://{}", server.addr);
+    let channel = connect_with(&url, &tls_to(&pki.ca_pem)).await.unwrap();
+    let (alice, mut events) = Session::join(channel, "alice").await.unwrap();
+    await_notice(&mut events, EventKind::Joined, "alice", DEADLINE).await;
+
+    // A connection that never even starts TLS is closed after the join timeout;
+    // alice's, older, has passed its own by then, and carries her feed.
+    let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = within(DEADLINE, "the silent connection to close", async {
+        tokio::io::AsyncReadExt::read(&mut silent, &mut byte).await
+    })
+    .await;
+    assert!(!matches!(read, Ok(1)), "{read:?}");
+    alice.publish("still over TLS").await.unwrap();
+    let received = await_notice(&mut events, EventKind::Chat, "alice", DEADLINE).await;
+    assert_eq!(received.event.text, "still over TLS");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_end_to_end_with_the_binaries() {
     let dir = tempfile::tempdir().unwrap();

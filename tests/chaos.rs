@@ -52,8 +52,9 @@ const KILL_CHANCE: f64 = 0.4;
 const HISTORY_LIMIT: u32 = 256;
 /// The stalled reader's HTTP/2 stream window in bytes: how much the server may send
 /// it ahead of its reading. The client's default (2 MiB, about 20 000 events) would
-/// take minutes of chat to fill; with a small window the server's queue for it
-/// overflows within seconds, as it would for a default client after 2 MiB.
+/// take minutes of chat to fill; with a small window its feed stops within seconds,
+/// and the log (which keeps only `HISTORY_LIMIT` events here) soon trims its
+/// position, as it would for a default client after 2 MiB.
 const STALLED_READER_WINDOW: u32 = 4 * 1024;
 /// How much the server's resident memory may grow between the start of the chaos
 /// and its peak. The growth measured is a few MiB; the bound only catches a leak or
@@ -186,6 +187,10 @@ impl ServerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
             .args(["--listen", "127.0.0.1:0"])
             .args(["--ephemeral", "--history-limit", &HISTORY_LIMIT.to_string()])
+            // The stalled reader reads nothing for the whole chaos and must then find
+            // the reason it was cut off; a reader silent for the send timeout loses
+            // its connection instead (tests/hostile_peers.rs), so outlast the chaos.
+            .args(["--send-timeout", "120"])
             // Warnings (refusals, too-slow disconnects) and the listening address.
             .env("RUST_LOG", "warn,chittychat_server=info")
             .env_remove("CHITTYCHAT_LOG_FILE")

@@ -113,7 +113,7 @@ pub struct BenchConfig {
     #[arg(long, default_value_t = 1000.0, value_parser = seconds)]
     pub rate: f64,
     /// Saturate mode: how many messages any participant may fall behind what
-    /// was published; keep it below the server's queue depth (1024 by default).
+    /// was published; keep it well below the server's --history-limit.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub window: u64,
     /// Publish calls each publisher keeps outstanding.
@@ -226,8 +226,16 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                 Mode::Resume => config.missed.max(crate::log::DEFAULT_HISTORY_LIMIT) + 16,
                 _ => crate::log::DEFAULT_HISTORY_LIMIT,
             };
-            let server =
-                SpawnedServer::start(&binary, config.participants, history_limit, log, keep)?;
+            // A publisher's calls in flight, its feed and a spare.
+            let streams = config.inflight + 2;
+            let server = SpawnedServer::start(
+                &binary,
+                config.participants,
+                history_limit,
+                streams,
+                log,
+                keep,
+            )?;
             Target {
                 url: server.url(),
                 spawned: Some(server),

@@ -25,6 +25,7 @@ pub struct SpawnedServer {
     binary: PathBuf,
     participants: u64,
     history_limit: u64,
+    streams: u64,
     address: String,
     log: PathBuf,
     keep_log: bool,
@@ -34,25 +35,28 @@ impl SpawnedServer {
     /// Starts `binary --listen 127.0.0.1:0` with its stderr (its log, at the
     /// default level and format) going to `log`, and waits until it listens.
     ///
-    /// Everything is at its default except two limits a load test must lift: room
-    /// for `participants`, and a publish rate limit of [`BENCH_PUBLISH_RATE`], which
-    /// stays switched on (so its cost is measured) but never refuses the bench.
+    /// Everything is at its default except the limits a load test must lift: room
+    /// for `participants`, a publish rate limit of [`BENCH_PUBLISH_RATE`], which
+    /// stays switched on (so its cost is measured) but never refuses the bench, and
+    /// room on each connection for `streams` calls at once.
     /// The server inherits the bench's file-descriptor limit.
     pub fn start(
         binary: &Path,
         participants: u64,
         history_limit: u64,
+        streams: u64,
         log: PathBuf,
         keep_log: bool,
     ) -> Result<Self, BenchError> {
         // The durable log, as users run it, in a fresh directory beside the log.
         let _ = std::fs::remove_dir_all(log.with_extension("data"));
-        let child = Self::spawn(binary, participants, history_limit, &log)?;
+        let child = Self::spawn(binary, participants, history_limit, streams, &log)?;
         let mut server = SpawnedServer {
             child,
             binary: binary.to_owned(),
             participants,
             history_limit,
+            streams,
             address: String::new(),
             log,
             keep_log,
@@ -71,6 +75,7 @@ impl SpawnedServer {
             &self.binary,
             self.participants,
             self.history_limit,
+            self.streams,
             &self.log,
         )?;
         self.address = self.wait_for_address()?;
@@ -102,6 +107,7 @@ impl SpawnedServer {
         binary: &Path,
         participants: u64,
         history_limit: u64,
+        streams: u64,
         log: &Path,
     ) -> Result<Child, BenchError> {
         let spawn_error = |reason: String| {
@@ -118,6 +124,7 @@ impl SpawnedServer {
             .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--history-limit", &history_limit.to_string()])
+            .args(["--max-streams", &streams.to_string()])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -3,6 +3,10 @@
 //! server.
 
 use anyhow::Context;
+use chittychat::connection::{
+    ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION,
+    DEFAULT_SEND_TIMEOUT,
+};
 use chittychat::health::{self, Probed};
 use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Retention, Storage};
 use chittychat::logging::{self, LogFormat};
@@ -84,6 +88,26 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_KEEPALIVE_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(DEFAULT_KEEPALIVE_TIMEOUT))]
     keepalive_timeout: Seconds,
+    /// How many connections may be open at once; one more is closed as soon as it
+    /// is accepted. Default: the file-descriptor limit less 256.
+    #[arg(long, env = "CHITTYCHAT_MAX_CONNECTIONS",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: Option<u32>,
+    /// Seconds a connection may go without a participant (a client that joined and
+    /// has not left) before the server closes it.
+    #[arg(long, env = "CHITTYCHAT_JOIN_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_JOIN_TIMEOUT))]
+    join_timeout: Seconds,
+    /// Seconds a connection's socket may accept no data while the server has some to
+    /// send (the client stopped reading) before the server closes it.
+    #[arg(long, env = "CHITTYCHAT_SEND_TIMEOUT", value_name = "SECONDS",
+          default_value_t = Seconds(DEFAULT_SEND_TIMEOUT))]
+    send_timeout: Seconds,
+    /// How many HTTP/2 streams (calls in progress, a feed included) one connection
+    /// may have open at once; a client waits for a free one beyond it.
+    #[arg(long, env = "CHITTYCHAT_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams: u32,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Clients then
     /// connect with https:// URLs.
     #[arg(
@@ -255,6 +279,12 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         max_request_bytes: args.max_request_bytes as usize,
         tls,
         join_secret,
+        connections: ConnectionLimits {
+            max_connections: args.max_connections.map(|max| max as usize),
+            join_timeout: args.join_timeout.0,
+            send_timeout: args.send_timeout.0,
+            max_streams: args.max_streams,
+        },
     })
 }
 

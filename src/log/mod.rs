@@ -227,7 +227,7 @@ pub enum LogError {
     Locked {
         /// The directory.
         path: PathBuf,
-        /// Who holds it, as its owner file says (", pid 12, …"), or nothing.
+        /// Who holds it, as its owner file says (" (pid 12)"), or nothing.
         owner: String,
     },
     /// The stored data is damaged or of a format this server does not know.

@@ -1,0 +1,512 @@
+//! `siege`: the long form of `tests/hostile_peers.rs`. It starts the real
+//! `chittychat-server`, measures honest participants' round trips, then besieges the
+//! server with stalled participants (they join with a 2^31 − 1 window and stop
+//! reading) and a flood of connections that never join, and reports the server's
+//! memory (`VmRSS`), the kernel's TCP memory (`/proc/net/sockstat`) and the honest
+//! round trips before, during and after.
+//!
+//! ```text
+//! cargo run --release --example siege -- --stalled 1000 --silent 2000 --honest 10 --duration 20 --waves 2
+//! ```
+//!
+//! Exits 1 when an honest participant lost a message or its session, when a stalled
+//! participant's connection outlived the attack, or when a `--max-…` bound given on
+//! the command line was exceeded; timings are reported, not judged, unless asked.
+
+#[path = "../tests/fixture/peer.rs"]
+mod peer;
+
+use chittychat::client::{Events, Session, connect};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use peer::{HUGE_WINDOW, RawPeer, open_remotes};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Besieges a `chittychat-server` and reports what it costs the server and the
+/// honest participants.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Participants that join with the largest window and then stop reading.
+    #[arg(long, default_value_t = 200)]
+    stalled: usize,
+    /// Connections that never join, each reopened as soon as the server closes it.
+    #[arg(long, default_value_t = 500)]
+    silent: usize,
+    /// Honest participants, each publishing and reading its own message back.
+    #[arg(long, default_value_t = 10)]
+    honest: usize,
+    /// Messages a second each honest participant publishes.
+    #[arg(long, default_value_t = 100)]
+    rate: u32,
+    /// How many times the siege comes back, after the attackers of the last one
+    /// went: memory must not grow from wave to wave.
+    #[arg(long, default_value_t = 1)]
+    waves: usize,
+    /// Seconds of each phase (unloaded, each wave of the siege).
+    #[arg(long, default_value_t = 15.0)]
+    duration: f64,
+    /// Extra arguments for the server, such as "--send-timeout 2".
+    #[arg(long, allow_hyphen_values = true, num_args = 1..)]
+    server_args: Vec<String>,
+    /// The server binary; by default the one built beside this example.
+    #[arg(long)]
+    server: Option<PathBuf>,
+    /// Fail if the server's peak RSS exceeds this many MiB.
+    #[arg(long)]
+    max_rss_mib: Option<u64>,
+    /// Fail if the kernel's peak TCP memory exceeds this many MiB.
+    #[arg(long)]
+    max_tcp_mib: Option<u64>,
+    /// Fail if the honest p99 round trip under siege exceeds this multiple of the
+    /// unloaded one.
+    #[arg(long)]
+    max_p99_ratio: Option<f64>,
+}
+
+/// The spawned server, killed when dropped.
+struct Server {
+    child: Child,
+    url: String,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(args: &Args, log: &std::path::Path) -> Server {
+    let binary = args.server.clone().unwrap_or_else(|| {
+        let exe = std::env::current_exe().expect("the example's path");
+        exe.parent()
+            .and_then(|examples| examples.parent())
+            .expect("target/<profile>/examples")
+            .join("chittychat-server")
+    });
+    let places = args.stalled + args.honest;
+    let mut child = Command::new(&binary)
+        .args(["--listen", "127.0.0.1:0", "--publish-rate", "0"])
+        .args(["--max-participants", &places.to_string()])
+        .args(&args.server_args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).expect("the server's log file"))
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let address = text
+            .lines()
+            .filter(|l| l.contains("listening"))
+            .find_map(|l| {
+                l.split_whitespace()
+                    .find_map(|f| f.strip_prefix("address="))
+            });
+        if let Some(address) = address {
+            let addr = address.parse().expect("the logged address");
+            return Server {
+                url: format!("http://{address}"),
+                addr,
+                child,
+            };
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited ({status}): {text}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    chittychat::bench::process::status_kib(pid, "VmRSS").unwrap_or(0)
+}
+
+/// The kernel's TCP memory (`/proc/net/sockstat`, in pages) in KiB, and the TCP
+/// sockets in use.
+fn kernel_tcp() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let line = text.lines().find(|l| l.starts_with("TCP:")).unwrap_or("");
+    let field = |name: &str| -> u64 {
+        let mut words = line.split_whitespace();
+        while let Some(word) = words.next() {
+            if word == name {
+                return words.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            }
+        }
+        0
+    };
+    (field("mem") * 4, field("inuse"))
+}
+
+/// What the honest participants say: 120 characters, near the longest message,
+/// so that the stalled participants' buffers fill in few messages.
+const MESSAGE: &str = "a long line, as people write when they explain something at length to the room, and then they add a bit more to it!!";
+
+/// The phases, in order; the honest participants record into the current one.
+const UNLOADED: usize = 0;
+const BESIEGED: usize = 1;
+const AFTER: usize = 2;
+const STOPPED: usize = 3;
+
+/// What the honest participants measured: round trips per phase, and failures.
+struct Honest {
+    phase: AtomicUsize,
+    round_trips: StdMutex<Vec<Histogram<u64>>>,
+    failures: StdMutex<Vec<String>>,
+}
+
+impl Honest {
+    fn new() -> Self {
+        let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+        Self {
+            phase: AtomicUsize::new(UNLOADED),
+            round_trips: StdMutex::new(vec![histogram(), histogram(), histogram()]),
+            failures: StdMutex::new(Vec::new()),
+        }
+    }
+
+    fn quantile_ms(&self, phase: usize, quantile: f64) -> f64 {
+        self.round_trips.lock().expect("not poisoned")[phase].value_at_quantile(quantile) as f64
+            / 1000.0
+    }
+
+    fn count(&self, phase: usize) -> u64 {
+        self.round_trips.lock().expect("not poisoned")[phase].len()
+    }
+
+    fn fail(&self, failure: String) {
+        self.failures.lock().expect("not poisoned").push(failure);
+    }
+}
+
+/// One honest participant: publishes at `rate` and waits for its own message back,
+/// recording the round trip, until the phase is [`STOPPED`].
+async fn honest(session: Session, mut events: Events, rate: u32, record: Arc<Honest>) {
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let phase = record.phase.load(Ordering::Relaxed);
+        if phase == STOPPED {
+            return;
+        }
+        let started = Instant::now();
+        let published = match session.publish(MESSAGE).await {
+            Ok(published) => published,
+            Err(err) => return record.fail(format!("publish: {err}")),
+        };
+        loop {
+            match events.next().await {
+                Ok(Some(received)) if received.event.seq == published.seq => break,
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => return record.fail("an honest feed ended".to_owned()),
+            }
+        }
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let _ = record.round_trips.lock().expect("not poisoned")[phase].record(micros.max(1));
+    }
+}
+
+/// Peaks sampled during a phase.
+#[derive(Debug, Default, Clone, Copy)]
+struct Peaks {
+    rss_kib: u64,
+    tcp_kib: u64,
+    sockets: u64,
+}
+
+/// A stalled participant's connection, as the sampler watches it.
+struct Stalled {
+    local: SocketAddr,
+    since: Instant,
+    closed_after: Option<Duration>,
+}
+
+/// Samples the server's memory and the kernel's TCP memory until `until`, and
+/// notes when the server closed each stalled connection.
+async fn sample_until(
+    pid: u32,
+    until: Instant,
+    server: SocketAddr,
+    stalled: &StdMutex<Vec<Stalled>>,
+) -> Peaks {
+    let mut peaks = Peaks::default();
+    while Instant::now() < until {
+        let (tcp, sockets) = kernel_tcp();
+        peaks.rss_kib = peaks.rss_kib.max(rss_kib(pid));
+        peaks.tcp_kib = peaks.tcp_kib.max(tcp);
+        peaks.sockets = peaks.sockets.max(sockets);
+        let open = open_remotes(server);
+        for peer in stalled.lock().expect("not poisoned").iter_mut() {
+            if peer.closed_after.is_none() && !open.contains(&peer.local) {
+                peer.closed_after = Some(peer.since.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    peaks
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let log = std::env::temp_dir().join(format!("siege-server-{}.log", std::process::id()));
+    let server = start_server(&args, &log);
+    let pid = server.child.id();
+    let phase_length = Duration::from_secs_f64(args.duration);
+    let mut failed = Vec::new();
+
+    // Honest participants, each on its own connection, on a runtime and thread of
+    // their own, so that they never wait behind the attackers' tasks.
+    let record = Arc::new(Honest::new());
+    let (joined, all_joined) = tokio::sync::oneshot::channel();
+    let honest_thread = {
+        let (url, record, count, rate) = (
+            server.url.clone(),
+            Arc::clone(&record),
+            args.honest,
+            args.rate,
+        );
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let mut tasks = JoinSet::new();
+                for i in 0..count {
+                    let channel = connect(&url).await.expect("connect");
+                    let (session, events) = Session::join(channel, &format!("honest-{i}"))
+                        .await
+                        .expect("an honest join");
+                    tasks.spawn(honest(session, events, rate, Arc::clone(&record)));
+                }
+                let _ = joined.send(());
+                while tasks.join_next().await.is_some() {}
+            });
+        })
+    };
+    all_joined.await.expect("the honest participants joined");
+    let (idle_tcp, idle_sockets) = kernel_tcp();
+    println!("siege: server pid {pid}, log {}", log.display());
+    println!(
+        "phase 1: {} honest participants, {} msgs/s each, {:.0} s unloaded",
+        args.honest, args.rate, args.duration
+    );
+    let none = StdMutex::new(Vec::new());
+    let unloaded = sample_until(pid, Instant::now() + phase_length, server.addr, &none).await;
+
+    // The siege, in waves.
+    record.phase.store(BESIEGED, Ordering::Relaxed);
+    let mut waves = Vec::new();
+    for wave in 1..=args.waves {
+        println!(
+            "phase 2, wave {wave}: {} stalled participants and {} silent connections, {:.0} s",
+            args.stalled, args.silent, args.duration
+        );
+        let stop = Arc::new(AtomicBool::new(false));
+        let stalled: Arc<StdMutex<Vec<Stalled>>> = Arc::default();
+        let mut attackers = JoinSet::new();
+        for i in 0..args.stalled {
+            let (addr, stalled) = (server.addr, Arc::clone(&stalled));
+            attackers.spawn(async move {
+                let Ok(mut peer) = RawPeer::connect(addr, HUGE_WINDOW, Some(4096)).await else {
+                    return;
+                };
+                // The feed is kept, unread, until the server closes the connection.
+                let _feed = match peer.join(&format!("stalled-{wave}-{i}")).await {
+                    Ok((_token, feed)) => feed,
+                    Err(err) => {
+                        return eprintln!("siege: stalled-{wave}-{i} could not join: {err}");
+                    }
+                };
+                peer.gate.stop_reading();
+                // The peer reads nothing, so it learns nothing: the sampler looks at the
+                // server's side of its connection.
+                stalled.lock().expect("not poisoned").push(Stalled {
+                    local: peer.local,
+                    since: Instant::now(),
+                    closed_after: None,
+                });
+                // Held, unread, until the siege ends.
+                std::future::pending::<()>().await;
+            });
+        }
+        let silent_closed = Arc::new(AtomicU64::new(0));
+        for _ in 0..args.silent {
+            let (addr, stop, closed) = (server.addr, Arc::clone(&stop), Arc::clone(&silent_closed));
+            attackers.spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match RawPeer::connect(addr, 65_535, None).await {
+                        Ok(mut peer) => {
+                            let _ = (&mut peer.driver).await;
+                            closed.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    }
+                }
+            });
+        }
+        let besieged =
+            sample_until(pid, Instant::now() + phase_length, server.addr, &stalled).await;
+        let (stalled_closed, slowest_close) = {
+            let stalled = stalled.lock().expect("not poisoned");
+            let closed: Vec<Duration> = stalled.iter().filter_map(|s| s.closed_after).collect();
+            (
+                closed.len() as u64,
+                closed.into_iter().max().unwrap_or_default(),
+            )
+        };
+
+        // The attackers go; memory should come back.
+        stop.store(true, Ordering::Relaxed);
+        attackers.shutdown().await;
+        let settle = Instant::now();
+        while kernel_tcp().1 > idle_sockets + 8 && settle.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "  wave {wave}: peak RSS {:.1} MiB, peak kernel TCP {:.1} MiB; {stalled_closed} of {} stalled closed, the last {:.1} s after it stopped reading; RSS after {:.1} MiB",
+            besieged.rss_kib as f64 / 1024.0,
+            besieged.tcp_kib as f64 / 1024.0,
+            args.stalled,
+            slowest_close.as_secs_f64(),
+            rss_kib(pid) as f64 / 1024.0,
+        );
+        waves.push((
+            besieged,
+            stalled_closed,
+            slowest_close,
+            silent_closed.load(Ordering::Relaxed),
+        ));
+    }
+    record.phase.store(AFTER, Ordering::Relaxed);
+    // The peaks and counts of the worst wave.
+    let besieged = Peaks {
+        rss_kib: waves.iter().map(|w| w.0.rss_kib).max().unwrap_or(0),
+        tcp_kib: waves.iter().map(|w| w.0.tcp_kib).max().unwrap_or(0),
+        sockets: waves.iter().map(|w| w.0.sockets).max().unwrap_or(0),
+    };
+    let stalled_closed = waves.iter().map(|w| w.1).min().unwrap_or(0);
+    let slowest_close = waves.iter().map(|w| w.2).max().unwrap_or_default();
+    let silent_closed: u64 = waves.iter().map(|w| w.3).sum();
+    let after = sample_until(
+        pid,
+        Instant::now() + phase_length.min(Duration::from_secs(5)),
+        server.addr,
+        &none,
+    )
+    .await;
+    let after_rss = rss_kib(pid);
+    let after_tcp = kernel_tcp();
+    record.phase.store(STOPPED, Ordering::Relaxed);
+    let _ = honest_thread.join();
+
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!();
+    println!("| | unloaded | besieged | after |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| server RSS, peak (MiB) | {:.1} | {:.1} | {:.1} |",
+        mib(unloaded.rss_kib),
+        mib(besieged.rss_kib),
+        mib(after_rss)
+    );
+    println!(
+        "| kernel TCP memory, peak (MiB) | {:.1} | {:.1} | {:.1} |",
+        mib(unloaded.tcp_kib),
+        mib(besieged.tcp_kib),
+        mib(after_tcp.0)
+    );
+    println!(
+        "| TCP sockets in use, peak | {} | {} | {} |",
+        unloaded.sockets, besieged.sockets, after_tcp.1
+    );
+    let q = |phase, quantile| record.quantile_ms(phase, quantile);
+    println!(
+        "| honest round trip p50 / p99 (ms) | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} |",
+        q(UNLOADED, 0.5),
+        q(UNLOADED, 0.99),
+        q(BESIEGED, 0.5),
+        q(BESIEGED, 0.99),
+        q(AFTER, 0.5),
+        q(AFTER, 0.99),
+    );
+    println!(
+        "| honest messages | {} | {} | {} |",
+        record.count(UNLOADED),
+        record.count(BESIEGED),
+        record.count(AFTER)
+    );
+    let _ = (idle_tcp, after);
+    println!(
+        "| stalled connections closed by the server | | {stalled_closed} of {}, the last {:.1} s after it stopped reading | |",
+        args.stalled,
+        slowest_close.as_secs_f64()
+    );
+    println!("| silent connections closed by the server | | {silent_closed} | |",);
+
+    failed.extend(
+        record
+            .failures
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .cloned(),
+    );
+    if stalled_closed < args.stalled as u64 {
+        failed.push(format!(
+            "{} stalled connections were still open when the siege ended",
+            args.stalled as u64 - stalled_closed
+        ));
+    }
+    if let Some(max) = args.max_rss_mib
+        && besieged.rss_kib > max * 1024
+    {
+        failed.push(format!(
+            "server RSS {:.1} MiB > {max} MiB",
+            mib(besieged.rss_kib)
+        ));
+    }
+    if let Some(max) = args.max_tcp_mib
+        && besieged.tcp_kib > max * 1024
+    {
+        failed.push(format!(
+            "kernel TCP memory {:.1} MiB > {max} MiB",
+            mib(besieged.tcp_kib)
+        ));
+    }
+    if let Some(ratio) = args.max_p99_ratio {
+        let (before, during) = (q(UNLOADED, 0.99), q(BESIEGED, 0.99));
+        if during > before * ratio {
+            failed.push(format!(
+                "honest p99 {during:.2} ms > {ratio} × {before:.2} ms"
+            ));
+        }
+    }
+    if failed.is_empty() {
+        let _ = std::fs::remove_file(&log);
+        ExitCode::SUCCESS
+    } else {
+        for failure in failed {
+            eprintln!("siege: {failure}");
+        }
+        ExitCode::FAILURE
+    }
+}

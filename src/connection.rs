@@ -1,0 +1,874 @@
+//! Every accepted TCP connection as the server holds it: the accept loop that caps
+//! them, and a per-connection handle that can close one at once.
+//!
+//! No peer may hurt the others, so every resource a connection can hold is bounded
+//! here or in the HTTP/2 settings `server::run` applies:
+//!
+//! - **How many.** [`accept`] admits at most [`ConnectionLimits::max_connections`]
+//!   connections; one more is closed as soon as it is accepted, so a flood cannot use
+//!   up the file descriptors honest clients need. Accept errors (out of descriptors,
+//!   out of memory) make the loop back off instead of spinning, and both are logged
+//!   once per episode, not once per connection.
+//! - **For how long without a participant.** A connection that carries no
+//!   participant's feed for [`ConnectionLimits::join_timeout`] is closed, as NATS
+//!   closes a connection that has not authenticated in time.
+//! - **How much it may leave unsent.** The socket's send buffer is fixed at
+//!   [`SOCKET_SEND_BUFFER_BYTES`] (no autotuning up to megabytes), and a participant's
+//!   feed stops handing events to HTTP/2 while the socket takes no more bytes
+//!   ([`ParticipantFeed`]), so the events wait in the room's bounded queue, where
+//!   falling behind is noticed, instead of piling up in HTTP/2's send buffer. A
+//!   connection is closed when, for [`ConnectionLimits::send_timeout`], its socket
+//!   has taken no byte while there was something to send, or HTTP/2 has taken
+//!   nothing more from a feed that had an event ready (the peer granted no
+//!   flow-control window).
+//! - **After its participant is cut off.** When a feed ends with an error (the
+//!   participant fell too far behind, say), the connection is closed: once the
+//!   status has had [`CUT_OFF_GRACE`] to reach the client, or at once if the socket
+//!   is full and it never could.
+//!
+//! Closing means closing the socket, not a graceful HTTP/2 GOAWAY that would queue
+//! behind unread data: the I/O fails, hyper drops the connection, and the socket is
+//! closed with `SO_LINGER` 0 (a reset), so the kernel frees its buffers at once.
+//! [`ConnectionIo`] does this from inside its `poll_*` methods, woken by a timer or by
+//! a [`ConnectionHandle`]; handlers find the handle among the request's extensions.
+
+use futures::task::AtomicWaker;
+use socket2::SockRef;
+use std::convert::Infallible;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tokio_stream::Stream;
+use tonic::transport::server::Connected;
+
+/// How long a connection may carry no participant before it is closed.
+///
+/// A client joins right after it connects, so 10 s is ample even over a slow
+/// network or a TLS handshake, while a peer that only opens connections holds each
+/// for no longer than that. Like NATS's authorization timeout.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection's socket may take no byte while the server has something
+/// to send before the connection is closed.
+///
+/// A socket that takes nothing for 10 s has a peer that stopped reading (or a dead
+/// network, which keepalive would notice within the same 20 s); NATS's
+/// `write_deadline` defaults to the same. Its feed is paused meanwhile, so the wait
+/// costs a full socket buffer and the room's queue, no more.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many HTTP/2 streams one connection may have open at once
+/// (`SETTINGS_MAX_CONCURRENT_STREAMS`); a stream beyond it is refused.
+///
+/// A client needs its feed and a Publish or Leave in flight, plus a health check or
+/// two; 8 leaves room for that and for a few participants sharing a connection, while
+/// a peer that opens streams and never finishes them holds at most 8 (each a few KiB).
+/// A load generator that keeps many calls in flight on one connection raises it
+/// (`--max-streams`).
+pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 8;
+
+/// How long a connection whose participant was cut off stays open so that the
+/// status (`RESOURCE_EXHAUSTED`, "you fell … behind") can reach the client.
+///
+/// The status is a few dozen bytes behind whatever the client has not read yet; a
+/// client that reads gets it within a round trip. When the socket is full it can
+/// never arrive, and the connection is closed without waiting.
+pub const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
+
+/// The socket send buffer of every accepted connection (`SO_SNDBUF`; Linux doubles
+/// it for its bookkeeping).
+///
+/// Linux otherwise grows a busy socket's buffer up to `tcp_wmem`'s maximum, 4 MiB
+/// by default, which a peer that stops reading then pins for as long as the
+/// connection lives. 64 KiB (128 KiB as Linux counts it) carries more than a chat
+/// produces in a round trip, at any realistic round-trip time.
+pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+/// The socket receive buffer of every accepted connection (`SO_RCVBUF`). Requests
+/// are at most a few KiB; the server need not accept megabytes it has not read.
+pub const SOCKET_RECEIVE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Descriptors kept free when `--max-connections` is derived from the process's
+/// limit: the listener, the log file, the runtime's own (epoll, signal pipe) and a
+/// margin, so that accepting one more connection than the cap (to close it) never
+/// fails for want of a descriptor.
+pub const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// How many times per send timeout the feeds of a connection are checked for
+/// having been left waiting by HTTP/2; a stalled feed is noticed between one and
+/// two send timeouts after it stalled, at the cost of a few checks per connection
+/// with a participant per send timeout.
+const FEED_CHECKS_PER_SEND_TIMEOUT: u32 = 4;
+
+/// The accept loop's first pause after an accept error (such as `EMFILE`).
+const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+
+/// The accept loop's longest pause: a second keeps a server out of descriptors
+/// responsive once some free up, at the cost of one failed `accept` a second.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// What bounds the connections a server holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// How many connections may be open at once; `None` derives it from the
+    /// descriptor limit when the server starts ([`default_max_connections`]).
+    pub max_connections: Option<usize>,
+    /// How long a connection may carry no participant.
+    pub join_timeout: Duration,
+    /// How long a connection's socket may take no byte while there is something to
+    /// send.
+    pub send_timeout: Duration,
+    /// How many HTTP/2 streams one connection may have open at once.
+    pub max_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: None,
+            join_timeout: DEFAULT_JOIN_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            max_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+        }
+    }
+}
+
+/// The connection cap derived from this process's descriptor limit (the soft one,
+/// which the server binary first raises to the hard one), less
+/// [`RESERVED_DESCRIPTORS`].
+pub fn default_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let free = soft.saturating_sub(RESERVED_DESCRIPTORS).max(1);
+    usize::try_from(free).unwrap_or(usize::MAX)
+}
+
+/// Why the server closed a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Its participant's feed ended with an error (too slow, say).
+    CutOff,
+    /// It carried no participant for the join timeout.
+    JoinTimeout,
+    /// Its socket took no byte for the send timeout.
+    SendTimeout,
+}
+
+impl CloseReason {
+    /// The reason as logged.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::CutOff => "cut_off",
+            CloseReason::JoinTimeout => "join_timeout",
+            CloseReason::SendTimeout => "send_timeout",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Serves `listener`'s connections, at most `limits.max_connections` at once, as
+/// [`ConnectionIo`]s for tonic's `serve_with_incoming`.
+///
+/// The stream never fails and never ends: an accept error is logged (once per
+/// episode) and retried after a pause that doubles up to a second, as mini-redis
+/// does, since tonic would otherwise retry at once and spin on `EMFILE`.
+pub fn accept(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> impl Stream<Item = Result<ConnectionIo, Infallible>> + Send + 'static {
+    let max = limits
+        .max_connections
+        .unwrap_or_else(default_max_connections)
+        .max(1);
+    tracing::info!(
+        max_connections = max,
+        join_timeout_secs = limits.join_timeout.as_secs_f64(),
+        send_timeout_secs = limits.send_timeout.as_secs_f64(),
+        max_streams = limits.max_streams,
+        "connection limits"
+    );
+    let acceptor = Acceptor {
+        listener,
+        slots: Arc::new(Semaphore::new(max)),
+        max,
+        limits,
+        next_id: 0,
+        refused: None,
+        failed: None,
+    };
+    futures::stream::unfold(acceptor, |mut acceptor| async move {
+        let io = acceptor.next().await;
+        Some((Ok(io), acceptor))
+    })
+}
+
+/// The accept loop's state.
+struct Acceptor {
+    listener: TcpListener,
+    /// One permit per connection that may be open; each connection holds one.
+    slots: Arc<Semaphore>,
+    max: usize,
+    limits: ConnectionLimits,
+    next_id: u64,
+    /// Connections refused since the cap was last reached, while it still is.
+    refused: Option<u64>,
+    /// Accept errors in a row, and the pause before the next attempt.
+    failed: Option<(u64, Duration)>,
+}
+
+impl Acceptor {
+    async fn next(&mut self) -> ConnectionIo {
+        loop {
+            let (stream, peer) = match self.listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(err) if is_this_connections_fault(&err) => continue,
+                Err(err) => {
+                    let (count, pause) = self.failed.get_or_insert((0, ACCEPT_BACKOFF_FIRST));
+                    *count += 1;
+                    if *count == 1 {
+                        tracing::warn!(error = %err, "cannot accept connections; backing off");
+                    }
+                    let wait = *pause;
+                    *pause = (*pause * 2).min(ACCEPT_BACKOFF_MAX);
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            if let Some((failures, _)) = self.failed.take() {
+                tracing::info!(failures, "accepting connections again");
+            }
+            let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() else {
+                self.refuse(&stream);
+                continue;
+            };
+            if let Some(refused) = self.refused.take() {
+                tracing::info!(
+                    refused,
+                    max_connections = self.max,
+                    "below the connection limit again"
+                );
+            }
+            self.next_id += 1;
+            return ConnectionIo::new(stream, peer, self.next_id, self.limits, slot);
+        }
+    }
+
+    /// Closes a connection over the cap at once, with a reset so that nothing of it
+    /// lingers in the kernel.
+    fn refuse(&mut self, stream: &TcpStream) {
+        let _ = SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        let refused = self.refused.get_or_insert(0);
+        *refused += 1;
+        if *refused == 1 {
+            tracing::warn!(
+                max_connections = self.max,
+                "connection limit reached; closing new connections until some close"
+            );
+        }
+    }
+}
+
+/// Whether an accept error concerns only the connection being accepted (it was
+/// reset before we took it), so the next accept can go ahead at once.
+fn is_this_connections_fault(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+/// Applies the per-socket settings; a failure costs only the setting.
+fn configure(stream: &TcpStream) {
+    let socket = SockRef::from(stream);
+    let results = [
+        ("TCP_NODELAY", stream.set_nodelay(true)),
+        (
+            "SO_SNDBUF",
+            socket.set_send_buffer_size(SOCKET_SEND_BUFFER_BYTES),
+        ),
+        (
+            "SO_RCVBUF",
+            socket.set_recv_buffer_size(SOCKET_RECEIVE_BUFFER_BYTES),
+        ),
+    ];
+    for (option, result) in results {
+        if let Err(err) = result {
+            tracing::debug!(option, error = %err, "cannot set a socket option");
+        }
+    }
+}
+
+/// What a connection's I/O and its handles share.
+struct Shared {
+    id: u64,
+    peer: SocketAddr,
+    limits: ConnectionLimits,
+    /// Whether the socket refused the last write (its send buffer is full); read by
+    /// every feed poll, so kept outside the mutex.
+    write_blocked: AtomicBool,
+    /// The task driving the connection, woken when a handle changes what it must do.
+    driver: AtomicWaker,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    /// Set once, when the connection is to close; it closes at the next I/O call.
+    closed: Option<CloseReason>,
+    /// Feeds alive on this connection.
+    participants: usize,
+    /// When the last participant left, or the connection was accepted.
+    idle_since: Instant,
+    /// Since when the socket has taken no byte while there was one to send.
+    blocked_since: Option<Instant>,
+    /// When a participant of this connection was cut off.
+    cut_off_at: Option<Instant>,
+    /// Feeds waiting for the socket to take bytes again.
+    paused: Vec<Waker>,
+    /// The feeds alive on this connection, as last checked.
+    feeds: Vec<Watched>,
+    /// When the feeds are checked next.
+    next_feed_check: Instant,
+}
+
+/// What a [`ParticipantFeed`] tells its connection about its progress, without a
+/// lock: it is updated on every poll.
+#[derive(Debug, Default)]
+struct FeedProbe {
+    /// How often HTTP/2 has polled the feed.
+    polls: AtomicU64,
+    /// Whether HTTP/2 owes the feed a poll: its last poll handed over an event, or
+    /// the feed has woken it since (an event is waiting). HTTP/2 polls as soon as
+    /// it has room to send; none coming means the peer grants no window.
+    owed: AtomicBool,
+}
+
+/// The waker a [`ParticipantFeed`] gives its inner feed: it notes that a poll is
+/// owed, then wakes HTTP/2's task.
+struct ProbeWaker {
+    probe: Arc<FeedProbe>,
+    task: Waker,
+}
+
+impl Wake for ProbeWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.probe.owed.store(true, Ordering::Relaxed);
+        self.task.wake_by_ref();
+    }
+}
+
+/// A feed as its connection checks it.
+#[derive(Debug)]
+struct Watched {
+    probe: Arc<FeedProbe>,
+    /// Its polls at the last check.
+    polls: u64,
+    /// Since when HTTP/2 has owed it a poll, as far as the checks saw.
+    owed_since: Option<Instant>,
+}
+
+/// What comes due at a connection's next deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Close(CloseReason),
+    CheckFeeds,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // The state stays consistent whatever panicked while holding the lock.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection's earliest deadline, and what comes due then.
+    fn deadline(&self, state: &State) -> Option<(Instant, Due)> {
+        let join = (state.participants == 0).then(|| {
+            (
+                state.idle_since + self.limits.join_timeout,
+                Due::Close(CloseReason::JoinTimeout),
+            )
+        });
+        let send = state.blocked_since.map(|since| {
+            (
+                since + self.limits.send_timeout,
+                Due::Close(CloseReason::SendTimeout),
+            )
+        });
+        let cut_off = state
+            .cut_off_at
+            .map(|at| (at + CUT_OFF_GRACE, Due::Close(CloseReason::CutOff)));
+        let feeds = (!state.feeds.is_empty()).then_some((state.next_feed_check, Due::CheckFeeds));
+        [join, send, cut_off, feeds]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// Whether a feed has waited for HTTP/2 to take its next event for the send
+    /// timeout; schedules the next check.
+    fn feed_stalled(&self, state: &mut State, now: Instant) -> bool {
+        let mut stalled = false;
+        for feed in &mut state.feeds {
+            let polls = feed.probe.polls.load(Ordering::Relaxed);
+            if polls == feed.polls && feed.probe.owed.load(Ordering::Relaxed) {
+                let since = *feed.owed_since.get_or_insert(now);
+                stalled |= now.duration_since(since) >= self.limits.send_timeout;
+            } else {
+                feed.owed_since = None;
+            }
+            feed.polls = polls;
+        }
+        state.next_feed_check = now + self.limits.send_timeout / FEED_CHECKS_PER_SEND_TIMEOUT;
+        stalled
+    }
+
+    /// Marks the connection for closing (the first reason counts) and wakes the task
+    /// that drives it, and any paused feed.
+    fn close(&self, state: &mut State, reason: CloseReason) {
+        if state.closed.is_some() {
+            return;
+        }
+        state.closed = Some(reason);
+        let participants = state.participants;
+        if reason == CloseReason::JoinTimeout {
+            tracing::debug!(connection = self.id, peer = %self.peer, reason = %reason, "closing the connection");
+        } else {
+            tracing::info!(connection = self.id, peer = %self.peer, reason = %reason, participants, "closing the connection");
+        }
+        for waker in state.paused.drain(..) {
+            waker.wake();
+        }
+        self.driver.wake();
+    }
+}
+
+/// A handle on one connection, found in the extensions of every request it carries.
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish()
+    }
+}
+
+impl ConnectionHandle {
+    /// The handle of the connection that carried `extensions`' request, when it came
+    /// through [`accept`]. Under TLS too: tonic puts the inner connection's info
+    /// beside its `TlsConnectInfo`.
+    pub fn of(extensions: &tonic::Extensions) -> Option<Self> {
+        extensions.get::<ConnectionHandle>().cloned()
+    }
+
+    /// The connection's number, in order of acceptance; for logs.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The peer's address.
+    pub fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// Closes the connection at once.
+    pub fn close(&self, reason: CloseReason) {
+        let mut state = self.shared.lock();
+        self.shared.close(&mut state, reason);
+    }
+
+    /// A participant's feed on this connection ended with an error: close the
+    /// connection once the status has had [`CUT_OFF_GRACE`] to leave, or at once if
+    /// the socket is full.
+    fn cut_off(&self) {
+        let mut state = self.shared.lock();
+        if self.shared.write_blocked.load(Ordering::Acquire) {
+            self.shared.close(&mut state, CloseReason::CutOff);
+            return;
+        }
+        state.cut_off_at.get_or_insert_with(Instant::now);
+        // The driver re-arms its timer for the grace period.
+        self.shared.driver.wake();
+    }
+}
+
+/// A participant's feed on a connection: the stream a Join returns, wrapped.
+///
+/// While it lives the connection counts as carrying a participant (it is not closed
+/// for the join timeout). It hands nothing to HTTP/2 while the connection's socket
+/// is full, so a stalled reader's events wait in the room's bounded queue rather
+/// than in HTTP/2's send buffer. When the feed ends with an error, the participant
+/// was cut off: the error is passed on (so the status can still reach the client)
+/// and the connection is closed ([`CUT_OFF_GRACE`]).
+pub struct ParticipantFeed<S> {
+    inner: S,
+    connection: Option<ConnectionHandle>,
+    probe: Arc<FeedProbe>,
+    /// The last task to poll, and the [`ProbeWaker`] made for it (made again only
+    /// when another task polls).
+    waker: Option<(Waker, Waker)>,
+}
+
+impl<S> fmt::Debug for ParticipantFeed<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParticipantFeed")
+            .field("connection", &self.connection)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> ParticipantFeed<S> {
+    /// Wraps `inner`, a feed on `connection` (none when the server was not started
+    /// through [`accept`]: then the feed passes through unchanged).
+    pub fn new(inner: S, connection: Option<ConnectionHandle>) -> Self {
+        let probe = Arc::new(FeedProbe::default());
+        if let Some(connection) = &connection {
+            let shared = &connection.shared;
+            let mut state = shared.lock();
+            state.participants += 1;
+            if state.feeds.is_empty() {
+                state.next_feed_check =
+                    Instant::now() + shared.limits.send_timeout / FEED_CHECKS_PER_SEND_TIMEOUT;
+            }
+            state.feeds.push(Watched {
+                probe: Arc::clone(&probe),
+                polls: 0,
+                owed_since: None,
+            });
+            // The driver arms its timer for the first check.
+            shared.driver.wake();
+        }
+        Self {
+            inner,
+            connection,
+            probe,
+            waker: None,
+        }
+    }
+
+    /// The waker for the inner feed: the task's, noting that a poll is owed.
+    fn probe_waker(&mut self, task: &Waker) -> Waker {
+        match &self.waker {
+            Some((known, probe)) if known.will_wake(task) => probe.clone(),
+            _ => {
+                let probe = Waker::from(Arc::new(ProbeWaker {
+                    probe: Arc::clone(&self.probe),
+                    task: task.clone(),
+                }));
+                self.waker = Some((task.clone(), probe.clone()));
+                probe
+            }
+        }
+    }
+}
+
+impl<S, T> Stream for ParticipantFeed<S>
+where
+    S: Stream<Item = Result<T, tonic::Status>> + Unpin,
+{
+    type Item = Result<T, tonic::Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.probe.polls.fetch_add(1, Ordering::Relaxed);
+        self.probe.owed.store(false, Ordering::Relaxed);
+        if let Some(connection) = &self.connection {
+            let shared = &connection.shared;
+            if shared.write_blocked.load(Ordering::Acquire) {
+                let mut state = shared.lock();
+                // Checked again under the lock, which the writer takes to unblock.
+                if shared.write_blocked.load(Ordering::Acquire) && state.closed.is_none() {
+                    if !state.paused.iter().any(|w| w.will_wake(cx.waker())) {
+                        state.paused.push(cx.waker().clone());
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        let waker = self.probe_waker(cx.waker());
+        let item = Pin::new(&mut self.inner).poll_next(&mut Context::from_waker(&waker));
+        match (&item, &self.connection) {
+            (Poll::Ready(Some(Err(_))), Some(connection)) => connection.cut_off(),
+            (Poll::Ready(Some(Ok(_))), _) => self.probe.owed.store(true, Ordering::Relaxed),
+            _ => {}
+        }
+        item
+    }
+}
+
+impl<S> Drop for ParticipantFeed<S> {
+    fn drop(&mut self) {
+        if let Some(connection) = &self.connection {
+            let shared = &connection.shared;
+            let mut state = shared.lock();
+            state.participants -= 1;
+            state
+                .feeds
+                .retain(|feed| !Arc::ptr_eq(&feed.probe, &self.probe));
+            if state.participants == 0 {
+                state.idle_since = Instant::now();
+                // The driver re-arms its timer for the join timeout.
+                shared.driver.wake();
+            }
+        }
+    }
+}
+
+/// One accepted connection's socket, as hyper reads and writes it.
+///
+/// Every `poll_*` call first checks whether the connection must close (a handle
+/// said so, or a deadline passed) and, if so, fails; hyper then drops the
+/// connection. Each call also registers the calling task and arms one timer for the
+/// earliest deadline, so a deadline or a handle wakes the task, which then calls in
+/// again.
+pub struct ConnectionIo {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    timer: Pin<Box<Sleep>>,
+    /// The connection's place under the cap, given back when it closes.
+    _slot: OwnedSemaphorePermit,
+}
+
+impl fmt::Debug for ConnectionIo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionIo")
+            .field("id", &self.shared.id)
+            .field("peer", &self.shared.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionIo {
+    fn new(
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        limits: ConnectionLimits,
+        slot: OwnedSemaphorePermit,
+    ) -> Self {
+        configure(&stream);
+        let now = Instant::now();
+        let shared = Arc::new(Shared {
+            id,
+            peer,
+            limits,
+            write_blocked: AtomicBool::new(false),
+            driver: AtomicWaker::new(),
+            state: Mutex::new(State {
+                closed: None,
+                participants: 0,
+                idle_since: now,
+                blocked_since: None,
+                cut_off_at: None,
+                paused: Vec::new(),
+                feeds: Vec::new(),
+                next_feed_check: now,
+            }),
+        });
+        Self {
+            stream,
+            shared,
+            timer: Box::pin(tokio::time::sleep_until(now + limits.join_timeout)),
+            _slot: slot,
+        }
+    }
+
+    /// Fails if the connection must close; otherwise registers the task and arms the
+    /// timer for the next deadline.
+    fn watch(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        self.shared.driver.register(cx.waker());
+        let mut state = self.shared.lock();
+        let now = Instant::now();
+        while state.closed.is_none() {
+            let Some((at, due)) = self.shared.deadline(&state) else {
+                break;
+            };
+            if at > now {
+                if self.timer.deadline() != at {
+                    self.timer.as_mut().reset(at);
+                }
+                // Registers the task with the timer, which has not fired yet.
+                let _ = self.timer.as_mut().poll(cx);
+                break;
+            }
+            match due {
+                Due::Close(reason) => self.shared.close(&mut state, reason),
+                Due::CheckFeeds => {
+                    if self.shared.feed_stalled(&mut state, now) {
+                        self.shared.close(&mut state, CloseReason::SendTimeout);
+                    }
+                }
+            }
+        }
+        match state.closed {
+            None => Ok(()),
+            Some(reason) => {
+                drop(state);
+                Err(self.abort(reason))
+            }
+        }
+    }
+
+    /// Makes the socket close with a reset, discarding whatever is unsent, and
+    /// returns the error that makes hyper drop the connection.
+    fn abort(&self, reason: CloseReason) -> io::Error {
+        let _ = SockRef::from(&self.stream).set_linger(Some(Duration::ZERO));
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the server closed the connection: {reason}"),
+        )
+    }
+
+    /// Records a write the socket refused: the send timeout starts, feeds pause, and
+    /// a connection whose participant was cut off closes now.
+    fn write_refused(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        {
+            let mut state = self.shared.lock();
+            state.blocked_since.get_or_insert_with(Instant::now);
+            self.shared.write_blocked.store(true, Ordering::Release);
+            if state.cut_off_at.is_some() {
+                self.shared.close(&mut state, CloseReason::CutOff);
+            }
+        }
+        self.watch(cx)
+    }
+
+    /// Records a write the socket took: feeds that paused go on.
+    fn write_taken(&mut self) {
+        if !self.shared.write_blocked.load(Ordering::Acquire) {
+            return;
+        }
+        let mut state = self.shared.lock();
+        self.shared.write_blocked.store(false, Ordering::Release);
+        state.blocked_since = None;
+        for waker in state.paused.drain(..) {
+            waker.wake();
+        }
+    }
+
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Pending => match self.write_refused(cx) {
+                Ok(()) => Poll::Pending,
+                Err(err) => Poll::Ready(Err(err)),
+            },
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.write_taken();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+        }
+    }
+}
+
+impl Connected for ConnectionIo {
+    type ConnectInfo = ConnectionHandle;
+
+    fn connect_info(&self) -> ConnectionHandle {
+        ConnectionHandle {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl AsyncRead for ConnectionIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.watch(cx)?;
+        Pin::new(&mut this.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ConnectionIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.watch(cx)?;
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(cx, written)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        this.watch(cx)?;
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(cx, written)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.watch(cx)?;
+        Pin::new(&mut this.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        Pin::new(&mut this.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_derived_cap_leaves_descriptors_free() {
+        let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap();
+        let max = default_max_connections() as u64;
+        assert!(max >= 1);
+        assert!(max + RESERVED_DESCRIPTORS <= soft.max(RESERVED_DESCRIPTORS + 1));
+    }
+
+    #[test]
+    fn every_default_deadline_is_at_most_the_keepalive_bound() {
+        let keepalive = crate::transport::Keepalive::default().detection_bound();
+        assert!(DEFAULT_JOIN_TIMEOUT <= keepalive);
+        assert!(DEFAULT_SEND_TIMEOUT <= keepalive);
+        assert!(CUT_OFF_GRACE < DEFAULT_SEND_TIMEOUT);
+    }
+}
