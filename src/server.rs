@@ -349,7 +349,7 @@ impl ChittyChat for ChatService {
                 rpc = "Join",
                 participant = %name_for_display(&request.name),
                 resume = ?joined.resume,
-                history = joined.history,
+                replayed_as_history = joined.history,
                 "resumed feed"
             );
         }

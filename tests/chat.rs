@@ -5,35 +5,18 @@ mod fixture;
 
 use chittychat::client::{ClientError, Received, connect};
 use chittychat::event::EventKind;
-use chittychat::log::{DEFAULT_HISTORY_LIMIT, LogConfig, Retention, Storage};
+use chittychat::log::DEFAULT_HISTORY_LIMIT;
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
-use chittychat::room::RoomConfig;
 use chittychat::server::ServerConfig;
 use fixture::{DEADLINE, TestServer, join, next_event as next, raw_join, within};
 use std::collections::{HashMap, HashSet};
 use tonic::Code;
 
-/// A server whose publishers may go as fast as they like, so the tests measure
-/// ordering and delivery rather than the rate limit (tests/limits.rs covers that),
-/// whose log keeps `history_limit` events, and whose newcomers see no history
-/// (tests/log.rs covers that).
+/// A server whose publishers may go as fast as they like (tests/limits.rs covers the
+/// rate limit) and whose newcomers see no history (tests/log.rs covers that).
 fn config(history_limit: u64) -> ServerConfig {
-    ServerConfig {
-        room: RoomConfig {
-            publish_rate: None,
-            join_history: 0,
-            ..RoomConfig::default()
-        },
-        log: LogConfig {
-            storage: Storage::Memory,
-            retention: Retention {
-                max_events: history_limit,
-                max_age: None,
-            },
-        },
-        ..ServerConfig::default()
-    }
+    fixture::unlimited_with_history_limit(history_limit)
 }
 
 fn unlimited() -> ServerConfig {

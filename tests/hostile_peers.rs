@@ -6,8 +6,6 @@ mod fixture;
 
 use chittychat::connection::{CUT_OFF_GRACE, ConnectionLimits, DEFAULT_MAX_STREAMS_PER_CONNECTION};
 use chittychat::event::EventKind;
-use chittychat::log::{LogConfig, Retention, Storage};
-use chittychat::room::RoomConfig;
 use chittychat::server::{MAX_LOCAL_RESET_STREAMS, ServerConfig};
 use chittychat::transport::Keepalive;
 use fixture::peer::{
@@ -24,24 +22,12 @@ use tonic::Code;
 /// limit under test.
 fn config(history_limit: u64, connections: ConnectionLimits) -> ServerConfig {
     ServerConfig {
-        room: RoomConfig {
-            publish_rate: None,
-            join_history: 0,
-            ..RoomConfig::default()
-        },
-        log: LogConfig {
-            storage: Storage::Memory,
-            retention: Retention {
-                max_events: history_limit,
-                max_age: None,
-            },
-        },
         keepalive: Keepalive {
             interval: Duration::from_secs(600),
             timeout: Duration::from_secs(600),
         },
         connections,
-        ..ServerConfig::default()
+        ..fixture::unlimited_with_history_limit(history_limit)
     }
 }
 

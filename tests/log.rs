@@ -8,6 +8,8 @@ mod fixture;
 use chittychat::client::{JoinOptions, PublishId, Session, connect};
 use chittychat::event::EventKind;
 use chittychat::log::{DiskStore, Store};
+use chittychat::trace::check::{self, Rule};
+use chittychat::trace::parse::Run;
 use fixture::{ClientProcess, DEADLINE, Relay, ServerProcess, next_event, within};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -102,6 +104,43 @@ async fn a_cut_connection_is_resumed_without_gap_or_duplicate() {
     assert_eq!(seen, expected);
     let notices = alice.stderr.drain().join("\n");
     assert!(!notices.contains("missed"), "{notices}");
+
+    // The trace checker takes the resumed run as it is: the events broadcast while
+    // alice was away are receives of her resumed session, and there is no gap.
+    // (bob is this test's own library client and keeps no log: his requests are
+    // the only receives without a send.)
+    let (status, _, _) = alice.finish().await;
+    assert!(status.success());
+    let mut server = server;
+    let server_log = server.log.drain().join("\n");
+    std::fs::write(logs.path().join("server.log"), &server_log).unwrap();
+    let run = Run::read(&[logs.path().to_owned()]).unwrap();
+    let report = check::check(&run);
+    let only_bob_unlogged = |report: &check::Report| {
+        report
+            .violations
+            .iter()
+            .filter(|v| !(v.rule == Rule::UnmatchedReceive && v.message.contains("no log of bob")))
+            .count()
+    };
+    assert_eq!(only_bob_unlogged(&report), 0, "{report}");
+    // And it notices a gap: the same run with one replayed receive taken out.
+    let alice_log = std::fs::read_to_string(logs.path().join("alice.log")).unwrap();
+    let gapped: Vec<&str> = alice_log
+        .lines()
+        .filter(|line| !(line.contains("\"received\"") && line.contains("while away 2")))
+        .collect();
+    assert_eq!(gapped.len() + 1, alice_log.lines().count());
+    std::fs::write(logs.path().join("alice.log"), gapped.join("\n")).unwrap();
+    let report = check::check(&Run::read(&[logs.path().to_owned()]).unwrap());
+    assert_eq!(only_bob_unlogged(&report), 1, "{report}");
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.rule == Rule::Delivery && v.message.contains("alice never received")),
+        "{report}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

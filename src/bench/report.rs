@@ -67,6 +67,20 @@ pub struct Latency {
     pub max_us: f64,
 }
 
+impl Latency {
+    /// "p50 / p99 / p99.9 µs (max, how many `samples_of`)", for the table.
+    fn describe(&self, samples_of: &str) -> String {
+        format!(
+            "{:.0} / {:.0} / {:.0} µs (max {:.0} µs, {} {samples_of})",
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.max_us,
+            thousands(self.samples as f64)
+        )
+    }
+}
+
 /// How a participant that was away caught up (resume mode).
 #[derive(Debug, Clone, Serialize)]
 pub struct Resumed {
@@ -165,32 +179,10 @@ impl fmt::Display for Report {
         row(f, "deliveries/s", thousands(self.deliveries_per_s))?;
         row(f, "publishes/s", thousands(self.publishes_per_s))?;
         if let Some(l) = &self.latency {
-            row(
-                f,
-                "latency p50/p99/p99.9",
-                format!(
-                    "{:.0} / {:.0} / {:.0} µs (max {:.0} µs, {} deliveries)",
-                    l.p50_us,
-                    l.p99_us,
-                    l.p999_us,
-                    l.max_us,
-                    thousands(l.samples as f64)
-                ),
-            )?;
+            row(f, "latency p50/p99/p99.9", l.describe("deliveries"))?;
         }
         if let Some(l) = &self.publish_latency {
-            row(
-                f,
-                "publish p50/p99/p99.9",
-                format!(
-                    "{:.0} / {:.0} / {:.0} µs (max {:.0} µs, {} publishes)",
-                    l.p50_us,
-                    l.p99_us,
-                    l.p999_us,
-                    l.max_us,
-                    thousands(l.samples as f64)
-                ),
-            )?;
+            row(f, "publish p50/p99/p99.9", l.describe("publishes"))?;
         }
         if let Some(r) = &self.resume {
             row(

@@ -321,6 +321,12 @@ struct Line {
     resumed_after: Option<u64>,
 }
 
+/// The one field every log line is first read for.
+#[derive(Deserialize)]
+struct Head {
+    message: Option<String>,
+}
+
 /// Parses one process's log; `None` when it has no Chitty-Chat events.
 ///
 /// The process is the server if it logged a broadcast, else a client named by its
@@ -334,11 +340,21 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
         if raw.trim().is_empty() {
             continue;
         }
-        let parsed: Line = serde_json::from_str(raw).map_err(|err| ParseError::Json {
+        let json_error = |err: serde_json::Error| ParseError::Json {
             path: path.to_owned(),
             line,
             reason: err.to_string(),
-        })?;
+        };
+        // Only the lines of events are read field by field: another line may use a
+        // field name of its own with another type.
+        let head: Head = serde_json::from_str(raw).map_err(json_error)?;
+        if !matches!(
+            head.message.as_deref(),
+            Some("broadcast" | "sent" | "reply" | "received")
+        ) {
+            continue;
+        }
+        let parsed: Line = serde_json::from_str(raw).map_err(json_error)?;
         let Some(message) = parsed.message.as_deref() else {
             continue;
         };
