@@ -283,14 +283,22 @@ pub struct Log {
     epoch: Epoch,
     /// The newest events (durable or not yet), oldest first, and the next number.
     tail: RwLock<Tail>,
-    /// The oldest sequence number the store holds.
-    first_held: AtomicU64,
-    durable: watch::Sender<Durable>,
+    /// What the writer thread has stored, shared with it.
+    progress: Arc<Progress>,
     /// Events on their way to the writer thread, in sequence order.
     writer: Mutex<Option<std::sync::mpsc::Sender<Arc<Entry>>>>,
     /// The writer thread, joined when the log is dropped so that the store is
     /// closed (and its lock released) when the log is gone.
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the writer thread has stored: the one part of the log it shares, so that
+/// the log's last owner (never the writer) joins the writer when it drops the log.
+#[derive(Debug)]
+struct Progress {
+    /// The oldest sequence number the store holds.
+    first_held: AtomicU64,
+    durable: watch::Sender<Durable>,
 }
 
 #[derive(Debug)]
@@ -348,6 +356,10 @@ impl Log {
             seq: recovered.head,
             failed: None,
         });
+        let progress = Arc::new(Progress {
+            first_held: AtomicU64::new(recovered.first_held),
+            durable,
+        });
         let (to_writer, from_log) = std::sync::mpsc::channel();
         let log = Arc::new(Log {
             store: Arc::clone(&store),
@@ -356,15 +368,13 @@ impl Log {
                 cache: recovered.recent.iter().cloned().collect(),
                 next_seq: recovered.head + 1,
             }),
-            first_held: AtomicU64::new(recovered.first_held),
-            durable,
+            progress: Arc::clone(&progress),
             writer: Mutex::new(Some(to_writer)),
             writer_thread: Mutex::new(None),
         });
-        let weak = Arc::downgrade(&log);
         let thread = std::thread::Builder::new()
             .name("chittychat-log-writer".into())
-            .spawn(move || write_batches(weak, store, retention, from_log))
+            .spawn(move || write_batches(&progress, &*store, retention, from_log))
             .map_err(|err| LogError::WriteFailed(format!("cannot start the writer: {err}")))?;
         *log.writer_thread.lock().unwrap_or_else(|p| p.into_inner()) = Some(thread);
         Ok((log, recovered))
@@ -382,22 +392,22 @@ impl Log {
 
     /// Every event up to this sequence number is durable.
     pub fn durable_seq(&self) -> u64 {
-        self.durable.borrow().seq
+        self.progress.durable.borrow().seq
     }
 
     /// The oldest sequence number the log holds.
     pub fn first_held(&self) -> u64 {
-        self.first_held.load(Ordering::Acquire)
+        self.progress.first_held.load(Ordering::Acquire)
     }
 
     /// Why the log stopped taking events, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.durable.borrow().failed.clone()
+        self.progress.durable.borrow().failed.clone()
     }
 
     /// Completes when the log fails (a write to the store failed); never otherwise.
     pub async fn failed(&self) {
-        let mut watch = self.durable.subscribe();
+        let mut watch = self.progress.durable.subscribe();
         if watch
             .wait_for(|durable| durable.failed.is_some())
             .await
@@ -447,7 +457,7 @@ impl Log {
     /// Waits until the event numbered `seq` is durable; an error when the log failed
     /// before it was.
     pub async fn durable(&self, seq: u64) -> Result<(), String> {
-        let mut watch = self.durable.subscribe();
+        let mut watch = self.progress.durable.subscribe();
         let durable = watch
             .wait_for(|durable| durable.seq >= seq || durable.failed.is_some())
             .await
@@ -462,18 +472,18 @@ impl Log {
     /// A receiver that changes whenever more events become durable, the log fails, or
     /// [`Log::wake_readers`] is called.
     pub(crate) fn watch(&self) -> watch::Receiver<Durable> {
-        self.durable.subscribe()
+        self.progress.durable.subscribe()
     }
 
     /// Wakes every reader waiting for the log to move on, to look at its session again.
     pub fn wake_readers(&self) {
-        self.durable.send_modify(|_| {});
+        self.progress.durable.send_modify(|_| {});
     }
 
     /// Durable events from `from` up to `max` of them (and before `until`, when
     /// given), or what the reader must do instead.
     pub fn read(&self, from: u64, max: usize, until: Option<u64>) -> Read {
-        let durable = self.durable.borrow().clone();
+        let durable = self.progress.durable.borrow().clone();
         let last = match until {
             Some(until) => durable.seq.min(until.saturating_sub(1)),
             None => durable.seq,
@@ -563,10 +573,7 @@ impl Drop for Log {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        // The writer itself may hold the last reference for a moment; it is ending.
-        if let Some(thread) = thread
-            && thread.thread().id() != std::thread::current().id()
-        {
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
     }
@@ -575,8 +582,8 @@ impl Drop for Log {
 /// The writer thread: commits whatever has arrived since the last commit as one
 /// batch (group commit), then tells the readers and the waiting requests.
 fn write_batches(
-    log: std::sync::Weak<Log>,
-    store: Arc<dyn Store>,
+    progress: &Progress,
+    store: &dyn Store,
     retention: Retention,
     events: std::sync::mpsc::Receiver<Arc<Entry>>,
 ) {
@@ -605,18 +612,19 @@ fn write_batches(
             }
             None => continue,
         };
-        let Some(log) = log.upgrade() else { return };
         match result {
             Ok((first_held, written)) => {
-                log.first_held.fetch_max(first_held, Ordering::AcqRel);
+                progress.first_held.fetch_max(first_held, Ordering::AcqRel);
                 if let Some(seq) = written {
-                    log.durable.send_modify(|durable| durable.seq = seq);
+                    progress.durable.send_modify(|durable| durable.seq = seq);
                 }
             }
             Err(err) => {
+                // Returning drops the channel's receiver: later appends go nowhere,
+                // and `failure` says why.
                 tracing::error!(error = %err, "the log cannot be written; refusing new events");
-                log.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-                log.durable
+                progress
+                    .durable
                     .send_modify(|durable| durable.failed = Some(err.to_string()));
                 return;
             }
