@@ -25,6 +25,9 @@ trap 'rm -rf "$work"' EXIT
 # The report describes exactly one run: the previous one goes.
 rm -rf "$run"
 "$bin/chittychat-demo" --seed "${SEED:-1}" --out "$run" >"$work/demo.txt"
+# The run folder was the server's data directory; the report needs its logs, not
+# its database.
+rm -f "$run/chittychat.redb" "$run/owner"
 cp "$work/demo.txt" "$run/demo.txt"
 
 # The pieces the report includes.
