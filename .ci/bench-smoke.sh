@@ -17,4 +17,6 @@ run saturate --participants 20 --publishers 2 --warmup 0.5 --duration 2
 run rate --participants 20 --rate 200 --warmup 0.5 --duration 2
 run idle --participants 50
 run join-storm --participants 200 --json
+run resume --participants 2 --missed 500
+run restart --participants 2 --publishers 2 --events 2000
 echo "== chittychat-bench smoke passed"
