@@ -406,6 +406,8 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                 .as_mut()
                 .ok_or_else(|| BenchError::Config("restart mode starts its own server".into()))?;
             progress.message("restarting");
+            // The participants' feeds end with the killed server: not failures.
+            shared.stopping.store(true, Relaxed);
             let (listening_s, serving_s) = server.restart().await?;
             report.restart = Some(Restarted {
                 events: fill,

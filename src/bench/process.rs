@@ -120,7 +120,9 @@ impl SpawnedServer {
             .args(["--listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--max-participants", &participants.max(1).to_string()])
+            // Room for the participants and for the one more that resume and
+            // restart modes join.
+            .args(["--max-participants", &(participants + 1).to_string()])
             .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--history-limit", &history_limit.to_string()])
