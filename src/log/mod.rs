@@ -22,7 +22,7 @@ pub use memory::MemoryStore;
 use crate::event::{Event, EventKind, Stamp};
 use crate::lamport::LamportTime;
 use bytes::Bytes;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -30,7 +30,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// How many events the log keeps by default (`--history-limit`); older ones are
 /// trimmed. At a few hundred bytes an event, about 30 MB on disk.
@@ -298,7 +298,47 @@ pub struct Log {
 struct Progress {
     /// The oldest sequence number the store holds.
     first_held: AtomicU64,
+    /// Wakes the feeds, which must all look when the log moves on.
     durable: watch::Sender<Durable>,
+    /// The requests waiting for their event to be durable, by its sequence number:
+    /// each commit wakes only those it answers, not every request in flight.
+    /// Changed together with `durable`'s sequence number, under this lock.
+    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<Result<(), String>>>>>,
+}
+
+impl Progress {
+    /// Records that every event up to `seq` is durable (or, with `failed`, that
+    /// none after it will be) and answers the requests that waited for it.
+    fn advance(&self, seq: Option<u64>, failed: Option<String>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        self.durable.send_modify(|durable| {
+            if let Some(seq) = seq {
+                durable.seq = seq;
+            }
+            if failed.is_some() {
+                durable.failed.clone_from(&failed);
+            }
+        });
+        let answered = match (&failed, seq) {
+            (Some(_), _) => std::mem::take(&mut *waiters),
+            (None, Some(seq)) => {
+                let later = waiters.split_off(&(seq + 1));
+                std::mem::replace(&mut *waiters, later)
+            }
+            (None, None) => BTreeMap::new(),
+        };
+        drop(waiters);
+        for (waited, senders) in answered {
+            for sender in senders {
+                let answer = match (&failed, seq) {
+                    (_, Some(seq)) if waited <= seq => Ok(()),
+                    (Some(failure), _) => Err(failure.clone()),
+                    (None, _) => Ok(()),
+                };
+                let _ = sender.send(answer);
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -359,6 +399,7 @@ impl Log {
         let progress = Arc::new(Progress {
             first_held: AtomicU64::new(recovered.first_held),
             durable,
+            waiters: Mutex::new(BTreeMap::new()),
         });
         let (to_writer, from_log) = std::sync::mpsc::channel();
         let log = Arc::new(Log {
@@ -457,16 +498,29 @@ impl Log {
     /// Waits until the event numbered `seq` is durable; an error when the log failed
     /// before it was.
     pub async fn durable(&self, seq: u64) -> Result<(), String> {
-        let mut watch = self.progress.durable.subscribe();
-        let durable = watch
-            .wait_for(|durable| durable.seq >= seq || durable.failed.is_some())
+        let answer = {
+            // Looked at and registered under the waiters' lock, which the writer
+            // holds while it moves the sequence number on: no wake-up is lost.
+            let mut waiters = self
+                .progress
+                .waiters
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let durable = self.progress.durable.borrow();
+            if durable.seq >= seq {
+                return Ok(());
+            }
+            if let Some(failure) = &durable.failed {
+                return Err(failure.clone());
+            }
+            drop(durable);
+            let (sender, answer) = oneshot::channel();
+            waiters.entry(seq).or_default().push(sender);
+            answer
+        };
+        answer
             .await
-            .map_err(|_| "the log was closed".to_owned())?;
-        match (&durable.failed, durable.seq >= seq) {
-            (_, true) => Ok(()),
-            (Some(failure), false) => Err(failure.clone()),
-            (None, false) => Err("the log was closed".to_owned()),
-        }
+            .unwrap_or_else(|_| Err("the log was closed".to_owned()))
     }
 
     /// A receiver that changes whenever more events become durable, the log fails, or
@@ -615,17 +669,15 @@ fn write_batches(
         match result {
             Ok((first_held, written)) => {
                 progress.first_held.fetch_max(first_held, Ordering::AcqRel);
-                if let Some(seq) = written {
-                    progress.durable.send_modify(|durable| durable.seq = seq);
+                if written.is_some() {
+                    progress.advance(written, None);
                 }
             }
             Err(err) => {
                 // Returning drops the channel's receiver: later appends go nowhere,
                 // and `failure` says why.
                 tracing::error!(error = %err, "the log cannot be written; refusing new events");
-                progress
-                    .durable
-                    .send_modify(|durable| durable.failed = Some(err.to_string()));
+                progress.advance(None, Some(err.to_string()));
                 return;
             }
         }
