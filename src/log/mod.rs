@@ -303,8 +303,11 @@ struct Progress {
     /// The requests waiting for their event to be durable, by its sequence number:
     /// each commit wakes only those it answers, not every request in flight.
     /// Changed together with `durable`'s sequence number, under this lock.
-    waiters: Mutex<BTreeMap<u64, Vec<oneshot::Sender<Result<(), String>>>>>,
+    waiters: Mutex<BTreeMap<u64, Vec<Waiter>>>,
 }
+
+/// A request waiting for its event to be durable: told `Ok`, or why it never will be.
+type Waiter = oneshot::Sender<Result<(), String>>;
 
 impl Progress {
     /// Records that every event up to `seq` is durable (or, with `failed`, that
