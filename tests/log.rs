@@ -5,7 +5,7 @@
 
 mod fixture;
 
-use chittychat::client::{JoinOptions, PublishId, Session, connect};
+use chittychat::client::{Events, JoinOptions, PublishId, Session, connect};
 use chittychat::event::EventKind;
 use chittychat::log::{DiskStore, Store};
 use chittychat::trace::check::{self, Rule};
@@ -28,7 +28,7 @@ fn chats(lines: &[String]) -> Vec<(String, String)> {
 }
 
 /// Joins `url` as `name` with the library client and no history.
-async fn join_quietly(url: &str, name: &str) -> (Session, chittychat::client::Events) {
+async fn join_quietly(url: &str, name: &str) -> (Session, Events) {
     let channel = within(DEADLINE, "connect", connect(url)).await.unwrap();
     let options = JoinOptions {
         history: Some(0),
@@ -37,6 +37,28 @@ async fn join_quietly(url: &str, name: &str) -> (Session, chittychat::client::Ev
     within(DEADLINE, "join", Session::join_with(channel, name, options))
         .await
         .unwrap()
+}
+
+/// alice, a real client behind a relay (with `alice_args`), and bob, this test's
+/// library client, both joined to `server`; then the network between alice and the
+/// server goes away, and alice has noticed. Returns the relay, alice, and bob with
+/// his feed (which must be kept: dropping it is leaving).
+async fn alice_cut_off_while_bob_stays(
+    server: &ServerProcess,
+    alice_args: &[&str],
+    logs: &std::path::Path,
+) -> (Relay, ClientProcess, Session, Events) {
+    let relay = Relay::start(server.addr).await;
+    let mut alice = ClientProcess::start(&relay.url(), "alice", alice_args, &[], logs);
+    alice.await_joined("alice").await;
+    let (bob, mut bob_events) = join_quietly(&server.url(), "bob").await;
+    next_event(&mut bob_events).await;
+    relay.cut_and_stall();
+    alice
+        .stderr
+        .await_line("alice to notice", |l| l.contains("reconnecting"))
+        .await;
+    (relay, alice, bob, bob_events)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,19 +88,9 @@ async fn a_newcomer_sees_recent_history_marked_before_its_own_join() {
 async fn a_cut_connection_is_resumed_without_gap_or_duplicate() {
     let logs = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&[]).await;
-    let relay = Relay::start(server.addr).await;
-    let mut alice =
-        ClientProcess::start(&relay.url(), "alice", &["--history", "0"], &[], logs.path());
-    alice.await_joined("alice").await;
-    let (bob, mut bob_events) = join_quietly(&server.url(), "bob").await;
-    next_event(&mut bob_events).await;
-
     // The network goes away: alice cannot reconnect while bob talks.
-    relay.cut_and_stall();
-    alice
-        .stderr
-        .await_line("alice to notice", |l| l.contains("reconnecting"))
-        .await;
+    let (relay, mut alice, bob, _bob_events) =
+        alice_cut_off_while_bob_stays(&server, &["--history", "0"], logs.path()).await;
     for i in 0..5 {
         bob.publish(&format!("while away {i}")).await.unwrap();
     }
@@ -147,16 +159,8 @@ async fn a_cut_connection_is_resumed_without_gap_or_duplicate() {
 async fn a_resume_beyond_what_the_log_keeps_says_how_much_is_gone() {
     let logs = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(&["--history-limit", "5", "--join-history", "2"]).await;
-    let relay = Relay::start(server.addr).await;
-    let mut alice = ClientProcess::start(&relay.url(), "alice", &[], &[], logs.path());
-    alice.await_joined("alice").await;
-    let (bob, mut bob_events) = join_quietly(&server.url(), "bob").await;
-    next_event(&mut bob_events).await;
-    relay.cut_and_stall();
-    alice
-        .stderr
-        .await_line("alice to notice", |l| l.contains("reconnecting"))
-        .await;
+    let (relay, mut alice, bob, _bob_events) =
+        alice_cut_off_while_bob_stays(&server, &[], logs.path()).await;
     // alice's leave, then twelve messages: the log keeps only the last five events.
     for i in 0..12 {
         bob.publish(&format!("m{i}")).await.unwrap();
