@@ -11,12 +11,12 @@
 //! - [`room`]: the chat room: participants, sessions, rate limits and the server's
 //!   clock; every accepted request becomes one event in the log.
 //! - [`feed`]: a participant's cursor into the log.
-//! - [`server`]: the tonic service over the hub, and `run`, which serves it.
+//! - [`server`]: the tonic service over the room, and `run`, which serves it.
 //! - [`connection`]: each accepted connection: the capped accept loop, the join and
 //!   send deadlines, and closing a connection whose participant was cut off.
 //! - [`health`]: the gRPC health service, server reflection and the health probe.
 //! - [`transport`]: connection settings shared by server and client: keepalive,
-//!   the request size limit, TLS files and the join secret.
+//!   the request size limit, TLS files, the join secret and the metadata keys.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
 //! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
 //! - [`script`]: scripted participants, for demos and the container test.
