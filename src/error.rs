@@ -11,8 +11,8 @@ pub enum ChatError {
         /// How many bytes from the start are valid UTF-8.
         valid_up_to: usize,
     },
-    /// The message has no characters.
-    #[error("message is empty; a message has 1 to 128 characters")]
+    /// The message has no characters, or only whitespace.
+    #[error("message is empty or only whitespace; a message has 1 to 128 characters")]
     MessageEmpty,
     /// The message has more characters than allowed.
     #[error("message is {chars} characters long; the limit is {max} characters")]
@@ -56,7 +56,10 @@ pub enum ChatError {
         name: String,
     },
     /// A present participant already has the name.
-    #[error("the name \"{name}\" is taken by a participant who is present; choose another")]
+    #[error(
+        "the name \"{name}\" is taken by a participant who is present (names are unique \
+         regardless of case); choose another"
+    )]
     NameTaken {
         /// The name.
         name: String,

@@ -70,7 +70,8 @@ pub fn validate_message(bytes: &[u8]) -> Result<&str, ChatError> {
         valid_up_to: err.valid_up_to(),
     })?;
     let chars = text.chars().count();
-    if chars == 0 {
+    // Only whitespace says nothing, so it is refused like an empty message.
+    if text.chars().all(char::is_whitespace) {
         return Err(ChatError::MessageEmpty);
     }
     if chars > MAX_MESSAGE_CHARS {
@@ -181,6 +182,18 @@ mod tests {
         let err = validate_message(b"x\x1b[2J").unwrap_err();
         assert!(err.to_string().contains("U+001B"), "{err}");
         assert!(err.to_string().contains("character 2"), "{err}");
+    }
+
+    #[test]
+    fn whitespace_only_is_empty_but_spaces_inside_a_message_are_kept() {
+        for blank in ["", " ", "   ", "\u{a0}\u{3000}"] {
+            assert_eq!(
+                validate_message(blank.as_bytes()),
+                Err(ChatError::MessageEmpty),
+                "{blank:?}"
+            );
+        }
+        assert_eq!(validate_message(b"  hi  "), Ok("  hi  "));
     }
 
     #[test]
