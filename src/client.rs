@@ -429,8 +429,9 @@ impl Session {
         })
     }
 
-    /// Leaves the chat. The feed delivers what the server queued before, then ends.
-    pub async fn leave(&self) -> Result<(), ClientError> {
+    /// Leaves the chat, and returns the Lamport time of the leave notice the others
+    /// see. The feed delivers what the server queued before, then ends.
+    pub async fn leave(&self) -> Result<LamportTime, ClientError> {
         let lamport = self.clock.tick();
         tracing::info!(rpc = "Leave", name = %self.name, lamport, "sent");
         let mut request = tonic::Request::new(pb::LeaveRequest {
@@ -456,7 +457,25 @@ impl Session {
             lamport = local,
             "reply"
         );
-        Ok(())
+        Ok(reply.lamport)
+    }
+
+    /// Who is present now, as the server sees it: names as each participant chose
+    /// them, sorted regardless of case.
+    pub async fn who(&self) -> Result<Vec<String>, ClientError> {
+        let mut request = tonic::Request::new(pb::WhoRequest {
+            session_token: self.token.clone(),
+        });
+        request.set_timeout(RPC_TIMEOUT);
+        let reply = self
+            .grpc
+            .clone()
+            .who(request)
+            .await
+            .map_err(|status| ClientError::Rpc { rpc: "Who", status })?
+            .into_inner();
+        tracing::info!(rpc = "Who", present = reply.names.len(), "reply");
+        Ok(reply.names)
     }
 
     /// At most `limit` past events before sequence number `before` (the newest when

@@ -221,7 +221,9 @@ pub struct Room {
 struct State {
     next_session: u64,
     sessions: HashMap<u64, Session>,
-    names: HashMap<Arc<str>, u64>,
+    /// The sessions by name, folded to lower case: names are unique regardless of
+    /// case, and each is shown as its participant chose it.
+    names: HashMap<Box<str>, u64>,
     shutting_down: bool,
     /// The stamps of the chat messages the log holds, by (participant, publish id).
     published: HashMap<(Arc<str>, Box<str>), Stamp>,
@@ -302,11 +304,23 @@ impl Room {
         self.clock.now()
     }
 
-    /// The names of the participants present, sorted.
+    /// The names of the participants present, as they chose them, sorted
+    /// regardless of case.
     pub fn present(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.lock().names.keys().map(|n| n.to_string()).collect();
-        names.sort();
+        let mut names: Vec<String> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|session| session.name.to_string())
+            .collect();
+        names.sort_by_cached_key(|name| name.to_ascii_lowercase());
         names
+    }
+
+    /// Who is present, for the participant holding `token`.
+    pub fn who(&self, token: &str) -> Result<Vec<String>, ChatError> {
+        authenticate(&self.lock(), token)?;
+        Ok(self.present())
     }
 
     /// The name of the participant holding `token`, if it is present; for logs.
@@ -347,7 +361,8 @@ impl Room {
                 return Err(ChatError::ShuttingDown);
             }
             self.check_log()?;
-            if state.names.contains_key(&name) {
+            let key = name_key(&name);
+            if state.names.contains_key(&key) {
                 return Err(ChatError::NameTaken {
                     name: name.to_string(),
                 });
@@ -359,7 +374,7 @@ impl Room {
             }
             state.next_session += 1;
             let id = state.next_session;
-            state.names.insert(Arc::clone(&name), id);
+            state.names.insert(key, id);
             state.sessions.insert(
                 id,
                 Session {
@@ -645,7 +660,7 @@ impl Room {
         lamport: LamportTime,
     ) -> Option<Arc<Entry>> {
         let session = state.sessions.remove(&id)?;
-        state.names.remove(&session.name);
+        state.names.remove(&name_key(&session.name));
         // The feed's end is set before the notice is appended: the writer may make
         // the notice durable at once, and the feed must never deliver it.
         let seq = self.log.head() + 1;
@@ -733,6 +748,11 @@ fn log_events(logged: &[Logged]) {
             line!(info);
         }
     }
+}
+
+/// The key under which a name is unique: names differ by more than case.
+fn name_key(name: &str) -> Box<str> {
+    name.to_ascii_lowercase().into_boxed_str()
 }
 
 /// Finds the session a token names, comparing its secret in constant time.
@@ -1139,6 +1159,23 @@ mod tests {
                 .unwrap_err(),
             ChatError::InvalidName { .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_regardless_of_case_and_shown_as_chosen() {
+        let room = room();
+        let alice = join(&room, "Alice");
+        assert_eq!(
+            room.join(b"aLICE", 0, JoinOptions::default()).unwrap_err(),
+            ChatError::NameTaken {
+                name: "aLICE".into()
+            }
+        );
+        let _bob = join(&room, "bob");
+        assert_eq!(room.who(alice.token.expose()).unwrap(), ["Alice", "bob"]);
+        assert_eq!(room.who("nobody").unwrap_err(), ChatError::UnknownSession);
+        room.leave(alice.token.expose(), 0).await.unwrap();
+        join(&room, "alice");
     }
 
     #[tokio::test]

@@ -419,6 +419,25 @@ impl ChittyChat for ChatService {
         let events = entries.iter().map(|entry| pb_event(entry, true)).collect();
         Ok(Response::new(pb::HistoryReply { events, first_held }))
     }
+
+    async fn who(
+        &self,
+        request: Request<pb::WhoRequest>,
+    ) -> Result<Response<pb::WhoReply>, Status> {
+        let request = request.into_inner();
+        let name = self.room.name_of(&request.session_token);
+        let names = self
+            .room
+            .who(&request.session_token)
+            .inspect_err(|err| self.refused("Who", name.as_deref(), err))?;
+        tracing::info!(
+            rpc = "Who",
+            participant = name.as_deref().unwrap_or("<unknown>"),
+            present = names.len(),
+            "answered"
+        );
+        Ok(Response::new(pb::WhoReply { names }))
+    }
 }
 
 /// A participant's feed as the gRPC stream of `Event` messages.
