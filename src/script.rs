@@ -26,7 +26,9 @@
 //! said after `meet` reaches all of them.
 
 use crate::client::{ClientError, Events, Session, connect};
-use crate::client_app::{EXIT_JOIN_REFUSED, EXIT_OK, EXIT_SESSION_LOST, EXIT_UNREACHABLE};
+use crate::client_app::{
+    EXIT_JOIN_REFUSED, EXIT_OK, EXIT_SESSION_LOST, EXIT_UNREACHABLE, LEAVE_TIMEOUT,
+};
 use crate::display::{event_line, sanitize};
 use crate::event::{Event, EventKind};
 use crate::validate::{validate_message, validate_name};
@@ -34,15 +36,11 @@ use std::collections::HashSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 use tonic::Code;
 
 /// Exit status when the script cannot be read or has a mistake.
 pub const EXIT_BAD_SCRIPT: u8 = 2;
-
-/// How long leaving may take before the participant exits anyway.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The largest script read, far beyond any conversation worth scripting.
 pub const MAX_SCRIPT_BYTES: u64 = 1 << 20;
@@ -324,7 +322,7 @@ impl Player {
     /// Leaves, shows what the server queued before the leave, and exits.
     async fn leave(mut self) -> ExitCode {
         match tokio::time::timeout(LEAVE_TIMEOUT, self.session.leave()).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(_)) => {}
             Ok(Err(err)) => return fail(EXIT_SESSION_LOST, &err),
             Err(_) => {
                 return fail(

@@ -484,7 +484,7 @@ async fn live(url: &str, name: &str, life: usize, plan: Plan, chaos_ends: Instan
         return record;
     }
     match timeout(STEP_DEADLINE, session.leave()).await {
-        Ok(Ok(())) => record.end = drain(events, &mut record.received).await,
+        Ok(Ok(_)) => record.end = drain(events, &mut record.received).await,
         // Cut off as too slow just before leaving: the feed tells why.
         Ok(Err(err)) if err.code() == Some(Code::Unauthenticated) => {
             record.end = drain(events, &mut record.received).await;

@@ -12,13 +12,14 @@ use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// A Chitty-Chat participant: joins as NAME, shows every message with its Lamport
-/// time, and publishes each line typed (or piped in). Leave with /quit, Ctrl-D or
-/// Ctrl-C.
+/// Chat in Chitty-Chat: joins a Chitty-Chat server as NAME, shows every message
+/// with its Lamport time, and publishes each line typed at the prompt (or piped in).
+/// /help lists the commands; leave with /quit, Ctrl-D or Ctrl-C.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = AFTER_HELP)]
+#[command(name = "chittychat-client", version, after_help = AFTER_HELP)]
 struct Args {
-    /// Your name: 1 to 32 ASCII letters, digits, '-', '_' or '.'.
+    /// Your name: 1 to 32 ASCII letters, digits, '-', '_' or '.', unique on the
+    /// server regardless of case (alice and Alice cannot both be present).
     #[arg(long, env = "CHITTYCHAT_NAME")]
     name: String,
     /// The server's URL: http://HOST:PORT, or https://HOST:PORT for a server that
@@ -52,10 +53,15 @@ struct Args {
     /// Log format: text for people, json for tools (one object per line).
     #[arg(long, env = "CHITTYCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Append logs to this file. Without it, logs go to stderr, or, at an
-    /// interactive prompt, to a file in the temporary directory.
+    /// Append the whole log (every call, every event with its Lamport time) to this
+    /// file. Without it, a prompt logs to client-NAME.log in $XDG_STATE_HOME/chittychat
+    /// (else ~/.local/state/chittychat), and piped input logs only warnings and
+    /// errors, to stderr.
     #[arg(long, env = "CHITTYCHAT_LOG_FILE")]
     log_file: Option<PathBuf>,
+    /// Do not show the local time (HH:MM) beside each message at the prompt.
+    #[arg(long, env = "CHITTYCHAT_NO_TIME")]
+    no_time: bool,
     /// How many past messages to see on joining (at most 1000). Default: the
     /// server's choice (20 unless its operator changed it).
     #[arg(long, env = "CHITTYCHAT_HISTORY", value_name = "N",
@@ -72,7 +78,8 @@ struct Args {
 const AFTER_HELP: &str = "\
 Environment: each flag may instead be set in the variable shown with it.
 CHITTYCHAT_JOIN_SECRET holds the join secret, if the server needs one (or use
---join-secret-file). RUST_LOG filters the log (default: info).
+--join-secret-file). RUST_LOG filters the log (default: info in a log file,
+warn on stderr).
 
 Exit status: 0 after leaving; 1 when the session was lost and could not be
 resumed; 2 for a usage error or an unreadable file; 3 when the server cannot be
@@ -85,6 +92,10 @@ const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    // Asked while this is the only thread: the time zone cannot be read safely once
+    // the runtime's threads run.
+    let clock = (!args.no_time)
+        .then(|| time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC));
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -92,29 +103,32 @@ fn main() -> ExitCode {
             return ExitCode::from(client_app::EXIT_SESSION_LOST);
         }
     };
-    let status = runtime.block_on(run(args));
+    let status = runtime.block_on(run(args, clock));
     // A read of piped stdin blocks a runtime thread until a line or end of input
     // comes; when the session ends first, exit without waiting for it.
     runtime.shutdown_background();
     status
 }
 
-async fn run(args: Args) -> ExitCode {
-    // At a prompt, log lines on the terminal would tear through the line being typed.
+async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
+    // At a prompt, log lines on the terminal would tear through the line being
+    // typed, so they go to one file per name in one place.
     let log_file = args.log_file.clone().or_else(|| {
-        client_app::is_interactive().then(|| {
-            std::env::temp_dir().join(format!(
-                "chittychat-client-{}-{}.log",
-                args.name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"),
-                std::process::id()
-            ))
-        })
+        client_app::is_interactive()
+            .then(|| default_log_file(&args.name))
+            .flatten()
     });
-    let _log = match logging::init(args.log_format, log_file.as_deref(), "info") {
+    // A log file gets everything; stderr, shared with the errors, only what is wrong.
+    let default_filter = if log_file.is_some() { "info" } else { "warn" };
+    let _log = match logging::init(args.log_format, log_file.as_deref(), default_filter) {
         Ok(guard) => guard,
         Err(err) => {
-            eprintln!("chittychat-client: error: cannot open the log file {log_file:?}: {err}");
-            return ExitCode::from(client_app::EXIT_SESSION_LOST);
+            let path = log_file.as_deref().unwrap_or(std::path::Path::new("-"));
+            eprintln!(
+                "chittychat-client: error: cannot open the log file {}: {err}",
+                path.display()
+            );
+            return ExitCode::from(client_app::EXIT_USAGE);
         }
     };
     if let Some(script) = args.script {
@@ -147,8 +161,29 @@ async fn run(args: Args) -> ExitCode {
         reconnect_timeout: args.reconnect_timeout.0,
         log_file,
         history: args.history,
+        clock,
     })
     .await
+}
+
+/// Where a prompt logs when no file is named: `client-NAME.log` in
+/// `$XDG_STATE_HOME/chittychat`, else `~/.local/state/chittychat` (created when
+/// missing); `None` when there is no such place.
+fn default_log_file(name: &str) -> Option<PathBuf> {
+    let from_env = |var| {
+        std::env::var_os(var)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    let dir = from_env("XDG_STATE_HOME")
+        .or_else(|| from_env("HOME").map(|home| home.join(".local/state")))?
+        .join("chittychat");
+    std::fs::create_dir_all(&dir).ok()?;
+    let name = name.replace(
+        |c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+        "_",
+    );
+    Some(dir.join(format!("client-{name}.log")))
 }
 
 fn read_tls_ca(args: &Args) -> Result<Option<Vec<u8>>, String> {

@@ -2,29 +2,40 @@
 //! and leave however the user leaves (`/quit`, end of input, Ctrl-C, SIGTERM).
 //!
 //! On a terminal the user types at a prompt and events appear above the line being
-//! typed; with stdin piped, each line is one message (scripts and tests use this).
+//! typed, each with the local time; `/help`, `/who`, `/history` and `/quit` are
+//! commands. With stdin piped, each line is one message (scripts and tests use this).
 //!
 //! When the connection drops (the server restarted or shut down, the network
-//! blipped, the server went silent), the client says so, retries with exponential
-//! backoff and jitter, and rejoins under the same name, keeping its Lamport clock
-//! and resuming its feed where it stopped, so it misses nothing the server still
-//! keeps. Each line keeps one publish id across retries: a Publish whose reply was
-//! lost is sent again after the rejoin and published once. A Publish refused by the
-//! rate limit waits as long as the server says and is sent again; piped input is
-//! read one line at a time, so it waits too (back-pressure) rather than get lost.
+//! blipped, the server went silent), the client says so at once, with the time of
+//! its next attempt, retries with exponential backoff and jitter, and rejoins under
+//! the same name, keeping its Lamport clock and resuming its feed where it stopped,
+//! so it misses nothing the server still keeps. The prompt keeps working meanwhile:
+//! lines typed while away are shown as pending and sent after the rejoin, and
+//! Ctrl-C or `/quit` leave at once. Each line keeps one publish id across retries:
+//! a Publish whose reply was lost is sent again after the rejoin and published
+//! once. A Publish refused by the rate limit waits as long as the server says and
+//! is sent again; piped input is read one line at a time, so it waits too
+//! (back-pressure) rather than get lost.
+
+mod command;
+mod input;
+mod screen;
+
+pub use command::{COMMANDS, DEFAULT_HISTORY_COMMAND_COUNT};
+pub use input::MAX_INPUT_LINE_BYTES;
 
 use crate::client::{
     ClientError, ConnectOptions, Events, JoinOptions, PublishId, Published, ResumePoint, Session,
     connect_with,
 };
-use crate::display::{event_line, history_line, sanitize};
+use crate::display::{Style, sanitize, wall_clock_in};
 use crate::error::ChatError;
 use crate::lamport::LamportClock;
-use crate::room::MAX_HISTORY_PAGE;
 use crate::transport::JoinSecret;
 use crate::validate::{MAX_MESSAGE_CHARS, validate_message};
-use futures::io::AsyncWriteExt;
-use rustyline_async::{Readline, ReadlineEvent, SharedWriter};
+use command::Command;
+use input::{Input, InputLine};
+use screen::Screen;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IsTerminal;
@@ -34,8 +45,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncBufReadExt, BufReader, Stdin};
+use time::UtcOffset;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinHandle;
 use tonic::Code;
 
 /// Exit status after the participant left as asked.
@@ -52,16 +64,16 @@ pub const EXIT_UNREACHABLE: u8 = 3;
 /// Exit status when the server refused to let this participant join.
 pub const EXIT_JOIN_REFUSED: u8 = 4;
 /// Exit status after the participant left as asked, when not every input line was
-/// published: some were refused for good (invalid, too long) or were still waiting
-/// when the user left with Ctrl-C or a signal.
+/// published: some were refused for good (invalid, too long, an unknown command)
+/// or were still waiting when the user left.
 pub const EXIT_NOT_ALL_SENT: u8 = 5;
 
 /// How many typed lines may wait to be published (while reconnecting, or held back
-/// by the rate limit) before the prompt stops taking more.
+/// by the rate limit); a line typed beyond them is refused.
 pub const MAX_PENDING_LINES: usize = 100;
 
 /// How long leaving may take before the client exits anyway.
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
+pub const LEAVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The wait before the first attempt to reconnect; each failed attempt doubles it.
 pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
@@ -72,15 +84,6 @@ pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
 
 /// How long the client keeps trying to reconnect before it gives up.
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The line a user types to leave.
-pub const QUIT_COMMAND: &str = "/quit";
-
-/// The command that shows older messages: `/history` or `/history N`.
-pub const HISTORY_COMMAND: &str = "/history";
-
-/// How many older messages `/history` shows when no number is given.
-pub const DEFAULT_HISTORY_COMMAND_COUNT: u32 = 20;
 
 /// What the client program is asked to do.
 #[derive(Debug, Clone)]
@@ -101,6 +104,9 @@ pub struct ClientOptions {
     pub log_file: Option<PathBuf>,
     /// How many past events to see on joining; the server's default when `None`.
     pub history: Option<u32>,
+    /// The local time zone, for the wall-clock time shown beside each message at a
+    /// prompt (and the time of the next reconnect attempt); `None` shows no times.
+    pub clock: Option<UtcOffset>,
 }
 
 /// Whether the client runs with a prompt: stdin and stdout are both terminals.
@@ -112,25 +118,11 @@ pub fn is_interactive() -> bool {
 pub async fn run(options: ClientOptions) -> ExitCode {
     let (session, events) = match join(&options, None, None).await {
         Ok(joined) => joined,
-        Err(err @ (ClientError::Unreachable { .. } | ClientError::InvalidUrl { .. })) => {
-            return fail(EXIT_UNREACHABLE, &err);
-        }
-        Err(err @ (ClientError::Invalid(_) | ClientError::Rpc { .. })) => {
-            let status = match err.code() {
-                Some(Code::Unavailable) => EXIT_UNREACHABLE,
-                _ => EXIT_JOIN_REFUSED,
-            };
-            return fail(status, &err);
-        }
-        Err(err) => return fail(EXIT_SESSION_LOST, &err),
+        Err(err) => return fail(join_failed_status(&err), &err),
     };
-    let colour = std::io::stdout().is_terminal();
-    let (mut input, screen) = if is_interactive() {
-        match Readline::new("> ".to_owned()) {
-            Ok((mut readline, writer)) => {
-                readline.should_print_line_on(false, false);
-                (Input::Prompt(readline), Screen::Prompt(writer))
-            }
+    let (input, screen) = if is_interactive() {
+        match Input::prompt() {
+            Ok(prompt) => prompt,
             Err(err) => {
                 return fail(
                     EXIT_SESSION_LOST,
@@ -139,23 +131,18 @@ pub async fn run(options: ClientOptions) -> ExitCode {
             }
         }
     } else {
-        (Input::piped(), Screen::Plain)
+        Input::piped()
     };
-    let mut screen = screen;
-    if input.is_prompt() {
-        let log = match &options.log_file {
-            Some(path) => format!("Logs: {}.", path.display()),
-            None => "Logs go to stderr.".to_owned(),
-        };
-        screen
-            .line(&format!(
-                "Joined Chitty-Chat at {} as {}. Type a message and press Enter; {HISTORY_COMMAND} [N] shows older messages; {} or Ctrl-D to leave. {log}",
-                options.server, options.name, QUIT_COMMAND
-            ))
-            .await;
-    }
-
-    let mut terminate = match signal(SignalKind::terminate()) {
+    let style = if screen.is_prompt() {
+        Style {
+            colour: std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
+            me: Some(Arc::from(options.name.as_str())),
+            clock: options.clock,
+        }
+    } else {
+        Style::PLAIN
+    };
+    let terminate = match signal(SignalKind::terminate()) {
         Ok(signal) => signal,
         Err(err) => {
             return fail(
@@ -164,189 +151,74 @@ pub async fn run(options: ClientOptions) -> ExitCode {
             );
         }
     };
-    let clock = Arc::clone(session.clock());
-    // Lines accepted from the input and not yet published, oldest first; each keeps
-    // its publish id across retries and reconnects, so it is published once.
-    let mut outbox: VecDeque<Outgoing> = VecDeque::new();
-    // Lines refused for good (invalid, or dropped when leaving), for the exit status.
-    let mut not_sent = 0usize;
-    let mut input_done = false;
-    let oldest_seen = Arc::new(AtomicU64::new(u64::MAX));
-    let mut joined = (session, events);
-    let status = loop {
-        let (session, events) = joined;
-        let mut screen_for_feed = screen.clone();
-        let oldest = Arc::clone(&oldest_seen);
-        let mut feed =
-            tokio::spawn(
-                async move { show_feed(events, &mut screen_for_feed, colour, &oldest).await },
-            );
-        let mut publishing: Option<Publishing> = None;
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        let ended = loop {
-            if publishing.is_none()
-                && retry_at.is_none()
-                && let Some(next) = outbox.front()
-            {
-                let (session, next) = (session.clone(), next.clone());
-                publishing = Some(Box::pin(async move {
-                    session.publish_with_id(&next.text, &next.id).await
-                }));
-            }
-            if input_done && outbox.is_empty() {
-                break Ended::Leave;
-            }
-            // Piped input waits while a line is on its way (back-pressure); at a
-            // prompt, typed lines queue up to a bound.
-            let read_input = !input_done
-                && if input.is_prompt() {
-                    outbox.len() < MAX_PENDING_LINES
-                } else {
-                    outbox.is_empty()
-                };
-            tokio::select! {
-                ended = &mut feed => break Ended::Feed(ended),
-                _ = tokio::signal::ctrl_c() => break Ended::Leave,
-                _ = terminate.recv() => break Ended::Leave,
-                () = sleep_until(retry_at), if retry_at.is_some() => retry_at = None,
-                published = poll_publishing(&mut publishing), if publishing.is_some() => {
-                    publishing = None;
-                    match published {
-                        Ok(_) => {
-                            outbox.pop_front();
-                        }
-                        // Rate limited: wait as long as the server says, then send the
-                        // same line again.
-                        Err(err) if err.retry_after().is_some() => {
-                            let wait = err.retry_after().unwrap_or_default();
-                            tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited; waiting");
-                            retry_at = Some(tokio::time::Instant::now() + wait);
-                        }
-                        // The outcome is unknown: retried with the same id after the
-                        // rejoin, so it is published once either way.
-                        Err(err) if err.connection_failed() => break Ended::Lost(err),
-                        Err(err) => {
-                            outbox.pop_front();
-                            not_sent += 1;
-                            screen.error(&format!("{err} (not sent)")).await;
-                        }
-                    }
-                }
-                line = input.next_line(), if read_input => match line {
-                    InputLine::Quit if input.is_prompt() => break Ended::Leave,
-                    InputLine::Quit => input_done = true,
-                    InputLine::History(count) => {
-                        show_history(&session, count, &oldest_seen, &mut screen, colour).await;
-                    }
-                    InputLine::Line(line) => match accept_line(&line) {
-                        Ok(Some(text)) => outbox.push_back(Outgoing {
-                            text,
-                            id: PublishId::random(),
-                        }),
-                        Ok(None) => {}
-                        Err(err) => {
-                            not_sent += 1;
-                            screen.error(&format!("{err} (not sent)")).await;
-                        }
-                    },
-                    InputLine::TooLong(bytes) => {
-                        not_sent += 1;
-                        let err = format!(
-                            "message is {bytes} bytes long, more than {MAX_MESSAGE_CHARS} characters can be (not sent)"
-                        );
-                        screen.error(&err).await;
-                    }
-                },
-            }
+    let mut chat = Chat {
+        clock: Arc::clone(session.clock()),
+        options,
+        input,
+        screen,
+        style,
+        terminate,
+        outbox: VecDeque::new(),
+        not_sent: 0,
+        input_done: false,
+        oldest_seen: Arc::new(AtomicU64::new(u64::MAX)),
+        link: Link::Down(tokio::spawn(std::future::pending())),
+    };
+    if chat.input.is_prompt() {
+        let log = match &chat.options.log_file {
+            Some(path) => format!(" Logs: {}.", path.display()),
+            None => String::new(),
         };
-        let lost = match ended {
-            // The user left: say so to the server, then let the feed drain.
-            Ended::Leave => {
-                drop(publishing);
-                if !outbox.is_empty() {
-                    not_sent += outbox.len();
-                    screen
-                        .error(&format!("{} typed lines were not sent", outbox.len()))
-                        .await;
-                }
-                break match tokio::time::timeout(LEAVE_TIMEOUT, session.leave()).await {
-                    Ok(Ok(())) => {
-                        let _ = tokio::time::timeout(LEAVE_TIMEOUT, &mut feed).await;
-                        if input.is_prompt() {
-                            screen.line("You left Chitty-Chat.").await;
-                        }
-                        Ok(())
-                    }
-                    Ok(Err(err)) => Err(session_lost(&err)),
-                    Err(_) => Err("the server did not answer Leave in time".to_owned()),
-                };
+        chat.screen.notice(&format!(
+            "Joined Chitty-Chat at {} as {}. Type a message and press Enter; /help lists the commands; /quit or Ctrl-D leaves.{log}",
+            chat.options.server, chat.options.name
+        ));
+    }
+    chat.up(session, events).await;
+    let status = chat.run().await;
+    let Chat {
+        input,
+        screen,
+        not_sent,
+        link,
+        ..
+    } = chat;
+    if let Link::Down(rejoin) = link {
+        rejoin.abort();
+    }
+    let status = match status {
+        Ok(left) => {
+            if screen.is_prompt() {
+                screen.notice(&match left {
+                    Some(lamport) => format!("You left Chitty-Chat at Lamport time {lamport}."),
+                    None => "You left Chitty-Chat while disconnected; the server will say you left once it notices.".to_owned(),
+                });
             }
-            Ended::Feed(Ok(Ok(()))) => break Err("the server ended this session".to_owned()),
-            Ended::Feed(Ok(Err(err))) => err,
-            Ended::Feed(Err(join_error)) => {
-                break Err(format!("the feed task failed: {join_error}"));
+            if not_sent > 0 {
+                screen.error(&format!("{not_sent} lines were not sent"));
+                ExitCode::from(EXIT_NOT_ALL_SENT)
+            } else {
+                ExitCode::from(EXIT_OK)
             }
-            Ended::Lost(err) => {
-                feed.abort();
-                err
-            }
-        };
-        if !(options.reconnect && worth_reconnecting(&lost)) {
-            break Err(session_lost(&lost));
         }
-        screen
-            .notice(&format!(
-                "{}; reconnecting (Ctrl-C to stop)",
-                session_lost(&lost)
-            ))
-            .await;
-        let resume = session.resume_point();
-        let rejoined = tokio::select! {
-            rejoined = rejoin(&options, &clock, resume) => rejoined,
-            _ = tokio::signal::ctrl_c() => break Ok(()),
-            _ = terminate.recv() => break Ok(()),
-        };
-        match rejoined {
-            Ok(again) => {
-                screen
-                    .notice(&format!(
-                        "reconnected to {}; rejoined Chitty-Chat as {}",
-                        options.server, options.name
-                    ))
-                    .await;
-                let info = again.0.joined();
-                match (info.resumed, info.missed) {
-                    (Some(false), Some(missed)) => {
-                        screen
-                            .notice(&format!(
-                                "missed {missed} events while away (the server no longer keeps them); showing the latest {}",
-                                info.history
-                            ))
-                            .await;
-                    }
-                    (Some(false), None) => {
-                        screen
-                            .notice(&format!(
-                                "the server's log was replaced while you were away, so what you missed is unknown; showing the latest {} events",
-                                info.history
-                            ))
-                            .await;
-                    }
-                    _ => {}
-                }
-                joined = again;
-            }
-            Err(err) => break Err(format!("gave up reconnecting: {err}")),
+        Err(message) => {
+            input.close();
+            return fail(EXIT_SESSION_LOST, &message);
         }
     };
     input.close();
-    match status {
-        Ok(()) if not_sent > 0 => {
-            eprintln!("chittychat-client: {not_sent} lines were not sent");
-            ExitCode::from(EXIT_NOT_ALL_SENT)
-        }
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(message) => fail(EXIT_SESSION_LOST, &message),
+    status
+}
+
+/// The exit status for a failed first Join.
+fn join_failed_status(err: &ClientError) -> u8 {
+    match err {
+        ClientError::Unreachable { .. } | ClientError::InvalidUrl { .. } => EXIT_UNREACHABLE,
+        ClientError::Invalid(_) | ClientError::Rpc { .. } => match err.code() {
+            Some(Code::Unavailable) => EXIT_UNREACHABLE,
+            _ => EXIT_JOIN_REFUSED,
+        },
+        _ => EXIT_SESSION_LOST,
     }
 }
 
@@ -360,14 +232,370 @@ struct Outgoing {
 /// A Publish in flight.
 type Publishing = Pin<Box<dyn Future<Output = Result<Published, ClientError>> + Send>>;
 
-/// Why a session's loop ended.
-enum Ended {
-    /// The user left.
+/// A rejoin in progress, which says on the screen how it goes.
+type Rejoining = JoinHandle<Result<(Session, Events), ClientError>>;
+
+/// The connection to the server.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "there is one link, never a collection of them"
+)]
+enum Link {
+    /// Joined: the session, and the task showing its feed.
+    Up {
+        session: Session,
+        feed: JoinHandle<Result<(), ClientError>>,
+        /// The Publish in flight, if any.
+        publishing: Option<Publishing>,
+        /// When the rate limit lets the next Publish go.
+        retry_at: Option<tokio::time::Instant>,
+    },
+    /// Away: a task is trying to rejoin.
+    Down(Rejoining),
+}
+
+/// What happened that the loop must act on.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one at a time, moved straight into the match"
+)]
+enum Happened {
+    /// The user left, with `/quit`, Ctrl-C, end of input or SIGTERM.
     Leave,
-    /// The feed ended.
-    Feed(Result<Result<(), ClientError>, tokio::task::JoinError>),
-    /// A Publish found the connection gone.
-    Lost(ClientError),
+    /// The feed ended: `Ok` when the server ended it.
+    FeedEnded(Result<Result<(), ClientError>, tokio::task::JoinError>),
+    /// The Publish in flight was answered.
+    Published(Result<Published, ClientError>),
+    /// The rate limit's wait is over.
+    RetryNow,
+    /// The rejoin ended.
+    Rejoined(Result<Result<(Session, Events), ClientError>, tokio::task::JoinError>),
+    /// A line came in.
+    Input(InputLine),
+}
+
+/// One participant's chat: the connection, the input, and what waits to be sent.
+struct Chat {
+    options: ClientOptions,
+    /// The participant's clock, kept across rejoins.
+    clock: Arc<LamportClock>,
+    input: Input,
+    screen: Screen,
+    style: Style,
+    terminate: tokio::signal::unix::Signal,
+    /// Lines accepted from the input and not yet published, oldest first; each
+    /// keeps its publish id across retries and reconnects, so it is published once.
+    outbox: VecDeque<Outgoing>,
+    /// Lines refused for good (invalid, unknown commands, or dropped on leaving).
+    not_sent: usize,
+    /// Piped input ended (or said `/quit`): leave once the outbox is sent.
+    input_done: bool,
+    /// The oldest sequence number shown, where `/history` pages back from.
+    oldest_seen: Arc<AtomicU64>,
+    link: Link,
+}
+
+impl Chat {
+    /// Runs until the user leaves (`Ok`, with the Lamport time of the leave notice
+    /// when the server heard it) or the session is lost for good (`Err`).
+    async fn run(&mut self) -> Result<Option<u64>, String> {
+        loop {
+            self.start_publishing();
+            if self.input_done && self.outbox.is_empty() {
+                return self.leave().await;
+            }
+            match self.next().await {
+                Happened::Leave => return self.leave().await,
+                Happened::Input(line) => {
+                    if self.handle_input(line).await {
+                        return self.leave().await;
+                    }
+                }
+                Happened::RetryNow => {
+                    if let Link::Up { retry_at, .. } = &mut self.link {
+                        *retry_at = None;
+                    }
+                }
+                Happened::Published(published) => self.published(published)?,
+                Happened::FeedEnded(Ok(Ok(()))) => {
+                    return Err("the server ended this session".to_owned());
+                }
+                Happened::FeedEnded(Ok(Err(err))) => self.down(err)?,
+                Happened::FeedEnded(Err(join_error)) => {
+                    return Err(format!("the feed task failed: {join_error}"));
+                }
+                Happened::Rejoined(Ok(Ok((session, events)))) => {
+                    self.screen.notice(&format!(
+                        "reconnected to {}; rejoined Chitty-Chat as {}",
+                        self.options.server, self.options.name
+                    ));
+                    self.rejoined_notice(&session);
+                    self.up(session, events).await;
+                }
+                Happened::Rejoined(Ok(Err(err))) => {
+                    return Err(format!("gave up reconnecting: {err}"));
+                }
+                Happened::Rejoined(Err(join_error)) => {
+                    return Err(format!("the reconnect task failed: {join_error}"));
+                }
+            }
+        }
+    }
+
+    /// Waits for the next thing to act on.
+    async fn next(&mut self) -> Happened {
+        // Piped input waits while a line is on its way (back-pressure); a prompt is
+        // always read, so typing, Ctrl-C and /quit work at any moment.
+        let read_input = !self.input_done && (self.input.is_prompt() || self.outbox.is_empty());
+        let Self {
+            input,
+            terminate,
+            link,
+            ..
+        } = self;
+        match link {
+            Link::Up {
+                feed,
+                publishing,
+                retry_at,
+                ..
+            } => tokio::select! {
+                ended = feed => Happened::FeedEnded(ended),
+                _ = tokio::signal::ctrl_c() => Happened::Leave,
+                _ = terminate.recv() => Happened::Leave,
+                () = sleep_until(*retry_at), if retry_at.is_some() => Happened::RetryNow,
+                published = poll_publishing(publishing), if publishing.is_some() => {
+                    *publishing = None;
+                    Happened::Published(published)
+                }
+                line = input.next_line(), if read_input => Happened::Input(line),
+            },
+            Link::Down(rejoin) => tokio::select! {
+                rejoined = rejoin => Happened::Rejoined(rejoined),
+                _ = tokio::signal::ctrl_c() => Happened::Leave,
+                _ = terminate.recv() => Happened::Leave,
+                line = input.next_line(), if read_input => Happened::Input(line),
+            },
+        }
+    }
+
+    /// Sends the oldest waiting line, when joined and nothing else is on its way.
+    fn start_publishing(&mut self) {
+        if let Link::Up {
+            session,
+            publishing: publishing @ None,
+            retry_at: None,
+            ..
+        } = &mut self.link
+            && let Some(next) = self.outbox.front()
+        {
+            let (session, next) = (session.clone(), next.clone());
+            *publishing = Some(Box::pin(async move {
+                session.publish_with_id(&next.text, &next.id).await
+            }));
+        }
+    }
+
+    /// Acts on the answer to a Publish.
+    fn published(&mut self, published: Result<Published, ClientError>) -> Result<(), String> {
+        match published {
+            Ok(_) => {
+                self.outbox.pop_front();
+            }
+            // Rate limited: wait as long as the server says, then send the same line
+            // again.
+            Err(err) if err.retry_after().is_some() => {
+                let wait = err.retry_after().unwrap_or_default();
+                tracing::debug!(wait_ms = wait.as_millis() as u64, "rate limited; waiting");
+                if let Link::Up { retry_at, .. } = &mut self.link {
+                    *retry_at = Some(tokio::time::Instant::now() + wait);
+                }
+            }
+            // The outcome is unknown: retried with the same id after the rejoin, so
+            // it is published once either way.
+            Err(err) if err.connection_failed() => self.down(err)?,
+            Err(err) => {
+                self.outbox.pop_front();
+                self.not_sent += 1;
+                self.screen.error(&format!("{err} (not sent)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Acts on one line of input; `true` when the user leaves.
+    async fn handle_input(&mut self, line: InputLine) -> bool {
+        let command = match line {
+            InputLine::End => {
+                if self.input.is_prompt() {
+                    return true;
+                }
+                self.input_done = true;
+                return false;
+            }
+            InputLine::TooLong(bytes) => {
+                self.refuse(&format!(
+                    "message is {bytes} bytes long, more than {MAX_MESSAGE_CHARS} characters can be (not sent)"
+                ));
+                return false;
+            }
+            InputLine::Command(command) => command,
+        };
+        match command {
+            Command::Quit if self.input.is_prompt() => return true,
+            Command::Quit => self.input_done = true,
+            Command::Help => {
+                for line in command::help_lines() {
+                    self.screen.line(&line);
+                }
+            }
+            Command::Who => match &self.link {
+                Link::Up { session, .. } => show_who(session, &self.screen).await,
+                Link::Down(_) => self
+                    .screen
+                    .error("not connected: /who works again once reconnected"),
+            },
+            Command::History(count) => match &self.link {
+                Link::Up { session, .. } => {
+                    show_history(session, count, &self.oldest_seen, &self.screen, &self.style)
+                        .await;
+                }
+                Link::Down(_) => self
+                    .screen
+                    .error("not connected: /history works again once reconnected"),
+            },
+            Command::Misused(message) => self.refuse(&message),
+            Command::Unknown(word) => self.refuse(&command::unknown_hint(&word)),
+            Command::Say(line) => self.say(&line),
+        }
+        false
+    }
+
+    /// Queues a typed line to be published.
+    fn say(&mut self, line: &[u8]) {
+        let text = match validate_message(line) {
+            Ok(text) => text.to_owned(),
+            // An empty (or blank) line at a prompt is a stray Enter: nothing to say.
+            Err(ChatError::MessageEmpty) => return,
+            Err(err) => return self.refuse(&format!("{err} (not sent)")),
+        };
+        if self.outbox.len() >= MAX_PENDING_LINES {
+            return self.refuse(&format!(
+                "{MAX_PENDING_LINES} lines are already waiting to be sent (not sent)"
+            ));
+        }
+        if let Link::Down(_) = self.link
+            && self.screen.is_prompt()
+        {
+            self.screen
+                .notice(&format!("pending: \"{text}\" is sent once reconnected"));
+        }
+        self.outbox.push_back(Outgoing {
+            text,
+            id: PublishId::random(),
+        });
+    }
+
+    /// Says why a line was not sent, and counts it for the exit status.
+    fn refuse(&mut self, message: &str) {
+        self.not_sent += 1;
+        self.screen.error(message);
+    }
+
+    /// Joined: shows the feed, and at a prompt who is present.
+    async fn up(&mut self, session: Session, events: Events) {
+        if self.screen.is_prompt() {
+            show_who(&session, &self.screen).await;
+        }
+        let (screen, style, oldest) = (
+            self.screen.clone(),
+            self.style.clone(),
+            Arc::clone(&self.oldest_seen),
+        );
+        let feed = tokio::spawn(async move { show_feed(events, &screen, &style, &oldest).await });
+        let old = std::mem::replace(
+            &mut self.link,
+            Link::Up {
+                session,
+                feed,
+                publishing: None,
+                retry_at: None,
+            },
+        );
+        if let Link::Down(rejoin) = old {
+            rejoin.abort();
+        }
+    }
+
+    /// The connection is gone: says so at once and starts rejoining, or, when that
+    /// is off or cannot help, ends the session.
+    fn down(&mut self, lost: ClientError) -> Result<(), String> {
+        let Link::Up { session, feed, .. } = &self.link else {
+            return Ok(());
+        };
+        feed.abort();
+        let reason = session_lost(&lost);
+        if !(self.options.reconnect && worth_reconnecting(&lost)) {
+            return Err(reason);
+        }
+        let rejoin = tokio::spawn(rejoin(
+            self.options.clone(),
+            Arc::clone(&self.clock),
+            session.resume_point(),
+            self.screen.clone(),
+            reason,
+        ));
+        self.link = Link::Down(rejoin);
+        Ok(())
+    }
+
+    /// After a rejoin, says what could not be resumed.
+    fn rejoined_notice(&self, session: &Session) {
+        let info = session.joined();
+        match (info.resumed, info.missed) {
+            (Some(false), Some(missed)) => self.screen.notice(&format!(
+                "missed {missed} events while away (the server no longer keeps them); showing the latest {}",
+                info.history
+            )),
+            (Some(false), None) => self.screen.notice(&format!(
+                "the server's log was replaced while you were away, so what you missed is unknown; showing the latest {} events",
+                info.history
+            )),
+            _ => {}
+        }
+    }
+
+    /// Leaves: tells the server when connected, and lets the feed drain.
+    async fn leave(&mut self) -> Result<Option<u64>, String> {
+        if !self.outbox.is_empty() {
+            self.not_sent += self.outbox.len();
+            self.screen
+                .error(&format!("{} typed lines were not sent", self.outbox.len()));
+            self.outbox.clear();
+        }
+        let Link::Up {
+            session,
+            feed,
+            publishing,
+            ..
+        } = &mut self.link
+        else {
+            return Ok(None);
+        };
+        *publishing = None;
+        match tokio::time::timeout(LEAVE_TIMEOUT, session.leave()).await {
+            Ok(Ok(lamport)) => {
+                let _ = tokio::time::timeout(LEAVE_TIMEOUT, feed).await;
+                Ok(Some(lamport))
+            }
+            Ok(Err(err)) if err.connection_failed() => {
+                feed.abort();
+                Ok(None)
+            }
+            Ok(Err(err)) => Err(session_lost(&err)),
+            Err(_) => Err("the server did not answer Leave in time".to_owned()),
+        }
+    }
 }
 
 /// Awaits the Publish in flight; only polled when there is one.
@@ -386,13 +614,12 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
-/// A typed line as a message to send: `None` for an empty line, an error for one
-/// the server would refuse.
-fn accept_line(line: &[u8]) -> Result<Option<String>, ChatError> {
-    if line.is_empty() {
-        return Ok(None);
+/// Shows who is present, as the server says.
+async fn show_who(session: &Session, screen: &Screen) {
+    match session.who().await {
+        Ok(names) => screen.notice(&format!("Present ({}): {}", names.len(), names.join(", "))),
+        Err(err) => screen.error(&err.to_string()),
     }
-    validate_message(line).map(|text| Some(text.to_owned()))
 }
 
 /// Shows `count` events from before the oldest one shown so far.
@@ -400,26 +627,24 @@ async fn show_history(
     session: &Session,
     count: u32,
     oldest_seen: &AtomicU64,
-    screen: &mut Screen,
-    colour: bool,
+    screen: &Screen,
+    style: &Style,
 ) {
     let before = match oldest_seen.load(Ordering::Acquire) {
         u64::MAX => 0,
         seq => seq,
     };
     match session.history(before, count).await {
-        Ok((events, _)) if events.is_empty() => {
-            screen.notice("no older messages").await;
-        }
+        Ok((events, _)) if events.is_empty() => screen.notice("no older messages"),
         Ok((events, _)) => {
             for event in &events {
-                screen.line(&history_line(event, colour)).await;
+                screen.line(&style.line(event, true));
             }
             if let Some(first) = events.first() {
                 oldest_seen.fetch_min(first.seq, Ordering::AcqRel);
             }
         }
-        Err(err) => screen.error(&err.to_string()).await,
+        Err(err) => screen.error(&err.to_string()),
     }
 }
 
@@ -455,26 +680,45 @@ fn worth_retrying_join(err: &ClientError) -> bool {
 }
 
 /// Joins again under the same name, with exponential backoff and jitter, for up to
-/// the reconnect timeout, resuming the feed from `resume`.
+/// the reconnect timeout, resuming the feed from `resume`. Says on `screen` why the
+/// connection was lost and when each attempt comes.
 async fn rejoin(
-    options: &ClientOptions,
-    clock: &Arc<LamportClock>,
+    options: ClientOptions,
+    clock: Arc<LamportClock>,
     resume: Option<ResumePoint>,
+    screen: Screen,
+    reason: String,
 ) -> Result<(Session, Events), ClientError> {
     let started = Instant::now();
     let mut delay = RECONNECT_FIRST_DELAY;
+    let mut failed: Option<ClientError> = None;
     loop {
         // "Equal jitter": half the delay, plus up to as much again at random, so
         // clients cut off together do not come back in lockstep.
         let wait = delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0);
+        let at = match options.clock {
+            Some(offset) => format!("at {}", wall_clock_in(offset, wait)),
+            None => format!("in {:.1} s", wait.as_secs_f64()),
+        };
+        match &failed {
+            None => screen.notice(&format!(
+                "{reason}; reconnecting, next attempt {at} (Ctrl-C or /quit to leave)"
+            )),
+            // Quick retries need no word each; slower ones say they are coming.
+            Some(err) if wait >= Duration::from_secs(1) => {
+                screen.notice(&format!("still away ({err}); next attempt {at}"));
+            }
+            Some(_) => {}
+        }
         tokio::time::sleep(wait).await;
-        match join(options, Some(Arc::clone(clock)), resume.clone()).await {
+        match join(&options, Some(Arc::clone(&clock)), resume.clone()).await {
             Ok(joined) => return Ok(joined),
             Err(err)
                 if worth_retrying_join(&err) && started.elapsed() < options.reconnect_timeout =>
             {
                 delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                 tracing::info!(error = %err, next_delay_ms = delay.as_millis() as u64, "rejoin failed");
+                failed = Some(err);
             }
             Err(err) => return Err(err),
         }
@@ -484,18 +728,13 @@ async fn rejoin(
 /// Shows every event until the feed ends; `Ok` when it ended because we left.
 async fn show_feed(
     mut events: Events,
-    screen: &mut Screen,
-    colour: bool,
+    screen: &Screen,
+    style: &Style,
     oldest_seen: &AtomicU64,
 ) -> Result<(), ClientError> {
     while let Some(received) = events.next().await? {
         oldest_seen.fetch_min(received.event.seq, Ordering::AcqRel);
-        let line = if received.history {
-            history_line(&received.event, colour)
-        } else {
-            event_line(&received.event, colour)
-        };
-        screen.line(&line).await;
+        screen.line(&style.line(&received.event, received.history));
     }
     Ok(())
 }
@@ -524,178 +763,6 @@ fn session_lost(err: &ClientError) -> String {
 fn fail(status: u8, err: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("chittychat-client: error: {}", sanitize(&err.to_string()));
     ExitCode::from(status)
-}
-
-/// Where lines for the person go: straight to stdout, or above the prompt.
-#[derive(Clone)]
-enum Screen {
-    Plain,
-    Prompt(SharedWriter),
-}
-
-impl Screen {
-    async fn line(&mut self, line: &str) {
-        match self {
-            Screen::Plain => {
-                let mut stdout = std::io::stdout().lock();
-                let _ = std::io::Write::write_all(&mut stdout, format!("{line}\n").as_bytes());
-                let _ = std::io::Write::flush(&mut stdout);
-            }
-            Screen::Prompt(writer) => {
-                let _ = AsyncWriteExt::write_all(writer, format!("{line}\n").as_bytes()).await;
-            }
-        }
-    }
-
-    /// A word about the connection: on stderr when output is piped, so stdout holds
-    /// only the chat.
-    async fn notice(&mut self, message: &str) {
-        match self {
-            Screen::Plain => eprintln!("chittychat-client: {}", sanitize(message)),
-            Screen::Prompt(_) => self.line(&sanitize(message)).await,
-        }
-    }
-
-    async fn error(&mut self, message: &str) {
-        match self {
-            Screen::Plain => eprintln!("chittychat-client: error: {}", sanitize(message)),
-            Screen::Prompt(_) => self.line(&format!("error: {}", sanitize(message))).await,
-        }
-    }
-}
-
-/// Where the user's lines come from.
-enum Input {
-    Prompt(Readline),
-    Piped {
-        reader: BufReader<Stdin>,
-        /// The line read so far, at most [`MAX_INPUT_LINE_BYTES`] of it.
-        buffer: Vec<u8>,
-        /// How many bytes of the current line did not fit in `buffer`.
-        dropped: usize,
-    },
-}
-
-/// The most of one piped input line the client keeps. A message is at most 128
-/// characters of at most 4 bytes each, plus a line ending; anything longer cannot be
-/// sent, so the rest of it is counted and dropped rather than held in memory.
-pub const MAX_INPUT_LINE_BYTES: usize = MAX_MESSAGE_CHARS * 4 + 2;
-
-enum InputLine {
-    Line(Vec<u8>),
-    /// A line longer than [`MAX_INPUT_LINE_BYTES`], of this many bytes.
-    TooLong(usize),
-    /// `/history [N]`: show N older messages.
-    History(u32),
-    Quit,
-}
-
-impl Input {
-    fn piped() -> Self {
-        Input::Piped {
-            reader: BufReader::new(tokio::io::stdin()),
-            buffer: Vec::new(),
-            dropped: 0,
-        }
-    }
-
-    fn is_prompt(&self) -> bool {
-        matches!(self, Input::Prompt(_))
-    }
-
-    /// The next line, without its line ending. Cancel-safe: a partly read line stays
-    /// in the buffer for the next call.
-    async fn next_line(&mut self) -> InputLine {
-        let line = match self {
-            Input::Prompt(readline) => match readline.readline().await {
-                Ok(ReadlineEvent::Line(line)) => {
-                    readline.add_history_entry(line.clone());
-                    line.into_bytes()
-                }
-                Ok(ReadlineEvent::Eof | ReadlineEvent::Interrupted) | Err(_) => {
-                    return InputLine::Quit;
-                }
-            },
-            Input::Piped {
-                reader,
-                buffer,
-                dropped,
-            } => {
-                loop {
-                    // A read error ends the input like end of file does.
-                    let chunk = reader.fill_buf().await.unwrap_or(&[]);
-                    if chunk.is_empty() {
-                        if buffer.is_empty() && *dropped == 0 {
-                            return InputLine::Quit;
-                        }
-                        // End of input after a last line without a newline.
-                        break;
-                    }
-                    let (part, ends_line) = match chunk.iter().position(|&b| b == b'\n') {
-                        Some(end) => (&chunk[..=end], true),
-                        None => (chunk, false),
-                    };
-                    let keep = part.len().min(MAX_INPUT_LINE_BYTES - buffer.len());
-                    buffer.extend_from_slice(&part[..keep]);
-                    *dropped += part.len() - keep;
-                    let used = part.len();
-                    reader.consume(used);
-                    if ends_line {
-                        break;
-                    }
-                }
-                if *dropped > 0 {
-                    let bytes = buffer.len() + std::mem::take(dropped);
-                    buffer.clear();
-                    return InputLine::TooLong(bytes);
-                }
-                std::mem::take(buffer)
-            }
-        };
-        let line = trim_line_ending(line);
-        if line == QUIT_COMMAND.as_bytes() {
-            return InputLine::Quit;
-        }
-        if let Some(count) = history_command(&line) {
-            return InputLine::History(count);
-        }
-        InputLine::Line(line)
-    }
-
-    /// Shows what is still queued for the screen, then restores the terminal (the
-    /// prompt's drop leaves raw mode).
-    fn close(self) {
-        if let Input::Prompt(mut readline) = self {
-            let _ = readline.flush();
-        }
-    }
-}
-
-/// The count of a `/history` or `/history N` line (N from 1 to the server's page
-/// size); `None` for any other line.
-fn history_command(line: &[u8]) -> Option<u32> {
-    let rest = std::str::from_utf8(line)
-        .ok()?
-        .strip_prefix(HISTORY_COMMAND)?;
-    match rest.trim() {
-        "" if rest.is_empty() || rest.starts_with(' ') => Some(DEFAULT_HISTORY_COMMAND_COUNT),
-        count if rest.starts_with(' ') => count
-            .parse::<u32>()
-            .ok()
-            .filter(|count| *count > 0)
-            .map(|count| count.min(MAX_HISTORY_PAGE)),
-        _ => None,
-    }
-}
-
-fn trim_line_ending(mut line: Vec<u8>) -> Vec<u8> {
-    if line.last() == Some(&b'\n') {
-        line.pop();
-        if line.last() == Some(&b'\r') {
-            line.pop();
-        }
-    }
-    line
 }
 
 #[cfg(test)]
@@ -746,20 +813,6 @@ mod tests {
         assert!(!worth_retrying_join(&failed(
             ChatError::JoinSecretMissing.into()
         )));
-    }
-
-    #[test]
-    fn history_commands_are_recognised_and_other_lines_are_messages() {
-        assert_eq!(
-            history_command(b"/history"),
-            Some(DEFAULT_HISTORY_COMMAND_COUNT)
-        );
-        assert_eq!(history_command(b"/history 5"), Some(5));
-        assert_eq!(history_command(b"/history 99999"), Some(MAX_HISTORY_PAGE));
-        assert_eq!(history_command(b"/history 0"), None);
-        assert_eq!(history_command(b"/historyx"), None);
-        assert_eq!(history_command(b"/history five"), None);
-        assert_eq!(history_command(b"history"), None);
     }
 
     #[test]
