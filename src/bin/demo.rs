@@ -16,7 +16,7 @@ const EXIT_DEMO_FAILED: u8 = 3;
 /// messages, two at the same moment, a late join, /quit, a SIGKILL, leaves), prints
 /// what each participant saw, checks the logs and draws the space-time diagram.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "chittychat-demo", version)]
 struct Args {
     /// How many clients join at first; one more joins late.
     #[arg(long, default_value_t = MIN_CLIENTS as u64,

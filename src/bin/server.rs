@@ -25,10 +25,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
 
-/// The Chitty-Chat server: holds the participants and a Lamport clock, and
-/// broadcasts every message, join and leave to everyone present.
+/// Run a Chitty-Chat server: it holds the participants and a Lamport clock, keeps
+/// the conversation in an event log, and broadcasts every message, join and leave
+/// to everyone present.
 #[derive(Debug, Parser)]
-#[command(version, about, after_help = AFTER_HELP)]
+#[command(name = "chittychat-server", version, after_help = AFTER_HELP)]
 struct Args {
     /// Address to listen on; port 0 picks a free port (the bound address is logged).
     #[arg(long, env = "CHITTYCHAT_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -188,9 +189,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     // The log first: a data directory that cannot be used is refused before the
     // server takes its port.
     let (log, recovered) = Log::open(&config.log)?;
-    let listener = tokio::net::TcpListener::bind(&args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = bind(&args.listen).await?;
     // Every participant holds a connection, so lift the soft descriptor limit
     // (often 1024) to the hard one; 10,000 participants need about 10,000.
     match rlimit::increase_nofile_limit(u64::MAX) {
@@ -286,6 +285,31 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
             max_streams: args.max_streams,
         },
     })
+}
+
+/// Binds the listening socket; the errors a newcomer meets say what to do.
+async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    use std::io::ErrorKind;
+    match tokio::net::TcpListener::bind(listen).await {
+        Ok(listener) => Ok(listener),
+        Err(err) if err.kind() == ErrorKind::AddrInUse => Err(anyhow::anyhow!(
+            "{listen} is already in use: is another chittychat-server running? choose \
+             another with --listen"
+        )),
+        Err(err) if err.kind() == ErrorKind::InvalidInput => Err(anyhow::anyhow!(
+            "cannot listen on \"{listen}\": {err}; --listen takes HOST:PORT, such as \
+             127.0.0.1:50051 or 0.0.0.0:50051"
+        )),
+        Err(err) if err.kind() == ErrorKind::AddrNotAvailable => Err(anyhow::anyhow!(
+            "cannot listen on {listen}: no network interface of this machine has that \
+             address; use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        )),
+        Err(err) if err.kind() == ErrorKind::PermissionDenied => Err(anyhow::anyhow!(
+            "cannot listen on {listen}: permission denied (ports below 1024 need \
+             privileges); choose a port above 1023 with --listen"
+        )),
+        Err(err) => Err(err).with_context(|| format!("cannot listen on {listen}")),
+    }
 }
 
 /// The user's data directory for Chitty-Chat: `$XDG_DATA_HOME/chittychat`, else

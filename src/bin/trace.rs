@@ -20,7 +20,7 @@ const EXIT_IO: u8 = 3;
 /// Checks and draws the logs of a Chitty-Chat run: give a run's folder (its *.log
 /// files are read) or log files written with --log-format json.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "chittychat-trace", version)]
 struct Args {
     #[command(subcommand)]
     command: Command,
