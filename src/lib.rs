@@ -8,6 +8,8 @@
 //! - [`event`]: the events the server broadcasts.
 //! - [`log`]: the ordered, durable event log (in memory or in redb) that every feed,
 //!   history page and resume reads.
+//! - [`log_schema`]: the field names, messages and causes of the JSON log lines
+//!   that the trace tools and the demo read back.
 //! - [`room`]: the chat room: participants, sessions, rate limits and the server's
 //!   clock; every accepted request becomes one event in the log.
 //! - [`feed`]: a participant's cursor into the log.
@@ -40,6 +42,7 @@ pub mod feed;
 pub mod health;
 pub mod lamport;
 pub mod log;
+pub mod log_schema;
 pub mod logging;
 pub mod pb;
 pub mod room;

@@ -2,6 +2,7 @@
 //! defaults, and reading its CPU time and memory from `/proc`.
 
 use super::BenchError;
+use crate::log_schema::{field, message};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -140,12 +141,14 @@ impl SpawnedServer {
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // The log is in the default text format: `... <message> address=<addr>`.
+            let address_field = format!("{}=", field::ADDRESS);
             if let Some(address) = text
                 .lines()
-                .filter(|line| line.contains("listening"))
+                .filter(|line| line.contains(message::LISTENING))
                 .find_map(|line| {
                     line.split_whitespace()
-                        .find_map(|f| f.strip_prefix("address="))
+                        .find_map(|f| f.strip_prefix(address_field.as_str()))
                 })
             {
                 return Ok(address.to_owned());

@@ -44,7 +44,7 @@ pub fn mermaid(run: &Run, messages: &[Message]) -> String {
                 },
                 _,
             ) => {
-                if matches!(cause.as_str(), "disconnected" | "too_slow") && noted.insert(*seq) {
+                if cause.is_dropout() && noted.insert(*seq) {
                     let _ = writeln!(
                         out,
                         "    Note over P{}: {} {cause}: leave at L {}",

@@ -368,9 +368,9 @@ fn broadcast_text(action: &Action) -> Option<(String, String)> {
     else {
         return None;
     };
-    let what = match (kind.as_str(), cause.as_str()) {
-        ("chat", _) => format!("{participant}: {text}"),
-        (_, "disconnected" | "too_slow") => format!("{participant} {kind} ({cause})"),
+    let what = match kind.as_str() {
+        "chat" => format!("{participant}: {text}"),
+        _ if cause.is_dropout() => format!("{participant} {kind} ({cause})"),
         _ => format!("{participant} {kind}"),
     };
     Some((format!("#{seq}"), what))
