@@ -1,7 +1,8 @@
 //! The gRPC face of the chat room: the tonic service, and [`run`], which serves it.
 //!
 //! This layer converts between the generated `pb` types and the domain, logs every
-//! refused call, and maps [`ChatError`] to a status through its one `From` impl.
+//! refused call, and answers a refusal with its status (the one mapping is in
+//! [`crate::status`]).
 //! Accepted calls are logged by the room, one line per event.
 
 use crate::connection::{self, ConnectionHandle, ConnectionLimits, ParticipantFeed};
@@ -12,6 +13,7 @@ use crate::log::{Epoch, Log, LogConfig, LogError, Recovered};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
 use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig};
+use crate::status;
 use crate::transport::{
     DEFAULT_MAX_REQUEST_BYTES, HISTORY_METADATA, JOIN_SECRET_METADATA, JoinSecret, Keepalive,
     LOG_EPOCH_METADATA, MISSED_METADATA, RESUMED_METADATA, SESSION_TOKEN_METADATA,
@@ -281,7 +283,7 @@ impl ChatService {
         tracing::warn!(
             rpc,
             participant = participant.unwrap_or("<unknown>"),
-            code = ?err.code(),
+            code = ?status::code(err),
             error = %err,
             "refused"
         );
@@ -482,7 +484,7 @@ where
             tracing::warn!(
                 rpc,
                 participant = "<unknown>",
-                code = ?err.code(),
+                code = ?status::code(&err),
                 error = %err,
                 "refused"
             );
