@@ -3,9 +3,9 @@
 
 mod export_checks;
 
+use export_checks::*;
 use std::path::Path;
 use std::process::{Command, Output};
-use export_checks::*;
 
 fn demo(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chittychat-demo"))

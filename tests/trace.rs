@@ -8,9 +8,9 @@ use chittychat::trace::causality::{self, MessageKind, happened_before};
 use chittychat::trace::check::{self, Rule};
 use chittychat::trace::parse::{Action, Run, parse_process};
 use chittychat::trace::{mermaid, shiviz, svg, timeline};
+use export_checks::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use export_checks::*;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
