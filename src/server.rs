@@ -277,17 +277,6 @@ impl ChatService {
             Some(_) => Err(ChatError::JoinSecretWrong),
         }
     }
-
-    /// Logs a refused call at warn level with whatever is known of the caller.
-    fn refused(&self, rpc: &'static str, participant: Option<&str>, err: &ChatError) {
-        tracing::warn!(
-            rpc,
-            participant = participant.unwrap_or("<unknown>"),
-            code = ?status::code(err),
-            error = %err,
-            "refused"
-        );
-    }
 }
 
 #[tonic::async_trait]
@@ -302,7 +291,7 @@ impl ChittyChat for ChatService {
         let connection = ConnectionHandle::of(request.extensions());
         let request = request.into_inner();
         let refused = |err: &ChatError| {
-            self.refused("Join", Some(&name_for_display(&request.name)), err);
+            log_refused("Join", Some(&name_for_display(&request.name)), err);
         };
         // An epoch that does not parse is not this log's: resume says so.
         let resume = request.resume.as_ref().map(|point| ResumePoint {
@@ -374,7 +363,7 @@ impl ChittyChat for ChatService {
             .await
             .inspect_err(|err| {
                 let name = self.room.name_of(&request.session_token);
-                self.refused("Publish", name.as_deref(), err);
+                log_refused("Publish", name.as_deref(), err);
             })?;
         Ok(Response::new(pb::PublishReply {
             lamport: stamp.lamport,
@@ -391,7 +380,7 @@ impl ChittyChat for ChatService {
             .room
             .leave(&request.session_token, request.lamport)
             .await
-            .inspect_err(|err| self.refused("Leave", None, err))?;
+            .inspect_err(|err| log_refused("Leave", None, err))?;
         Ok(Response::new(pb::LeaveReply {
             lamport: stamp.lamport,
             seq: stamp.seq,
@@ -408,7 +397,7 @@ impl ChittyChat for ChatService {
             .room
             .history(&request.session_token, request.before, request.limit)
             .await
-            .inspect_err(|err| self.refused("History", name.as_deref(), err))?;
+            .inspect_err(|err| log_refused("History", name.as_deref(), err))?;
         tracing::info!(
             rpc = "History",
             participant = name.as_deref().unwrap_or("<unknown>"),
@@ -481,16 +470,22 @@ where
             };
             let err = ChatError::RequestTooLarge { found, max };
             let rpc = uri.path().rsplit('/').next().unwrap_or_default();
-            tracing::warn!(
-                rpc,
-                participant = "<unknown>",
-                code = ?status::code(&err),
-                error = %err,
-                "refused"
-            );
+            log_refused(rpc, None, &err);
             Ok(Status::from(err).into_http())
         })
     }
+}
+
+/// Logs a refused call at warn level with whatever is known of the caller: the one
+/// "refused" line, whether the room or the transport refused.
+fn log_refused(rpc: &str, participant: Option<&str>, err: &ChatError) {
+    tracing::warn!(
+        rpc,
+        participant = participant.unwrap_or("<unknown>"),
+        code = ?status::code(err),
+        error = %err,
+        "refused"
+    );
 }
 
 /// The size tonic found and its limit, when `status` is tonic's refusal of a
