@@ -8,6 +8,7 @@
 use crate::error::ChatError;
 use crate::event::{Event, EventKind};
 use crate::lamport::{LamportClock, LamportTime};
+use crate::log_schema::{field, message, rpc};
 use crate::pb;
 use crate::pb::chitty_chat_client::ChittyChatClient;
 use crate::transport::{
@@ -295,7 +296,14 @@ impl Session {
         let mut grpc = ChittyChatClient::new(channel);
         let lamport = clock.tick();
         let resume_after = options.resume.as_ref().map(|point| point.after_seq);
-        tracing::info!(rpc = "Join", name, lamport, resume_after, "sent");
+        tracing::info!(
+            { field::RPC } = rpc::JOIN,
+            { field::NAME } = name,
+            { field::LAMPORT } = lamport,
+            { field::RESUME_AFTER } = resume_after,
+            "{}",
+            message::SENT
+        );
         let mut request = Request::new(pb::JoinRequest {
             name: name.as_bytes().to_vec(),
             lamport,
@@ -395,7 +403,15 @@ impl Session {
     ) -> Result<Published, ClientError> {
         validate_message(text.as_bytes())?;
         let lamport = self.clock.tick();
-        tracing::info!(rpc = "Publish", name = %self.name, text, publish_id = id.as_str(), lamport, "sent");
+        tracing::info!(
+            { field::RPC } = rpc::PUBLISH,
+            { field::NAME } = %self.name,
+            { field::TEXT } = text,
+            { field::PUBLISH_ID } = id.as_str(),
+            { field::LAMPORT } = lamport,
+            "{}",
+            message::SENT
+        );
         let mut request = tonic::Request::new(pb::PublishRequest {
             session_token: self.token.clone(),
             text: text.as_bytes().to_vec(),
@@ -415,11 +431,12 @@ impl Session {
             .into_inner();
         let local = self.clock.observe(reply.lamport);
         tracing::info!(
-            rpc = "Publish",
-            seq = reply.seq,
-            server_lamport = reply.lamport,
-            lamport = local,
-            "reply"
+            { field::RPC } = rpc::PUBLISH,
+            { field::SEQ } = reply.seq,
+            { field::SERVER_LAMPORT } = reply.lamport,
+            { field::LAMPORT } = local,
+            "{}",
+            message::REPLY
         );
         Ok(Published {
             sent_lamport: lamport,
@@ -433,7 +450,13 @@ impl Session {
     /// see. The feed delivers what the server queued before, then ends.
     pub async fn leave(&self) -> Result<LamportTime, ClientError> {
         let lamport = self.clock.tick();
-        tracing::info!(rpc = "Leave", name = %self.name, lamport, "sent");
+        tracing::info!(
+            { field::RPC } = rpc::LEAVE,
+            { field::NAME } = %self.name,
+            { field::LAMPORT } = lamport,
+            "{}",
+            message::SENT
+        );
         let mut request = tonic::Request::new(pb::LeaveRequest {
             session_token: self.token.clone(),
             lamport,
@@ -451,11 +474,12 @@ impl Session {
             .into_inner();
         let local = self.clock.observe(reply.lamport);
         tracing::info!(
-            rpc = "Leave",
-            seq = reply.seq,
-            server_lamport = reply.lamport,
-            lamport = local,
-            "reply"
+            { field::RPC } = rpc::LEAVE,
+            { field::SEQ } = reply.seq,
+            { field::SERVER_LAMPORT } = reply.lamport,
+            { field::LAMPORT } = local,
+            "{}",
+            message::REPLY
         );
         Ok(reply.lamport)
     }
@@ -472,9 +496,16 @@ impl Session {
             .clone()
             .who(request)
             .await
-            .map_err(|status| ClientError::Rpc { rpc: "Who", status })?
+            .map_err(|status| ClientError::Rpc {
+                rpc: rpc::WHO,
+                status,
+            })?
             .into_inner();
-        tracing::info!(rpc = "Who", present = reply.names.len(), "reply");
+        tracing::info!(
+            { field::RPC } = rpc::WHO,
+            present = reply.names.len(),
+            "reply"
+        );
         Ok(reply.names)
     }
 
@@ -566,14 +597,15 @@ impl Events {
                 continue;
             };
             tracing::info!(
-                kind = %event.kind,
-                participant = %event.participant,
-                text = %event.text,
-                seq = event.seq,
-                server_lamport = event.lamport,
-                history,
-                lamport = local_lamport,
-                "received"
+                { field::KIND } = %event.kind,
+                { field::PARTICIPANT } = %event.participant,
+                { field::TEXT } = %event.text,
+                { field::SEQ } = event.seq,
+                { field::SERVER_LAMPORT } = event.lamport,
+                { field::HISTORY } = history,
+                { field::LAMPORT } = local_lamport,
+                "{}",
+                message::RECEIVED
             );
             return Ok(Some(Received {
                 event,

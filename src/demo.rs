@@ -10,6 +10,7 @@
 //! present has shown its outcome on stdout, so the script never races itself.
 
 use crate::event::{joined_sentence, left_sentence};
+use crate::log_schema::{field, message, rpc};
 use crate::trace;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -49,9 +50,6 @@ const STOP_POLL: Duration = Duration::from_millis(1);
 
 /// How often a log file is read again while waiting for a line in it.
 const LOG_POLL: Duration = Duration::from_millis(10);
-
-/// The server's log line that names its address.
-const LISTENING: &str = "Chitty-Chat server listening";
 
 /// Names the participants get, shuffled by the seed.
 const NAMES: [&str; 16] = [
@@ -481,7 +479,7 @@ impl Stage {
                 let mut all = Ok(());
                 for (name, _) in lines {
                     let wanted = self.find(name)?.published + 1;
-                    all = self.logged(name, "sent", wanted).await;
+                    all = self.logged(name, message::SENT, wanted).await;
                     if all.is_err() {
                         break;
                     }
@@ -508,7 +506,7 @@ impl Stage {
         // from a client that is ready.
         for (name, _) in lines {
             let wanted = self.find(name)?.published;
-            self.logged(name, "reply", wanted).await?;
+            self.logged(name, message::REPLY, wanted).await?;
         }
         Ok(())
     }
@@ -578,13 +576,13 @@ impl Stage {
     async fn logged(&mut self, name: &str, message: &str, wanted: usize) -> Result<(), DemoError> {
         let deadline = Instant::now() + self.timeout;
         let log = self.find(name)?.log.clone();
-        let message = format!(r#""message":"{message}""#);
         loop {
             // The log is written by a background thread; read what is there.
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             let count = text
                 .lines()
-                .filter(|l| l.contains(&message) && l.contains(r#""rpc":"Publish""#))
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|l| l[field::MESSAGE] == message && l[field::RPC] == rpc::PUBLISH)
                 .count();
             if count >= wanted {
                 return Ok(());
@@ -844,10 +842,10 @@ async fn interrupted() -> &'static str {
 /// The address in the server's "listening" log line.
 fn listening_address(line: &str) -> Option<String> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get("message")?.as_str()? != LISTENING {
+    if value.get(field::MESSAGE)?.as_str()? != message::LISTENING {
         return None;
     }
-    Some(value.get("address")?.as_str()?.to_owned())
+    Some(value.get(field::ADDRESS)?.as_str()?.to_owned())
 }
 
 impl Server {

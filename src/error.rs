@@ -1,6 +1,7 @@
-//! The one error type of the chat domain, and its one mapping to a gRPC status.
+//! The one error type of the chat domain: every refusal, with a message a person
+//! understands. It knows nothing of gRPC; [`crate::status`] maps it to a status.
 
-use tonic::{Code, Status};
+use crate::validate::MAX_NAME_CHARS;
 
 /// Everything the chat service can refuse, with a message a person understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -48,8 +49,8 @@ pub enum ChatError {
     },
     /// The name breaks the naming rule.
     #[error(
-        "invalid name \"{name}\": a name is 1 to 32 characters, each an ASCII letter, \
-         a digit, '-', '_' or '.'"
+        "invalid name \"{name}\": a name is 1 to {MAX_NAME_CHARS} characters, each an ASCII \
+         letter, a digit, '-', '_' or '.'"
     )]
     InvalidName {
         /// The name as received, escaped for display.
@@ -142,44 +143,6 @@ fn format_retry(ms: u64) -> String {
     format!("{}.{}", tenths / 10, tenths % 10)
 }
 
-impl ChatError {
-    /// The gRPC status code for this error.
-    pub fn code(&self) -> Code {
-        match self {
-            ChatError::MessageNotUtf8 { .. }
-            | ChatError::MessageEmpty
-            | ChatError::MessageTooLong { .. }
-            | ChatError::MessageControlCharacter { .. }
-            | ChatError::InvalidName { .. }
-            | ChatError::LamportTooFarAhead { .. }
-            | ChatError::InvalidPublishId { .. } => Code::InvalidArgument,
-            ChatError::NameTaken { .. } => Code::AlreadyExists,
-            ChatError::UnknownSession
-            | ChatError::JoinSecretMissing
-            | ChatError::JoinSecretWrong => Code::Unauthenticated,
-            ChatError::ShuttingDown | ChatError::LogUnavailable { .. } => Code::Unavailable,
-            ChatError::TooSlow { .. }
-            | ChatError::ServerFull { .. }
-            | ChatError::RateLimited { .. }
-            | ChatError::RequestTooLarge { .. } => Code::ResourceExhausted,
-        }
-    }
-}
-
-/// The one place a domain error becomes a gRPC status.
-impl From<ChatError> for Status {
-    fn from(err: ChatError) -> Self {
-        let mut status = Status::new(err.code(), err.to_string());
-        if let ChatError::RateLimited { retry_after_ms, .. } = err {
-            status.metadata_mut().insert(
-                crate::transport::RETRY_AFTER_MS_METADATA,
-                retry_after_ms.into(),
-            );
-        }
-        status
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,21 +166,12 @@ mod tests {
     }
 
     #[test]
-    fn every_limit_is_resource_exhausted_and_the_secret_unauthenticated() {
-        for err in [
-            ChatError::ServerFull { max: 1 },
-            ChatError::RequestTooLarge { found: 9, max: 1 },
-            ChatError::TooSlow {
-                position: 1,
-                first_held: 2,
-            },
-        ] {
-            assert_eq!(Status::from(err).code(), Code::ResourceExhausted);
-        }
-        for err in [ChatError::JoinSecretMissing, ChatError::JoinSecretWrong] {
-            let status = Status::from(err);
-            assert_eq!(status.code(), Code::Unauthenticated);
-            assert!(!status.message().ends_with('.'));
-        }
+    fn the_name_rule_states_the_limit() {
+        let err = ChatError::InvalidName { name: "x".into() };
+        assert_eq!(
+            err.to_string(),
+            "invalid name \"x\": a name is 1 to 32 characters, each an ASCII letter, a digit, \
+             '-', '_' or '.'"
+        );
     }
 }

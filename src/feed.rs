@@ -8,7 +8,8 @@
 
 use crate::error::ChatError;
 use crate::log::{Durable, Entry, LogError, Read, STORE_READ_BATCH};
-use crate::room::{LeaveCause, Room};
+use crate::log_schema::LeaveCause;
+use crate::room::Room;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;

@@ -4,14 +4,17 @@
 //! A map of the crate:
 //! - [`lamport`]: the Lamport clock every process keeps.
 //! - [`validate`]: the rules for names and messages, shared by server and client.
-//! - [`error`]: the domain's one error type and its mapping to a gRPC status.
+//! - [`error`]: the domain's one error type; it knows nothing of gRPC.
 //! - [`event`]: the events the server broadcasts.
 //! - [`log`]: the ordered, durable event log (in memory or in redb) that every feed,
 //!   history page and resume reads.
+//! - [`log_schema`]: the field names, messages and causes of the JSON log lines
+//!   that the trace tools and the demo read back.
 //! - [`room`]: the chat room: participants, sessions, rate limits and the server's
 //!   clock; every accepted request becomes one event in the log.
 //! - [`feed`]: a participant's cursor into the log.
 //! - [`server`]: the tonic service over the room, and `run`, which serves it.
+//! - [`status`]: the one mapping of a domain error to a gRPC status.
 //! - [`connection`]: each accepted connection: the capped accept loop, the join and
 //!   send deadlines, and closing a connection whose participant was cut off.
 //! - [`health`]: the gRPC health service, server reflection and the health probe.
@@ -40,11 +43,13 @@ pub mod feed;
 pub mod health;
 pub mod lamport;
 pub mod log;
+pub mod log_schema;
 pub mod logging;
 pub mod pb;
 pub mod room;
 pub mod script;
 pub mod server;
+pub mod status;
 pub mod trace;
 pub mod transport;
 pub mod validate;

@@ -13,6 +13,7 @@ use crate::event::{EventKind, Stamp, joined_sentence, left_sentence};
 use crate::feed::{Feed, FeedEnd};
 use crate::lamport::{LamportClock, LamportTime};
 use crate::log::{Entry, Epoch, Log, Recovered};
+use crate::log_schema::{BroadcastCause, LeaveCause, field, message};
 use crate::validate::{validate_lamport, validate_message, validate_name, validate_publish_id};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -106,30 +107,6 @@ impl PublishRate {
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
             }
         })
-    }
-}
-
-/// Why a participant left; logged with the leave notice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaveCause {
-    /// It called Leave.
-    Requested,
-    /// Its feed was dropped: the client closed the stream, crashed or vanished.
-    Disconnected,
-    /// It fell so far behind that the log no longer held its position.
-    TooSlow,
-    /// It was present when the server stopped; announced when the server came back.
-    ServerRestart,
-}
-
-impl LeaveCause {
-    fn as_str(self) -> &'static str {
-        match self {
-            LeaveCause::Requested => "Leave",
-            LeaveCause::Disconnected => "disconnected",
-            LeaveCause::TooSlow => "too_slow",
-            LeaveCause::ServerRestart => "server_restart",
-        }
     }
 }
 
@@ -245,7 +222,7 @@ struct Session {
 /// An event appended under the lock, logged after it is released.
 struct Logged {
     entry: Arc<Entry>,
-    cause: &'static str,
+    cause: BroadcastCause,
     client_lamport: Option<LamportTime>,
     recipients: usize,
     /// For a Join that resumed a feed: the resume point's sequence number.
@@ -284,7 +261,7 @@ impl Room {
             let entry = room.log.append(EventKind::Left, name, text, lamport, None);
             logged.push(Logged {
                 entry,
-                cause: LeaveCause::ServerRestart.as_str(),
+                cause: LeaveCause::ServerRestart.into(),
                 client_lamport: None,
                 recipients: 0,
                 resumed_after: None,
@@ -408,7 +385,12 @@ impl Room {
                     (recent, Resume::Gap { missed })
                 }
             };
-            let mut line = Logged::new(Arc::clone(&entry), "Join", Some(client_lamport), &state);
+            let mut line = Logged::new(
+                Arc::clone(&entry),
+                BroadcastCause::Join,
+                Some(client_lamport),
+                &state,
+            );
             if resume == Resume::Resumed {
                 line.resumed_after = Some(cursor - 1);
             }
@@ -481,7 +463,12 @@ impl Room {
                 if let Some((name, id)) = key {
                     remember_publish_id(&mut state, name, id, stamp, self.log.first_held());
                 }
-                logged.push(Logged::new(entry, "Publish", Some(client_lamport), &state));
+                logged.push(Logged::new(
+                    entry,
+                    BroadcastCause::Publish,
+                    Some(client_lamport),
+                    &state,
+                ));
                 (stamp, None)
             }
         };
@@ -515,7 +502,7 @@ impl Room {
             entry.map(|entry| {
                 Logged::new(
                     entry,
-                    LeaveCause::Requested.as_str(),
+                    LeaveCause::Requested.into(),
                     Some(client_lamport),
                     &state,
                 )
@@ -605,12 +592,7 @@ impl Room {
                 }
                 let lamport = self.clock.tick();
                 if let Some(entry) = self.remove_and_announce(&mut state, id, lamport) {
-                    logged.push(Logged::new(
-                        entry,
-                        LeaveCause::TooSlow.as_str(),
-                        None,
-                        &state,
-                    ));
+                    logged.push(Logged::new(entry, LeaveCause::TooSlow.into(), None, &state));
                 }
             }
         }
@@ -631,7 +613,7 @@ impl Room {
             }
             let lamport = self.clock.tick();
             self.remove_and_announce(&mut state, session, lamport)
-                .map(|entry| Logged::new(entry, cause.as_str(), None, &state))
+                .map(|entry| Logged::new(entry, cause.into(), None, &state))
         };
         log_events(logged.as_slice());
     }
@@ -700,7 +682,7 @@ fn remember_publish_id(
 impl Logged {
     fn new(
         entry: Arc<Entry>,
-        cause: &'static str,
+        cause: BroadcastCause,
         client_lamport: Option<LamportTime>,
         state: &State,
     ) -> Self {
@@ -724,28 +706,31 @@ fn log_events(logged: &[Logged]) {
         resumed_after,
     } in logged
     {
-        let level_is_warn = *cause == LeaveCause::TooSlow.as_str();
+        let level_is_warn = *cause == BroadcastCause::Leave(LeaveCause::TooSlow);
         macro_rules! line {
             ($level:ident) => {
-                tracing::$level!(
+                // `event!`, since `info!` with a `target:` takes no constant field names.
+                tracing::event!(
                     target: "chittychat::broadcast",
-                    cause = *cause,
-                    kind = %entry.kind,
-                    participant = %entry.participant,
-                    text = %entry.text,
-                    lamport = entry.lamport,
-                    seq = entry.seq,
-                    client_lamport = *client_lamport,
-                    recipients = *recipients,
-                    resumed_after = *resumed_after,
-                    "broadcast"
+                    tracing::Level::$level,
+                    { field::CAUSE } = cause.as_str(),
+                    { field::KIND } = %entry.kind,
+                    { field::PARTICIPANT } = %entry.participant,
+                    { field::TEXT } = %entry.text,
+                    { field::LAMPORT } = entry.lamport,
+                    { field::SEQ } = entry.seq,
+                    { field::CLIENT_LAMPORT } = *client_lamport,
+                    { field::RECIPIENTS } = *recipients,
+                    { field::RESUMED_AFTER } = *resumed_after,
+                    "{}",
+                    message::BROADCAST
                 )
             };
         }
         if level_is_warn {
-            line!(warn);
+            line!(WARN);
         } else {
-            line!(info);
+            line!(INFO);
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The gRPC face of the chat room: the tonic service, and [`run`], which serves it.
 //!
 //! This layer converts between the generated `pb` types and the domain, logs every
-//! refused call, and maps [`ChatError`] to a status through its one `From` impl.
+//! refused call, and answers a refusal with its status (the one mapping is in
+//! [`crate::status`]).
 //! Accepted calls are logged by the room, one line per event.
 
 use crate::connection::{self, ConnectionHandle, ConnectionLimits, ParticipantFeed};
@@ -12,6 +13,7 @@ use crate::log::{Epoch, Log, LogConfig, LogError, Recovered};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
 use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig};
+use crate::status;
 use crate::transport::{
     DEFAULT_MAX_REQUEST_BYTES, HISTORY_METADATA, JOIN_SECRET_METADATA, JoinSecret, Keepalive,
     LOG_EPOCH_METADATA, MISSED_METADATA, RESUMED_METADATA, SESSION_TOKEN_METADATA,
@@ -275,17 +277,6 @@ impl ChatService {
             Some(_) => Err(ChatError::JoinSecretWrong),
         }
     }
-
-    /// Logs a refused call at warn level with whatever is known of the caller.
-    fn refused(&self, rpc: &'static str, participant: Option<&str>, err: &ChatError) {
-        tracing::warn!(
-            rpc,
-            participant = participant.unwrap_or("<unknown>"),
-            code = ?err.code(),
-            error = %err,
-            "refused"
-        );
-    }
 }
 
 #[tonic::async_trait]
@@ -300,7 +291,7 @@ impl ChittyChat for ChatService {
         let connection = ConnectionHandle::of(request.extensions());
         let request = request.into_inner();
         let refused = |err: &ChatError| {
-            self.refused("Join", Some(&name_for_display(&request.name)), err);
+            log_refused("Join", Some(&name_for_display(&request.name)), err);
         };
         // An epoch that does not parse is not this log's: resume says so.
         let resume = request.resume.as_ref().map(|point| ResumePoint {
@@ -372,7 +363,7 @@ impl ChittyChat for ChatService {
             .await
             .inspect_err(|err| {
                 let name = self.room.name_of(&request.session_token);
-                self.refused("Publish", name.as_deref(), err);
+                log_refused("Publish", name.as_deref(), err);
             })?;
         Ok(Response::new(pb::PublishReply {
             lamport: stamp.lamport,
@@ -389,7 +380,7 @@ impl ChittyChat for ChatService {
             .room
             .leave(&request.session_token, request.lamport)
             .await
-            .inspect_err(|err| self.refused("Leave", None, err))?;
+            .inspect_err(|err| log_refused("Leave", None, err))?;
         Ok(Response::new(pb::LeaveReply {
             lamport: stamp.lamport,
             seq: stamp.seq,
@@ -406,7 +397,7 @@ impl ChittyChat for ChatService {
             .room
             .history(&request.session_token, request.before, request.limit)
             .await
-            .inspect_err(|err| self.refused("History", name.as_deref(), err))?;
+            .inspect_err(|err| log_refused("History", name.as_deref(), err))?;
         tracing::info!(
             rpc = "History",
             participant = name.as_deref().unwrap_or("<unknown>"),
@@ -429,7 +420,7 @@ impl ChittyChat for ChatService {
         let names = self
             .room
             .who(&request.session_token)
-            .inspect_err(|err| self.refused("Who", name.as_deref(), err))?;
+            .inspect_err(|err| log_refused("Who", name.as_deref(), err))?;
         tracing::info!(
             rpc = "Who",
             participant = name.as_deref().unwrap_or("<unknown>"),
@@ -498,16 +489,22 @@ where
             };
             let err = ChatError::RequestTooLarge { found, max };
             let rpc = uri.path().rsplit('/').next().unwrap_or_default();
-            tracing::warn!(
-                rpc,
-                participant = "<unknown>",
-                code = ?err.code(),
-                error = %err,
-                "refused"
-            );
+            log_refused(rpc, None, &err);
             Ok(Status::from(err).into_http())
         })
     }
+}
+
+/// Logs a refused call at warn level with whatever is known of the caller: the one
+/// "refused" line, whether the room or the transport refused.
+fn log_refused(rpc: &str, participant: Option<&str>, err: &ChatError) {
+    tracing::warn!(
+        rpc,
+        participant = participant.unwrap_or("<unknown>"),
+        code = ?status::code(err),
+        error = %err,
+        "refused"
+    );
 }
 
 /// The size tonic found and its limit, when `status` is tonic's refusal of a

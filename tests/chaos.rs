@@ -18,17 +18,21 @@
 //! The run takes about 21 seconds. Its random choices come from one seed, printed
 //! at the start; `CHITTYCHAT_CHAOS_SEED=<seed>` replays them (timing still varies).
 
+mod fixture;
+
+use chittychat::bench::process::status_kib;
 use chittychat::client::{ClientError, Events, JoinOptions, Session, connect};
 use chittychat::display::event_line;
 use chittychat::event::{Event, EventKind, joined_sentence, left_sentence};
+use chittychat::log_schema::{LeaveCause, field};
+use fixture::{ServerProcess, within};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tonic::Code;
@@ -75,8 +79,8 @@ async fn chaos() {
     println!("chaos seed {seed} (replay the choices with CHITTYCHAT_CHAOS_SEED={seed})");
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
-    let server = ServerProcess::start().await;
-    let url = server.url.clone();
+    let server = start_server().await;
+    let url = server.url();
 
     // The observer is present from the first event to the last and reads them all;
     // it also tells when the room is empty again.
@@ -95,7 +99,7 @@ async fn chaos() {
         .await
         .expect("join");
 
-    let memory = MemoryWatch::start(server.pid);
+    let memory = MemoryWatch::start(server.pid());
     let chaos_ends = Instant::now() + CHAOS_FOR;
     let flooder = tokio::spawn(flood(url.clone(), chaos_ends));
     let processes = tokio::spawn(killed_processes(url.clone(), rng.random(), chaos_ends));
@@ -128,22 +132,26 @@ async fn chaos() {
             *present_rx.borrow()
         ),
     }
-    let rss_end = rss_kib(server.pid);
+    let rss_end = rss_kib(server.pid());
     observer.leave().await.expect("the observer leaves");
     let observer_record = timeout(STEP_DEADLINE, observer_reader)
         .await
         .expect("the observer's feed ends after Leave")
         .expect("the observer panicked");
     let (rss_start, rss_peak) = memory.stop().await;
-    let server_log = Arc::clone(&server.log);
-    let status = server.stop().await;
+    let (status, server_log) = within(
+        STEP_DEADLINE,
+        "the server to stop after SIGTERM",
+        server.terminate_with_log(),
+    )
+    .await;
     let chaos_took = started.elapsed();
 
     let figures = check(
         observer_record,
         &records,
         &processes,
-        &server_log.lock().expect("log lock"),
+        &server_log.seen,
         status,
     );
     println!(
@@ -174,89 +182,24 @@ async fn chaos() {
     );
 }
 
-/// The server process, its URL and every line it logged.
-struct ServerProcess {
-    child: Child,
-    pid: u32,
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
+/// Starts the server for the chaos, with JSON logs of warnings (refusals, too-slow
+/// disconnects) and the listening address.
+async fn start_server() -> ServerProcess {
+    let history_limit = HISTORY_LIMIT.to_string();
+    ServerProcess::start_with_env(
+        &["--listen", "127.0.0.1:0"],
+        // The stalled reader reads nothing for the whole chaos and must then find
+        // the reason it was cut off; a reader silent for the send timeout loses
+        // its connection instead (tests/hostile_peers.rs), so outlast the chaos.
+        &["--history-limit", &history_limit, "--send-timeout", "120"],
+        &[("RUST_LOG", "warn,chittychat_server=info")],
+    )
+    .await
 }
 
-impl ServerProcess {
-    async fn start() -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(["--ephemeral", "--history-limit", &HISTORY_LIMIT.to_string()])
-            // The stalled reader reads nothing for the whole chaos and must then find
-            // the reason it was cut off; a reader silent for the send timeout loses
-            // its connection instead (tests/hostile_peers.rs), so outlast the chaos.
-            .args(["--send-timeout", "120"])
-            // Warnings (refusals, too-slow disconnects) and the listening address.
-            .env("RUST_LOG", "warn,chittychat_server=info")
-            .env_remove("CHITTYCHAT_LOG_FILE")
-            .env_remove("CHITTYCHAT_LOG_FORMAT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start chittychat-server");
-        let pid = child.id().expect("the server has a pid");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (address_tx, address_rx) = oneshot::channel();
-        let lines = Arc::clone(&log);
-        tokio::spawn(async move {
-            let mut address_tx = Some(address_tx);
-            let mut stderr = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = stderr.next_line().await {
-                if let Some(address) = line.split_once("address=").map(|(_, rest)| rest)
-                    && let Some(tx) = address_tx.take()
-                {
-                    let address = address.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(address.to_owned());
-                }
-                lines.lock().expect("log lock").push(line);
-            }
-        });
-        let address = timeout(STEP_DEADLINE, address_rx)
-            .await
-            .expect("the server logs its address in time")
-            .expect("the server logs its address before it exits");
-        Self {
-            child,
-            pid,
-            url: format!("http://{address}"),
-            log,
-        }
-    }
-
-    /// Stops the server with SIGTERM, as an operator would, and returns how it ended.
-    async fn stop(mut self) -> ExitStatus {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.pid.to_string()])
-            .status()
-            .await
-            .expect("run kill");
-        assert!(sent.success(), "kill -TERM {} failed", self.pid);
-        let status = timeout(STEP_DEADLINE, self.child.wait())
-            .await
-            .expect("the server stops in time after SIGTERM")
-            .expect("wait for the server");
-        // Let the log reader take the last lines.
-        sleep(Duration::from_millis(100)).await;
-        status
-    }
-}
-
-/// The server's resident set size in KiB, from /proc.
+/// The server's resident set size in KiB, from /proc; 0 when it cannot be read.
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// Samples the server's memory until stopped; the first sample is the baseline.
@@ -832,9 +775,12 @@ fn check(
         "the stalled reader was not disconnected as too slow"
     );
     assert!(
-        server_log
-            .iter()
-            .any(|line| line.contains("too_slow") && line.contains("participant=stalled")),
+        server_log.iter().any(|line| {
+            serde_json::from_str::<serde_json::Value>(line).is_ok_and(|line| {
+                line[field::CAUSE] == LeaveCause::TooSlow.as_str()
+                    && line[field::PARTICIPANT] == "stalled"
+            })
+        }),
         "the server did not log the stalled reader's disconnection"
     );
 

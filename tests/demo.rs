@@ -1,11 +1,11 @@
 //! `chittychat-demo` end to end: the real demo starts the real server and client
 //! binaries, and its run must pass the checker and yield well-formed diagrams.
 
-mod support;
+mod export_checks;
 
+use export_checks::*;
 use std::path::Path;
 use std::process::{Command, Output};
-use support::*;
 
 fn demo(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chittychat-demo"))

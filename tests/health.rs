@@ -2,14 +2,14 @@
 //! `tonic-health` and `tonic-reflection` crates against a real server, and the
 //! `chittychat-server --health-check` probe run as a real binary.
 
-use chittychat::client::{Session, connect};
+mod fixture;
+
+use chittychat::client::Session;
 use chittychat::health::{self, CHAT_SERVICE, Probed};
-use chittychat::server::{self, ServerConfig};
-use std::net::SocketAddr;
+use chittychat::server::ServerConfig;
+use fixture::TestServer;
 use std::process::Command;
 use std::time::Duration;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -24,40 +24,8 @@ use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-struct TestServer {
-    address: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), server::ServerError>>,
-}
-
-impl TestServer {
-    fn url(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    async fn channel(&self) -> Channel {
-        connect(&self.url()).await.expect("connect to the server")
-    }
-
-    fn begin_shutdown(&mut self) {
-        let _ = self.stop.take().expect("shut down once").send(());
-    }
-}
-
 async fn start_server() -> TestServer {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let address = listener.local_addr().expect("local address");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(server::run(listener, ServerConfig::default(), async {
-        let _ = stopped.await;
-    }));
-    TestServer {
-        address,
-        stop: Some(stop),
-        task,
-    }
+    TestServer::start(ServerConfig::default()).await
 }
 
 async fn check(channel: Channel, service: &str) -> Result<ServingStatus, tonic::Status> {
@@ -108,7 +76,7 @@ async fn health_turns_not_serving_when_shutdown_begins() {
         assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
         watches.push((service, watch));
     }
-    server.begin_shutdown();
+    server.begin_stop();
     for (service, mut watch) in watches {
         let next = tokio::time::timeout(DEADLINE, watch.next())
             .await
@@ -117,11 +85,7 @@ async fn health_turns_not_serving_when_shutdown_begins() {
             .expect("no error");
         assert_eq!(next.status(), ServingStatus::NotServing, "{service:?}");
     }
-    let stopped = tokio::time::timeout(DEADLINE, server.task)
-        .await
-        .expect("the server stops in time")
-        .expect("the server task does not panic");
-    assert!(stopped.is_ok(), "{stopped:?}");
+    server.stop().await;
 }
 
 async fn reflect(channel: Channel, request: MessageRequest) -> MessageResponse {
@@ -215,7 +179,7 @@ fn run_health_check(listen: &str) -> std::process::Output {
 #[tokio::test]
 async fn health_check_flag_exits_zero_when_serving_and_one_otherwise() {
     let server = start_server().await;
-    let listen = server.address.to_string();
+    let listen = server.addr.to_string();
     let ok = tokio::task::spawn_blocking(move || run_health_check(&listen))
         .await
         .expect("probe task");

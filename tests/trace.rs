@@ -2,15 +2,15 @@
 //! pass, each deliberately broken run is caught with a precise explanation, and
 //! every export is well-formed; plus the `chittychat-trace` binary's exit codes.
 
-mod support;
+mod export_checks;
 
 use chittychat::trace::causality::{self, MessageKind, happened_before};
 use chittychat::trace::check::{self, Rule};
 use chittychat::trace::parse::{Action, Run, parse_process};
 use chittychat::trace::{mermaid, shiviz, svg, timeline};
+use export_checks::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::*;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -2,6 +2,7 @@
 //! defaults, and reading its CPU time and memory from `/proc`.
 
 use super::BenchError;
+use crate::log_schema::{field, message};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,10 +14,6 @@ pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The per-participant publish rate limit (and burst) the spawned server gets:
 /// far above what one publisher can reach, so the limiter runs but never refuses.
 pub const BENCH_PUBLISH_RATE: u32 = 1_000_000;
-
-/// The kernel's unit for the CPU times in `/proc/PID/stat` (`USER_HZ`), which is
-/// 100 on every architecture Linux runs this project on.
-const USER_HZ: u64 = 100;
 
 /// A `chittychat-server` the bench started; killed when dropped.
 #[derive(Debug)]
@@ -140,12 +137,14 @@ impl SpawnedServer {
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            // The log is in the default text format: `... <message> address=<addr>`.
+            let address_field = format!("{}=", field::ADDRESS);
             if let Some(address) = text
                 .lines()
-                .filter(|line| line.contains("listening"))
+                .filter(|line| line.contains(message::LISTENING))
                 .find_map(|line| {
                     line.split_whitespace()
-                        .find_map(|f| f.strip_prefix("address="))
+                        .find_map(|f| f.strip_prefix(address_field.as_str()))
                 })
             {
                 return Ok(address.to_owned());
@@ -201,7 +200,15 @@ pub fn cpu_ns(pid: u32) -> Option<u64> {
         .skip(11);
     let utime: u64 = fields.next()?.parse().ok()?;
     let stime: u64 = fields.next()?.parse().ok()?;
-    Some((utime + stime) * (1_000_000_000 / USER_HZ))
+    let ticks = u128::from(utime) + u128::from(stime);
+    u64::try_from(ticks * 1_000_000_000 / u128::from(clock_ticks_per_second()?)).ok()
+}
+
+/// The kernel's unit for the CPU times in `/proc/PID/stat` (`USER_HZ`), as the
+/// system reports it (`sysconf(_SC_CLK_TCK)`).
+fn clock_ticks_per_second() -> Option<u64> {
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    u64::try_from(ticks).ok().filter(|&ticks| ticks > 0)
 }
 
 /// A field of `/proc/PID/status` in KiB, such as `VmRSS` or `VmHWM` (peak RSS).

@@ -9,6 +9,7 @@ use chittychat::connection::{
 };
 use chittychat::health::{self, Probed};
 use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Retention, Storage};
+use chittychat::log_schema::{field, message};
 use chittychat::logging::{self, LogFormat};
 use chittychat::room::{
     DEFAULT_JOIN_HISTORY, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
@@ -197,7 +198,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Err(err) => tracing::warn!(error = %err, "cannot raise the file-descriptor limit"),
     }
     let address = listener.local_addr()?;
-    tracing::info!(%address, "Chitty-Chat server listening");
+    tracing::info!({ field::ADDRESS } = %address, "{}", message::LISTENING);
     let mut terminate = signal(SignalKind::terminate())?;
     let shutdown = async move {
         tokio::select! {

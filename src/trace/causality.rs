@@ -8,6 +8,7 @@
 //! line with `seq = s`, and answered by the sender's "reply" line with `seq = s`.
 
 use super::parse::{Action, EventId, Role, Run};
+use crate::log_schema::rpc;
 use std::collections::HashMap;
 
 /// What a message is.
@@ -88,9 +89,9 @@ impl Index {
                 seq,
                 ..
             } => {
-                let candidates = self
-                    .requests
-                    .get(&(participant.clone(), cause.clone(), *t))?;
+                let candidates =
+                    self.requests
+                        .get(&(participant.clone(), cause.as_str().to_owned(), *t))?;
                 // Two processes of one name (a rejoin) may have sent the same
                 // request at the same time: the sender is the one that got this
                 // broadcast back, on its feed or as its reply.
@@ -215,8 +216,10 @@ pub fn concurrent_requests(
         .into_iter()
         .filter(|&id| matches!(&run.event(id).action, Action::Sent { .. }))
         .collect();
-    let is_publish =
-        |id: EventId| matches!(&run.event(id).action, Action::Sent { rpc, .. } if rpc == "Publish");
+    let is_publish = |id: EventId| match &run.event(id).action {
+        Action::Sent { rpc: call, .. } => call == rpc::PUBLISH,
+        _ => false,
+    };
     let mut pairs = Vec::new();
     for (i, &a) in requests.iter().enumerate() {
         for &b in &requests[i + 1..] {

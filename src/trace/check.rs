@@ -19,6 +19,7 @@
 
 use super::causality::Index;
 use super::parse::{Action, EventId, Role, Run};
+use crate::log_schema::{BroadcastCause, LeaveCause};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
@@ -290,7 +291,7 @@ impl Checker<'_> {
                     participant,
                     client_lamport: Some(t),
                     ..
-                } if matches!(cause.as_str(), "Join" | "Publish" | "Leave") => Some(format!(
+                } if cause.is_request() => Some(format!(
                     "a {cause} request from {participant} sent at Lamport time {t}, but {}",
                     if self.index.clients.contains_key(participant) {
                         format!("{participant}'s log has no such request")
@@ -401,7 +402,7 @@ impl Checker<'_> {
                         cause,
                         resumed_after,
                         ..
-                    } => (cause == "Join", *resumed_after),
+                    } => (*cause == BroadcastCause::Join, *resumed_after),
                     _ => (false, None),
                 };
                 let from = resumed_after.map_or(*join_seq, |after| after + 1);
@@ -423,7 +424,7 @@ impl Checker<'_> {
                         join: *join_seq,
                         leave: Some(*seq),
                         vanished: !matches!(&self.run.event(*id).action,
-                            Action::Broadcast { cause, .. } if cause == "Leave"),
+                            Action::Broadcast { cause, .. } if *cause == BroadcastCause::Leave(LeaveCause::Requested)),
                     },
                     // Still present when the logs end: whatever was in flight may
                     // be lost.

@@ -3,6 +3,7 @@
 //! send and its receive.
 
 use super::causality::{Message, MessageKind};
+use super::escape;
 use super::parse::{Action, Run, shorten};
 use std::fmt::Write;
 
@@ -13,7 +14,11 @@ const TEXT_CHARS: usize = 24;
 pub fn mermaid(run: &Run, messages: &[Message]) -> String {
     let mut out = String::from("sequenceDiagram\n");
     for (p, process) in run.processes.iter().enumerate() {
-        let _ = writeln!(out, "    participant P{p} as {}", escape(&process.label));
+        let _ = writeln!(
+            out,
+            "    participant P{p} as {}",
+            escape(&process.label, &MERMAID_ENTITIES)
+        );
     }
     // Broadcasts nobody asked for (a participant vanished) get a note, so the leave
     // notices that follow have a visible cause.
@@ -44,12 +49,12 @@ pub fn mermaid(run: &Run, messages: &[Message]) -> String {
                 },
                 _,
             ) => {
-                if matches!(cause.as_str(), "disconnected" | "too_slow") && noted.insert(*seq) {
+                if cause.is_dropout() && noted.insert(*seq) {
                     let _ = writeln!(
                         out,
                         "    Note over P{}: {} {cause}: leave at L {}",
                         message.from.process,
-                        escape(participant),
+                        escape(participant, &MERMAID_ENTITIES),
                         from.lamport
                     );
                 }
@@ -66,23 +71,12 @@ pub fn mermaid(run: &Run, messages: &[Message]) -> String {
             "    P{}{arrow}P{}: {}",
             message.from.process,
             message.to.process,
-            escape(&label)
+            escape(&label, &MERMAID_ENTITIES)
         );
     }
     out
 }
 
-/// Replaces what Mermaid would read as syntax with its entity codes.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '#' => out.push_str("#35;"),
-            ';' => out.push_str("#59;"),
-            '<' => out.push_str("#60;"),
-            '>' => out.push_str("#62;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// What Mermaid would read as syntax, and its entity codes.
+const MERMAID_ENTITIES: [(char, &str); 4] =
+    [('#', "#35;"), (';', "#59;"), ('<', "#60;"), ('>', "#62;")];

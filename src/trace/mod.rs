@@ -42,3 +42,28 @@ pub fn write_diagrams(run: &parse::Run, dir: &Path) -> std::io::Result<Vec<PathB
     }
     Ok(written)
 }
+
+/// `text` with every character that `entities` names replaced by its entity: the
+/// one escaping of the exporters, each with the table of the format it writes.
+fn escape(text: &str, entities: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match entities.iter().find(|(special, _)| *special == c) {
+            Some((_, entity)) => out.push_str(entity),
+            None => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escape_replaces_only_what_the_table_names() {
+        let table = [('<', "&lt;"), ('#', "#35;")];
+        assert_eq!(escape("a<b> #1 é", &table), "a&lt;b> #35;1 é");
+        assert_eq!(escape("", &table), "");
+    }
+}

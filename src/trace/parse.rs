@@ -2,7 +2,8 @@
 //! events: the server's broadcasts, and each client's sends, replies and receipts.
 
 use crate::lamport::LamportTime;
-use serde::Deserialize;
+use crate::log_schema::{BroadcastCause, UnknownCause, field, message, rpc};
+use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,17 @@ pub enum ParseError {
         message: String,
         /// The missing field.
         field: &'static str,
+    },
+    /// A field the tools read has a value they cannot read: a wrong type, or a
+    /// cause they do not know.
+    #[error("{}:{line}: {reason}", .path.display())]
+    BadField {
+        /// The file.
+        path: PathBuf,
+        /// The line number, from 1.
+        line: usize,
+        /// What is wrong with it.
+        reason: String,
     },
     /// Nothing to read.
     #[error("no Chitty-Chat log lines in {}", .0.display())]
@@ -85,8 +97,8 @@ pub struct Event {
 pub enum Action {
     /// The server received a request (or noticed a dropout) and broadcast an event.
     Broadcast {
-        /// `Join`, `Publish`, `Leave`, `disconnected` or `too_slow`.
-        cause: String,
+        /// The request it answers, or why a participant left without one.
+        cause: BroadcastCause,
         /// `chat`, `joined` or `left`.
         kind: String,
         /// The participant the event is about.
@@ -303,28 +315,50 @@ fn own_join_seq(process: &Process) -> u64 {
         .unwrap_or(u64::MAX)
 }
 
-/// The fields of a log line that the tools read; others are ignored.
-#[derive(Debug, Deserialize)]
-struct Line {
-    message: Option<String>,
-    lamport: Option<LamportTime>,
-    cause: Option<String>,
-    kind: Option<String>,
-    participant: Option<String>,
-    text: Option<String>,
-    seq: Option<u64>,
-    client_lamport: Option<LamportTime>,
-    server_lamport: Option<LamportTime>,
-    rpc: Option<String>,
-    name: Option<String>,
-    history: Option<bool>,
-    resumed_after: Option<u64>,
+/// A log line as a JSON object, read field by field through the names in
+/// [`field`]; fields the tools do not read are ignored.
+struct Line(serde_json::Map<String, Value>);
+
+impl Line {
+    /// The field `name`, or `None` when it is absent or null.
+    fn get(&self, name: &str) -> Option<&Value> {
+        self.0.get(name).filter(|value| !value.is_null())
+    }
+
+    /// The field `name` as text; an error names the field when it is not text.
+    fn text(&self, name: &'static str) -> Result<Option<String>, String> {
+        self.get(name)
+            .map(|value| {
+                value
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| wrong_type(name, "a string"))
+            })
+            .transpose()
+    }
+
+    /// The field `name` as an unsigned integer.
+    fn number(&self, name: &'static str) -> Result<Option<u64>, String> {
+        self.get(name)
+            .map(|value| {
+                value
+                    .as_u64()
+                    .ok_or_else(|| wrong_type(name, "an unsigned integer"))
+            })
+            .transpose()
+    }
+
+    /// The field `name` as a boolean.
+    fn flag(&self, name: &'static str) -> Result<Option<bool>, String> {
+        self.get(name)
+            .map(|value| value.as_bool().ok_or_else(|| wrong_type(name, "a boolean")))
+            .transpose()
+    }
 }
 
-/// The one field every log line is first read for.
-#[derive(Deserialize)]
-struct Head {
-    message: Option<String>,
+/// Why a field cannot be read: its value is not of the `expected` type.
+fn wrong_type(name: &str, expected: &str) -> String {
+    format!("the field \"{name}\" is not {expected}")
 }
 
 /// Parses one process's log; `None` when it has no Chitty-Chat events.
@@ -340,23 +374,18 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
         if raw.trim().is_empty() {
             continue;
         }
-        let json_error = |err: serde_json::Error| ParseError::Json {
+        let parsed = Line(serde_json::from_str(raw).map_err(|err| ParseError::Json {
             path: path.to_owned(),
             line,
             reason: err.to_string(),
-        };
+        })?);
         // Only the lines of events are read field by field: another line may use a
         // field name of its own with another type.
-        let head: Head = serde_json::from_str(raw).map_err(json_error)?;
-        if !matches!(
-            head.message.as_deref(),
-            Some("broadcast" | "sent" | "reply" | "received")
-        ) {
-            continue;
-        }
-        let parsed: Line = serde_json::from_str(raw).map_err(json_error)?;
-        let Some(message) = parsed.message.as_deref() else {
-            continue;
+        let message = match parsed.get(field::MESSAGE).and_then(Value::as_str) {
+            Some(
+                message @ (message::BROADCAST | message::SENT | message::REPLY | message::RECEIVED),
+            ) => message,
+            _ => continue,
         };
         let missing = |field: &'static str| ParseError::MissingField {
             path: path.to_owned(),
@@ -364,49 +393,61 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
             message: message.to_owned(),
             field,
         };
+        let bad_field = |reason: String| ParseError::BadField {
+            path: path.to_owned(),
+            line,
+            reason,
+        };
+        let text = |name| parsed.text(name).map_err(bad_field);
+        let number = |name| parsed.number(name).map_err(bad_field);
         let action = match message {
-            "broadcast" => {
+            message::BROADCAST => {
                 server = true;
+                let cause = text(field::CAUSE)?.ok_or_else(|| missing(field::CAUSE))?;
                 Action::Broadcast {
-                    cause: parsed.cause.ok_or_else(|| missing("cause"))?,
-                    kind: parsed.kind.ok_or_else(|| missing("kind"))?,
-                    participant: parsed.participant.ok_or_else(|| missing("participant"))?,
-                    text: parsed.text.unwrap_or_default(),
-                    seq: parsed.seq.ok_or_else(|| missing("seq"))?,
-                    client_lamport: parsed.client_lamport,
-                    resumed_after: parsed.resumed_after,
+                    cause: cause
+                        .parse()
+                        .map_err(|err: UnknownCause| bad_field(err.to_string()))?,
+                    kind: text(field::KIND)?.ok_or_else(|| missing(field::KIND))?,
+                    participant: text(field::PARTICIPANT)?
+                        .ok_or_else(|| missing(field::PARTICIPANT))?,
+                    text: text(field::TEXT)?.unwrap_or_default(),
+                    seq: number(field::SEQ)?.ok_or_else(|| missing(field::SEQ))?,
+                    client_lamport: number(field::CLIENT_LAMPORT)?,
+                    resumed_after: number(field::RESUMED_AFTER)?,
                 }
             }
-            "sent" => {
-                let rpc = parsed.rpc.ok_or_else(|| missing("rpc"))?;
-                if rpc == "Join" && name.is_none() {
-                    name = parsed.name.clone();
+            message::SENT => {
+                let call = text(field::RPC)?.ok_or_else(|| missing(field::RPC))?;
+                if call == rpc::JOIN && name.is_none() {
+                    name = text(field::NAME)?;
                 }
                 Action::Sent {
-                    rpc,
-                    text: parsed.text,
+                    rpc: call,
+                    text: text(field::TEXT)?,
                 }
             }
-            "reply" => Action::Reply {
-                rpc: parsed.rpc.ok_or_else(|| missing("rpc"))?,
-                seq: parsed.seq.ok_or_else(|| missing("seq"))?,
-                server_lamport: parsed
-                    .server_lamport
-                    .ok_or_else(|| missing("server_lamport"))?,
+            message::REPLY => Action::Reply {
+                rpc: text(field::RPC)?.ok_or_else(|| missing(field::RPC))?,
+                seq: number(field::SEQ)?.ok_or_else(|| missing(field::SEQ))?,
+                server_lamport: number(field::SERVER_LAMPORT)?
+                    .ok_or_else(|| missing(field::SERVER_LAMPORT))?,
             },
-            "received" => Action::Received {
-                kind: parsed.kind.ok_or_else(|| missing("kind"))?,
-                participant: parsed.participant.ok_or_else(|| missing("participant"))?,
-                text: parsed.text.unwrap_or_default(),
-                seq: parsed.seq.ok_or_else(|| missing("seq"))?,
-                server_lamport: parsed
-                    .server_lamport
-                    .ok_or_else(|| missing("server_lamport"))?,
-                history: parsed.history.unwrap_or(false),
+            _ => Action::Received {
+                kind: text(field::KIND)?.ok_or_else(|| missing(field::KIND))?,
+                participant: text(field::PARTICIPANT)?
+                    .ok_or_else(|| missing(field::PARTICIPANT))?,
+                text: text(field::TEXT)?.unwrap_or_default(),
+                seq: number(field::SEQ)?.ok_or_else(|| missing(field::SEQ))?,
+                server_lamport: number(field::SERVER_LAMPORT)?
+                    .ok_or_else(|| missing(field::SERVER_LAMPORT))?,
+                history: parsed
+                    .flag(field::HISTORY)
+                    .map_err(bad_field)?
+                    .unwrap_or(false),
             },
-            _ => continue,
         };
-        let lamport = parsed.lamport.ok_or_else(|| missing("lamport"))?;
+        let lamport = number(field::LAMPORT)?.ok_or_else(|| missing(field::LAMPORT))?;
         events.push(Event {
             line,
             lamport,
@@ -484,6 +525,19 @@ mod tests {
             err.to_string().starts_with("s.log:2: not a JSON log line"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_field_of_the_wrong_type_or_an_unknown_cause_is_named() {
+        let line = r#"{"message":"broadcast","cause":"Join","kind":"joined","participant":"a","seq":"one","lamport":2}"#;
+        let err = parse_process(Path::new("s.log"), line).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "s.log:1: the field \"seq\" is not an unsigned integer"
+        );
+        let line = r#"{"message":"broadcast","cause":"magic","kind":"left","participant":"a","seq":1,"lamport":2}"#;
+        let err = parse_process(Path::new("s.log"), line).unwrap_err();
+        assert_eq!(err.to_string(), "s.log:1: unknown cause \"magic\"");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! white ground that keeps them legible where other processes' arrows cross.
 
 use super::causality::{Message, MessageKind};
+use super::escape;
 use super::parse::{Action, Role, Run, shorten};
 use std::fmt::Write;
 
@@ -136,7 +137,7 @@ fn draw_lanes(out: &mut String, run: &Run, layout: &Layout) {
             r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="13" font-weight="bold">{}</text>"#,
             layout.x(p),
             TOP - 28.0,
-            escape(&shorten(&process.label, 20))
+            escape(&shorten(&process.label, 20), &XML_ENTITIES)
         );
         let _ = writeln!(
             out,
@@ -190,12 +191,15 @@ fn draw_events(out: &mut String, run: &Run, layout: &Layout) {
             let _ = writeln!(
                 out,
                 r#"<circle cx="{cx:.1}" cy="{cy:.1}" r="{DOT}" fill="{fill}"><title>{}</title></circle>"#,
-                escape(&format!(
-                    "{} at Lamport {}: {}",
-                    process.label,
-                    event.lamport,
-                    event.describe()
-                ))
+                escape(
+                    &format!(
+                        "{} at Lamport {}: {}",
+                        process.label,
+                        event.lamport,
+                        event.describe()
+                    ),
+                    &XML_ENTITIES
+                )
             );
             // Left of the server's line, where no arrow ends: requests arrive from
             // the right. The text is in the key.
@@ -225,7 +229,7 @@ fn draw_events(out: &mut String, run: &Run, layout: &Layout) {
                 CHAR_WIDTH * label.chars().count() as f64 + 2.0,
                 cx + 6.0,
                 cy + BASELINE,
-                escape(&label)
+                escape(&label, &XML_ENTITIES)
             );
         }
     }
@@ -340,7 +344,7 @@ fn draw_key(out: &mut String, entries: &[KeyEntry], top: f64) {
             r##"<text x="{:.1}" y="{:.1}" fill="#333">{}</text>"##,
             entry.left,
             first + BASELINE,
-            escape(&entry.seq)
+            escape(&entry.seq, &XML_ENTITIES)
         );
         for (i, text) in entry.lines.iter().enumerate() {
             let _ = writeln!(
@@ -348,7 +352,7 @@ fn draw_key(out: &mut String, entries: &[KeyEntry], top: f64) {
                 r#"<text x="{:.1}" y="{:.1}">{}</text>"#,
                 entry.left + entry.indent,
                 first + KEY_LINE * i as f64 + BASELINE,
-                escape(text)
+                escape(text, &XML_ENTITIES)
             );
         }
     }
@@ -368,9 +372,9 @@ fn broadcast_text(action: &Action) -> Option<(String, String)> {
     else {
         return None;
     };
-    let what = match (kind.as_str(), cause.as_str()) {
-        ("chat", _) => format!("{participant}: {text}"),
-        (_, "disconnected" | "too_slow") => format!("{participant} {kind} ({cause})"),
+    let what = match kind.as_str() {
+        "chat" => format!("{participant}: {text}"),
+        _ if cause.is_dropout() => format!("{participant} {kind} ({cause})"),
         _ => format!("{participant} {kind}"),
     };
     Some((format!("#{seq}"), what))
@@ -428,21 +432,14 @@ fn y(t: u64) -> f64 {
     TOP + ROW * t as f64
 }
 
-/// Escapes text for XML.
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
+/// What XML would read as markup, and its entities.
+const XML_ENTITIES: [(char, &str); 5] = [
+    ('&', "&amp;"),
+    ('<', "&lt;"),
+    ('>', "&gt;"),
+    ('"', "&quot;"),
+    ('\'', "&apos;"),
+];
 
 #[cfg(test)]
 mod tests {

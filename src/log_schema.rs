@@ -1,0 +1,236 @@
+//! The schema of the structured log lines that tools read back: the field names, the
+//! messages and the causes that the server and the client write, and that
+//! `chittychat-trace` and the demo parse. (The event log is [`crate::log`].)
+//!
+//! Both sides name a field through these constants, so a rename is one edit here
+//! and never a silent break between a writer and a reader. The fixtures under
+//! `tests/fixtures/` are logs in this schema; changing a value here breaks them.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The names of the fields of a JSON log line.
+pub mod field {
+    /// What `tracing` calls the line's message (`"broadcast"`, `"sent"`, ...).
+    pub const MESSAGE: &str = "message";
+    /// Why the server broadcast an event: a [`super::BroadcastCause`].
+    pub const CAUSE: &str = "cause";
+    /// The event's kind: `chat`, `joined` or `left`.
+    pub const KIND: &str = "kind";
+    /// The participant an event is about.
+    pub const PARTICIPANT: &str = "participant";
+    /// A chat message, or a join or leave sentence.
+    pub const TEXT: &str = "text";
+    /// The logging process's own Lamport time, on every line.
+    pub const LAMPORT: &str = "lamport";
+    /// An event's sequence number.
+    pub const SEQ: &str = "seq";
+    /// The Lamport time of the client's request that a broadcast answers.
+    pub const CLIENT_LAMPORT: &str = "client_lamport";
+    /// The server's Lamport time of an event, as a client saw it.
+    pub const SERVER_LAMPORT: &str = "server_lamport";
+    /// How many participants were present when an event was broadcast.
+    pub const RECIPIENTS: &str = "recipients";
+    /// For a Join that resumed a feed, the server's resume point.
+    pub const RESUMED_AFTER: &str = "resumed_after";
+    /// For a Join that asks to resume, the client's resume point.
+    pub const RESUME_AFTER: &str = "resume_after";
+    /// The call a client made: one of [`super::rpc`].
+    pub const RPC: &str = "rpc";
+    /// The name a client joins as.
+    pub const NAME: &str = "name";
+    /// The id a client published a message under.
+    pub const PUBLISH_ID: &str = "publish_id";
+    /// Whether a received event was history, replayed before the join notice.
+    pub const HISTORY: &str = "history";
+    /// The address the server listens on.
+    pub const ADDRESS: &str = "address";
+}
+
+/// The messages of the lines the tools read.
+pub mod message {
+    /// The server appended an event: one line per event.
+    pub const BROADCAST: &str = "broadcast";
+    /// A client sent a request.
+    pub const SENT: &str = "sent";
+    /// A client got the reply to a request.
+    pub const REPLY: &str = "reply";
+    /// A client received an event on its feed.
+    pub const RECEIVED: &str = "received";
+    /// The server bound its port; the line names the address.
+    pub const LISTENING: &str = "Chitty-Chat server listening";
+}
+
+/// The calls, as the `rpc` field and the `cause` of a broadcast name them.
+pub mod rpc {
+    /// `Join`.
+    pub const JOIN: &str = "Join";
+    /// `Publish`.
+    pub const PUBLISH: &str = "Publish";
+    /// `Leave`.
+    pub const LEAVE: &str = "Leave";
+    /// `History`.
+    pub const HISTORY: &str = "History";
+    /// `Who`.
+    pub const WHO: &str = "Who";
+}
+
+/// Why a participant left; logged with the leave notice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaveCause {
+    /// It called Leave.
+    Requested,
+    /// Its feed was dropped: the client closed the stream, crashed or vanished.
+    Disconnected,
+    /// It fell so far behind that the log no longer held its position.
+    TooSlow,
+    /// It was present when the server stopped; announced when the server came back.
+    ServerRestart,
+}
+
+impl LeaveCause {
+    /// Its name in the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaveCause::Requested => rpc::LEAVE,
+            LeaveCause::Disconnected => "disconnected",
+            LeaveCause::TooSlow => "too_slow",
+            LeaveCause::ServerRestart => "server_restart",
+        }
+    }
+
+    /// Whether the participant went without saying so: its feed was dropped or cut
+    /// off, rather than it calling Leave or the server restarting.
+    pub fn is_dropout(self) -> bool {
+        matches!(self, LeaveCause::Disconnected | LeaveCause::TooSlow)
+    }
+}
+
+/// Why the server broadcast an event: the request it answers, or why a participant
+/// left without one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BroadcastCause {
+    /// A Join request: the join notice.
+    Join,
+    /// A Publish request: the chat message.
+    Publish,
+    /// A leave notice, for this cause (a Leave request is [`LeaveCause::Requested`]).
+    Leave(LeaveCause),
+}
+
+impl BroadcastCause {
+    /// Its name in the log: the call's name for a request, else the leave cause's.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BroadcastCause::Join => rpc::JOIN,
+            BroadcastCause::Publish => rpc::PUBLISH,
+            BroadcastCause::Leave(cause) => cause.as_str(),
+        }
+    }
+
+    /// Whether a client's request caused the event (Join, Publish or Leave), so a
+    /// client's `sent` line pairs with it.
+    pub fn is_request(self) -> bool {
+        matches!(
+            self,
+            BroadcastCause::Join
+                | BroadcastCause::Publish
+                | BroadcastCause::Leave(LeaveCause::Requested)
+        )
+    }
+
+    /// Whether the event is the leave notice of a participant that vanished.
+    pub fn is_dropout(self) -> bool {
+        matches!(self, BroadcastCause::Leave(cause) if cause.is_dropout())
+    }
+}
+
+impl From<LeaveCause> for BroadcastCause {
+    fn from(cause: LeaveCause) -> Self {
+        BroadcastCause::Leave(cause)
+    }
+}
+
+/// A `cause` value that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown cause \"{0}\"")]
+pub struct UnknownCause(pub String);
+
+impl FromStr for LeaveCause {
+    type Err = UnknownCause;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [
+            LeaveCause::Requested,
+            LeaveCause::Disconnected,
+            LeaveCause::TooSlow,
+            LeaveCause::ServerRestart,
+        ]
+        .into_iter()
+        .find(|cause| cause.as_str() == text)
+        .ok_or_else(|| UnknownCause(text.to_owned()))
+    }
+}
+
+impl FromStr for BroadcastCause {
+    type Err = UnknownCause;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            rpc::JOIN => Ok(BroadcastCause::Join),
+            rpc::PUBLISH => Ok(BroadcastCause::Publish),
+            _ => text.parse().map(BroadcastCause::Leave),
+        }
+    }
+}
+
+impl fmt::Display for LeaveCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl fmt::Display for BroadcastCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_cause_reads_back_as_itself() {
+        for cause in [
+            BroadcastCause::Join,
+            BroadcastCause::Publish,
+            BroadcastCause::Leave(LeaveCause::Requested),
+            BroadcastCause::Leave(LeaveCause::Disconnected),
+            BroadcastCause::Leave(LeaveCause::TooSlow),
+            BroadcastCause::Leave(LeaveCause::ServerRestart),
+        ] {
+            assert_eq!(cause.as_str().parse(), Ok(cause));
+        }
+        assert_eq!(
+            "History".parse::<BroadcastCause>(),
+            Err(UnknownCause("History".into()))
+        );
+    }
+
+    #[test]
+    fn the_causes_have_the_names_the_fixtures_use() {
+        let names: Vec<&str> = [
+            LeaveCause::Requested,
+            LeaveCause::Disconnected,
+            LeaveCause::TooSlow,
+            LeaveCause::ServerRestart,
+        ]
+        .map(LeaveCause::as_str)
+        .to_vec();
+        assert_eq!(
+            names,
+            ["Leave", "disconnected", "too_slow", "server_restart"]
+        );
+    }
+}
