@@ -98,7 +98,7 @@ impl Input {
                 }
             })
             .map_err(ReadlineError::Io)?;
-        let screen = Screen::Prompt(Arc::new(Mutex::new(printer)));
+        let screen = Screen::Prompt(Arc::new(Mutex::new(Some(Box::new(printer)))));
         Ok((Input::Prompt { lines, saved }, screen))
     }
 

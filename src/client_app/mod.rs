@@ -186,7 +186,10 @@ pub async fn run(options: ClientOptions) -> ExitCode {
     if let Link::Down(rejoin) = link {
         rejoin.abort();
     }
-    let status = match status {
+    // The last words go straight to the terminal, below the prompt's last line.
+    screen.finish();
+    input.close();
+    match status {
         Ok(left) => {
             if screen.is_prompt() {
                 screen.notice(&match left {
@@ -195,19 +198,14 @@ pub async fn run(options: ClientOptions) -> ExitCode {
                 });
             }
             if not_sent > 0 {
-                screen.error(&format!("{not_sent} lines were not sent"));
+                screen.notice(&format!("{not_sent} lines were not sent"));
                 ExitCode::from(EXIT_NOT_ALL_SENT)
             } else {
                 ExitCode::from(EXIT_OK)
             }
         }
-        Err(message) => {
-            input.close();
-            return fail(EXIT_SESSION_LOST, &message);
-        }
-    };
-    input.close();
-    status
+        Err(message) => fail(EXIT_SESSION_LOST, &message),
+    }
 }
 
 /// The exit status for a failed first Join.
@@ -464,6 +462,12 @@ impl Chat {
                     .screen
                     .error("not connected: /history works again once reconnected"),
             },
+            // At a prompt the user reads the hint and types again; piped, a line
+            // that was meant for the chat was not sent.
+            Command::Misused(message) if self.input.is_prompt() => self.screen.error(&message),
+            Command::Unknown(word) if self.input.is_prompt() => {
+                self.screen.error(&command::unknown_hint(&word));
+            }
             Command::Misused(message) => self.refuse(&message),
             Command::Unknown(word) => self.refuse(&command::unknown_hint(&word)),
             Command::Say(line) => self.say(&line),
@@ -567,6 +571,17 @@ impl Chat {
 
     /// Leaves: tells the server when connected, and lets the feed drain.
     async fn leave(&mut self) -> Result<Option<u64>, String> {
+        // A line on its way may already be published: hear the answer first, so
+        // that it is not reported as unsent.
+        if let Link::Up {
+            publishing: publishing @ Some(_),
+            ..
+        } = &mut self.link
+            && let Ok(Ok(_)) =
+                tokio::time::timeout(LEAVE_TIMEOUT, poll_publishing(publishing)).await
+        {
+            self.outbox.pop_front();
+        }
         if !self.outbox.is_empty() {
             self.not_sent += self.outbox.len();
             self.screen

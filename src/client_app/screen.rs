@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 pub(super) enum Screen {
     /// Output is piped.
     Plain,
-    /// A prompt is being edited: lines go above it, and it is redrawn below.
-    Prompt(Arc<Mutex<dyn ExternalPrinter + Send>>),
+    /// A prompt is being edited: lines go above it, and it is redrawn below; once
+    /// [`Screen::finish`] took the printer away, lines go straight to stdout.
+    Prompt(Arc<Mutex<Option<Box<dyn ExternalPrinter + Send>>>>),
 }
 
 impl Screen {
@@ -28,7 +29,10 @@ impl Screen {
             Screen::Prompt(printer) => {
                 let mut printer = printer.lock().unwrap_or_else(|poison| poison.into_inner());
                 // A failed print means the prompt has gone; the line goes as output would.
-                if printer.print(format!("{line}\n")).is_err() {
+                let printed = printer
+                    .as_mut()
+                    .is_some_and(|printer| printer.print(format!("{line}\n")).is_ok());
+                if !printed {
                     println!("{line}");
                 }
             }
@@ -50,6 +54,17 @@ impl Screen {
             Screen::Prompt(_) => {
                 self.line(&format!("\x1b[31merror:\x1b[0m {}", sanitize(message)));
             }
+        }
+    }
+
+    /// Stops writing above the prompt: the program is about to end, and a line
+    /// handed to the prompt's thread now might not be written before it does.
+    pub(super) fn finish(&self) {
+        if let Screen::Prompt(printer) = self {
+            printer
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take();
         }
     }
 
