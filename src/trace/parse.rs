@@ -19,7 +19,11 @@ pub enum ParseError {
         source: std::io::Error,
     },
     /// A line is not a JSON object.
-    #[error("{}:{line}: not a JSON log line: {reason}", .path.display())]
+    #[error(
+        "{}:{line}: not a JSON log line ({reason}); chittychat-trace reads the logs the \
+         programs write with --log-format json: run them with it",
+        .path.display()
+    )]
     Json {
         /// The file.
         path: PathBuf,
