@@ -17,15 +17,64 @@ fn output_of(binary: &str, args: &[&str]) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
+const TRACE: &str = env!("CARGO_BIN_EXE_chittychat-trace");
+const DEMO: &str = env!("CARGO_BIN_EXE_chittychat-demo");
+
 #[test]
-fn both_binaries_tell_their_version() {
-    for binary in [SERVER, CLIENT] {
+fn every_binary_names_itself_and_its_version() {
+    for binary in [SERVER, CLIENT, TRACE, DEMO] {
+        let name = std::path::Path::new(binary).file_name().unwrap();
         let shown = output_of(binary, &["--version"]);
-        assert!(
-            shown.trim_end().ends_with(env!("CARGO_PKG_VERSION")),
-            "{binary}: {shown}"
+        assert_eq!(
+            shown.trim_end(),
+            format!("{} {}", name.to_str().unwrap(), env!("CARGO_PKG_VERSION"))
         );
     }
+}
+
+#[test]
+fn every_help_starts_with_what_that_program_does() {
+    let starts = [
+        (SERVER, "Run a Chitty-Chat server"),
+        (CLIENT, "Chat in Chitty-Chat"),
+        (TRACE, "Checks and draws the logs of a Chitty-Chat run"),
+        (DEMO, "Starts a Chitty-Chat server and client processes"),
+    ];
+    for (binary, start) in starts {
+        let help = output_of(binary, &["--help"]);
+        assert!(help.starts_with(start), "{binary}: {help}");
+    }
+}
+
+#[test]
+fn a_port_in_use_is_one_line_with_a_hint_even_with_backtraces_on() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let output = Command::new(SERVER)
+        .args(["--ephemeral", "--listen", &addr])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8(output.stderr).unwrap();
+    let errors: Vec<&str> = said.lines().filter(|l| !l.contains(" INFO ")).collect();
+    let expected = format!(
+        "chittychat-server: error: {addr} is already in use: is another chittychat-server running? choose another with --listen"
+    );
+    assert_eq!(errors, [expected.as_str()], "{said}");
+    // README quotes it for the default address.
+    let readme = include_str!("../README.md");
+    let quoted = expected.replace(&addr, "127.0.0.1:50051");
+    assert!(readme.contains(&quoted), "README should quote: {quoted}");
+
+    let output = Command::new(SERVER)
+        .args(["--ephemeral", "--listen", "nonsense"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(said.lines().count(), 1, "{said}");
+    assert!(said.contains("--listen takes HOST:PORT"), "{said}");
 }
 
 /// Each option of a `--help` text, with the block of text that explains it.

@@ -265,8 +265,18 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
     // The same name cannot join twice: one clear line, exit status 4.
     let twin = Process::client("alice", &url);
     assert_eq!(twin.wait_exit().code(), Some(4));
-    twin.stderr.wait_for("the name-taken error", |l| {
+    let taken = twin.stderr.wait_for("the name-taken error", |l| {
         l.starts_with("chittychat-client: error:") && l.contains("\"alice\" is taken")
+    });
+    assert!(
+        include_str!("../README.md").contains(&taken),
+        "README should quote the error as the client prints it: {taken}"
+    );
+    // Names are unique regardless of case.
+    let twin = Process::client("ALICE", &url);
+    assert_eq!(twin.wait_exit().code(), Some(4));
+    twin.stderr.wait_for("the name-taken error", |l| {
+        l.contains("\"ALICE\" is taken") && l.contains("regardless of case")
     });
 
     // bob leaves by closing its input (EOF); three of his lines were refused, so
