@@ -526,7 +526,8 @@ mod tests {
         );
         let err = parse_process(Path::new("s.log"), "\nnot json\n").unwrap_err();
         assert!(
-            err.to_string().starts_with("s.log:2: not a JSON log line"),
+            err.to_string().starts_with("s.log:2: not a JSON log line")
+                && err.to_string().contains("run them with it"),
             "{err}"
         );
     }
