@@ -17,7 +17,8 @@
 //! - [`status`]: the one mapping of a domain error to a gRPC status.
 //! - [`connection`]: each accepted connection: the capped accept loop, the join and
 //!   send deadlines, and closing a connection whose participant was cut off.
-//! - [`health`]: the gRPC health service, server reflection and the health probe.
+//! - [`health`]: the gRPC health service and server reflection.
+//! - [`health_probe`]: the health probe behind `chittychat-server --health-check`.
 //! - [`transport`]: connection settings shared by server and client: keepalive,
 //!   the request size limit, TLS files, the join secret and the metadata keys.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
@@ -41,6 +42,7 @@ pub mod error;
 pub mod event;
 pub mod feed;
 pub mod health;
+pub mod health_probe;
 pub mod lamport;
 pub mod log;
 pub mod log_schema;

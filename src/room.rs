@@ -45,9 +45,9 @@ pub const DEFAULT_PUBLISH_BURST: u32 = 20;
 /// not say: enough to pick up a conversation, few enough to read.
 pub const DEFAULT_JOIN_HISTORY: u32 = 20;
 
-/// The most past events a Join may ask for, and the most one History call returns,
-/// so that one request cannot make the server read the whole log at once.
-pub const MAX_HISTORY_PAGE: u32 = 1000;
+/// The most past events a Join may ask for, and the most one History call returns:
+/// part of the wire contract, so it lives in [`crate::transport`].
+pub use crate::transport::MAX_HISTORY_PAGE;
 
 /// How many random bytes a session token's secret has (128 bits).
 const SECRET_BYTES: usize = 16;

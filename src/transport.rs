@@ -34,6 +34,10 @@ pub const JOIN_SECRET_METADATA: &str = "chittychat-join-secret";
 /// The response metadata key under which Join returns the session token.
 pub const SESSION_TOKEN_METADATA: &str = "chittychat-session-token";
 
+/// The most past events a Join may ask for, and the most one History call returns,
+/// so that one request cannot make the server read the whole log at once.
+pub const MAX_HISTORY_PAGE: u32 = 1000;
+
 /// The response metadata key under which Join returns the log's epoch (32 hex
 /// digits), which a client presents again to resume.
 pub const LOG_EPOCH_METADATA: &str = "chittychat-log-epoch";

@@ -5,7 +5,8 @@
 mod fixture;
 
 use chittychat::client::Session;
-use chittychat::health::{self, CHAT_SERVICE, Probed};
+use chittychat::health::CHAT_SERVICE;
+use chittychat::health_probe::{self, Probed};
 use chittychat::server::ServerConfig;
 use fixture::TestServer;
 use std::process::Command;
@@ -148,11 +149,11 @@ async fn reflection_lists_and_describes_the_services() {
 async fn probe_reports_serving_and_unreachable() {
     let server = start_server().await;
     assert_eq!(
-        health::probe(&server.url(), "").await.expect("probe"),
+        health_probe::probe(&server.url(), "").await.expect("probe"),
         Probed::Serving
     );
     let closed = closed_port_url().await;
-    let err = health::probe(&closed, "")
+    let err = health_probe::probe(&closed, "")
         .await
         .expect_err("nothing listens there");
     assert!(err.to_string().contains("cannot reach"), "{err}");

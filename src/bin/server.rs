@@ -7,7 +7,7 @@ use chittychat::connection::{
     ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_SEND_TIMEOUT,
 };
-use chittychat::health::{self, Probed};
+use chittychat::health_probe::{self, Probed};
 use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Retention, Storage};
 use chittychat::log_schema::{field, message};
 use chittychat::logging::{self, LogFormat};
@@ -218,8 +218,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 /// Probes the server at `listen`; logs nothing, so a probe never writes into the
 /// server's log file.
 async fn health_check(listen: &str) -> ExitCode {
-    let url = health::probe_url(listen);
-    match health::probe(&url, "").await {
+    let url = health_probe::probe_url(listen);
+    match health_probe::probe(&url, "").await {
         Ok(Probed::Serving) => {
             println!("chittychat-server: the server at {url} is SERVING");
             ExitCode::SUCCESS

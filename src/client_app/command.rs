@@ -3,7 +3,7 @@
 //! A line starting with `/` is a command; `//text` sends `/text`. An unknown command
 //! is never sent: the user gets a hint instead.
 
-use crate::room::MAX_HISTORY_PAGE;
+use crate::transport::MAX_HISTORY_PAGE;
 
 /// How many older messages `/history` shows when no number is given.
 pub const DEFAULT_HISTORY_COMMAND_COUNT: u32 = 20;
