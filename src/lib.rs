@@ -1,6 +1,12 @@
 //! Chitty-Chat: a small distributed chat service over gRPC that keeps logical time
 //! with Lamport timestamps.
 //!
+//! The library is what a program embeds: the clock, validation, the client, the
+//! server and its log. The programs' own code (command lines, logging setup, the
+//! client's prompt, scripted participants, the demo, the bench) is built with the
+//! `programs` feature, on by default; embed with `default-features = false` to
+//! leave it and its dependencies out.
+//!
 //! A map of the crate:
 //! - [`lamport`]: the Lamport clock every process keeps.
 //! - [`validate`]: the rules for names and messages, shared by server and client.
@@ -22,21 +28,25 @@
 //! - [`transport`]: connection settings shared by server and client: keepalive,
 //!   the request size limit, TLS files, the join secret and the metadata keys.
 //! - [`client`]: the client library: join, publish, leave, with the client's clock.
-//! - [`client_app`]: the `chittychat-client` program: prompt or piped input.
-//! - [`script`]: scripted participants, for demos and the container test.
-//! - [`display`]: how events look on a person's terminal.
-//! - [`logging`]: text or JSON logs to stderr or a file.
+//! - [`client_app`] (programs): the `chittychat-client` program: prompt or piped input.
+//! - [`script`] (programs): scripted participants, for demos and the container test.
+//! - [`display`] (programs): how events look on a person's terminal.
+//! - [`logging`] (programs): text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
 //! - [`trace`]: reads a run's JSON logs, checks them and draws space-time diagrams.
-//! - [`demo`]: the scripted demonstration run by `chittychat-demo`.
+//! - [`demo`] (programs): the scripted demonstration run by `chittychat-demo`.
 //! - [`wire`]: events encoded once per broadcast, as the server sends them.
-//! - [`bench`](mod@bench): `chittychat-bench`, the load generator and its measurements.
+//! - [`bench`](mod@bench) (programs): `chittychat-bench`, the load generator and its measurements.
 
+#[cfg(feature = "programs")]
 pub mod bench;
 pub mod client;
+#[cfg(feature = "programs")]
 pub mod client_app;
 pub mod connection;
+#[cfg(feature = "programs")]
 pub mod demo;
+#[cfg(feature = "programs")]
 pub mod display;
 pub mod error;
 pub mod event;
@@ -46,9 +56,11 @@ pub mod health_probe;
 pub mod lamport;
 pub mod log;
 pub mod log_schema;
+#[cfg(feature = "programs")]
 pub mod logging;
 pub mod pb;
 pub mod room;
+#[cfg(feature = "programs")]
 pub mod script;
 pub mod server;
 pub mod status;
