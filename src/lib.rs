@@ -31,6 +31,7 @@
 //! - [`client_app`] (programs): the `chittychat-client` program: prompt or piped input.
 //! - [`script`] (programs): scripted participants, for demos and the container test.
 //! - [`display`] (programs): how events look on a person's terminal.
+//! - [`cli`] (programs): command-line flags the programs share.
 //! - [`logging`] (programs): text or JSON logs to stderr or a file.
 //! - [`pb`]: the code generated from `proto/`.
 //! - [`trace`]: reads a run's JSON logs, checks them and draws space-time diagrams.
@@ -40,6 +41,8 @@
 
 #[cfg(feature = "programs")]
 pub mod bench;
+#[cfg(feature = "programs")]
+pub mod cli;
 pub mod client;
 #[cfg(feature = "programs")]
 pub mod client_app;

@@ -1,13 +1,12 @@
 //! `chittychat-client`: parses the command line, sets up logging and runs the client
 //! program in `chittychat::client_app`.
 
+use chittychat::cli::KeepaliveArgs;
 use chittychat::client::{ConnectOptions, DEFAULT_SERVER_URL};
 use chittychat::client_app::{self, ClientOptions, DEFAULT_RECONNECT_TIMEOUT};
 use chittychat::logging::{self, LogFormat};
 use chittychat::script::{self, ScriptOptions};
-use chittychat::transport::{
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, JoinSecret, Keepalive, Seconds,
-};
+use chittychat::transport::{JoinSecret, Seconds};
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,15 +40,8 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_RECONNECT_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(DEFAULT_RECONNECT_TIMEOUT))]
     reconnect_timeout: Seconds,
-    /// Seconds the connection may be silent before the client pings the server
-    /// (HTTP/2 keepalive).
-    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_INTERVAL", value_name = "SECONDS",
-          default_value_t = Seconds(DEFAULT_KEEPALIVE_INTERVAL))]
-    keepalive_interval: Seconds,
-    /// Seconds a ping may go unanswered before the server counts as gone.
-    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_TIMEOUT", value_name = "SECONDS",
-          default_value_t = Seconds(DEFAULT_KEEPALIVE_TIMEOUT))]
-    keepalive_timeout: Seconds,
+    #[command(flatten)]
+    keepalive: KeepaliveArgs,
     /// Log format: text for people, json for tools (one object per line).
     #[arg(long, env = "CHITTYCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -150,10 +142,7 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
         name: args.name,
         server: args.server,
         connect: ConnectOptions {
-            keepalive: Keepalive {
-                interval: args.keepalive_interval.0,
-                timeout: args.keepalive_timeout.0,
-            },
+            keepalive: args.keepalive.keepalive(),
             tls_ca,
         },
         join_secret,

@@ -3,6 +3,7 @@
 //! server.
 
 use anyhow::Context;
+use chittychat::cli::KeepaliveArgs;
 use chittychat::connection::{
     ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_SEND_TIMEOUT,
@@ -16,10 +17,7 @@ use chittychat::room::{
     MAX_HISTORY_PAGE, PublishRate, RoomConfig,
 };
 use chittychat::server::{self, DEFAULT_LISTEN, ServerConfig};
-use chittychat::transport::{
-    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_MAX_REQUEST_BYTES, JoinSecret,
-    Keepalive, Seconds, TlsIdentity,
-};
+use chittychat::transport::{DEFAULT_MAX_REQUEST_BYTES, JoinSecret, Seconds, TlsIdentity};
 use clap::Parser;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -80,16 +78,8 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES as u32,
           value_parser = clap::value_parser!(u32).range(64..))]
     max_request_bytes: u32,
-    /// Seconds a connection may be silent before the server pings the client
-    /// (HTTP/2 keepalive).
-    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_INTERVAL", value_name = "SECONDS",
-          default_value_t = Seconds(DEFAULT_KEEPALIVE_INTERVAL))]
-    keepalive_interval: Seconds,
-    /// Seconds a ping may go unanswered before the client counts as gone and is
-    /// announced as having left.
-    #[arg(long, env = "CHITTYCHAT_KEEPALIVE_TIMEOUT", value_name = "SECONDS",
-          default_value_t = Seconds(DEFAULT_KEEPALIVE_TIMEOUT))]
-    keepalive_timeout: Seconds,
+    #[command(flatten)]
+    keepalive: KeepaliveArgs,
     /// How many connections may be open at once; one more is closed as soon as it
     /// is accepted. Default: the file-descriptor limit less 256.
     #[arg(long, env = "CHITTYCHAT_MAX_CONNECTIONS",
@@ -272,10 +262,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
                 max_age: args.history_max_age.map(|age| age.0),
             },
         },
-        keepalive: Keepalive {
-            interval: args.keepalive_interval.0,
-            timeout: args.keepalive_timeout.0,
-        },
+        keepalive: args.keepalive.keepalive(),
         max_request_bytes: args.max_request_bytes as usize,
         tls,
         join_secret,
