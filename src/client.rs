@@ -14,6 +14,7 @@ use crate::pb::chitty_chat_client::ChittyChatClient;
 use crate::transport::{
     HISTORY_METADATA, JOIN_SECRET_METADATA, JoinSecret, Keepalive, LOG_EPOCH_METADATA,
     MISSED_METADATA, RESUMED_METADATA, RETRY_AFTER_MS_METADATA, SESSION_TOKEN_METADATA,
+    SHUTTING_DOWN_METADATA,
 };
 use crate::validate::{validate_message, validate_name};
 use std::fmt;
@@ -88,6 +89,13 @@ impl ClientError {
         }
         let ms = status.metadata().get(RETRY_AFTER_MS_METADATA)?;
         ms.to_str().ok()?.parse().ok().map(Duration::from_millis)
+    }
+
+    /// Whether the call (or the feed) failed because the server is shutting down.
+    pub fn server_shut_down(&self) -> bool {
+        matches!(self, ClientError::Rpc { status, .. }
+            if status.code() == Code::Unavailable
+                && status.metadata().get(SHUTTING_DOWN_METADATA).is_some())
     }
 
     /// Whether the call failed because the connection did (or the server shut down

@@ -1,7 +1,7 @@
 //! The one error type of the chat domain: every refusal, with a message a person
 //! understands. It knows nothing of gRPC; [`crate::status`] maps it to a status.
 
-use crate::validate::MAX_NAME_CHARS;
+use crate::validate::{MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
 
 /// Everything the chat service can refuse, with a message a person understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,7 +13,9 @@ pub enum ChatError {
         valid_up_to: usize,
     },
     /// The message has no characters, or only whitespace.
-    #[error("message is empty or only whitespace; a message has 1 to 128 characters")]
+    #[error(
+        "message is empty or only whitespace; a message has 1 to {MAX_MESSAGE_CHARS} characters"
+    )]
     MessageEmpty,
     /// The message has more characters than allowed.
     #[error("message is {chars} characters long; the limit is {max} characters")]

@@ -27,7 +27,7 @@
 
 use crate::client::{ClientError, Events, Session, connect};
 use crate::client_app::{
-    EXIT_JOIN_REFUSED, EXIT_OK, EXIT_SESSION_LOST, EXIT_UNREACHABLE, LEAVE_TIMEOUT,
+    EXIT_OK, EXIT_SESSION_LOST, EXIT_UNREACHABLE, LEAVE_TIMEOUT, join_failed_status,
 };
 use crate::display::{event_line, sanitize};
 use crate::event::{Event, EventKind};
@@ -37,7 +37,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio::signal::unix::{SignalKind, signal};
-use tonic::Code;
 
 /// Exit status when the script cannot be read or has a mistake.
 pub const EXIT_BAD_SCRIPT: u8 = 2;
@@ -189,14 +188,7 @@ pub async fn run(options: ScriptOptions) -> ExitCode {
     };
     let (session, events) = match Session::join(channel, &options.name).await {
         Ok(joined) => joined,
-        Err(err) => {
-            let status = match (&err, err.code()) {
-                (_, Some(Code::Unavailable)) => EXIT_UNREACHABLE,
-                (ClientError::Invalid(_) | ClientError::Rpc { .. }, _) => EXIT_JOIN_REFUSED,
-                _ => EXIT_SESSION_LOST,
-            };
-            return fail(status, &err);
-        }
+        Err(err) => return fail(join_failed_status(&err), &err),
     };
     let mut player = Player {
         session,

@@ -2,7 +2,7 @@
 //! its message, and the retry hint of a rate limit.
 
 use crate::error::ChatError;
-use crate::transport::RETRY_AFTER_MS_METADATA;
+use crate::transport::{RETRY_AFTER_MS_METADATA, SHUTTING_DOWN_METADATA};
 use tonic::{Code, Status};
 
 /// The gRPC status code for `err`.
@@ -27,15 +27,23 @@ pub fn code(err: &ChatError) -> Code {
     }
 }
 
-/// The status of a refusal: [`code`], the error's message, and for a rate limit
-/// `chittychat-retry-after-ms`.
+/// The status of a refusal: [`code`], the error's message, for a rate limit
+/// `chittychat-retry-after-ms`, and for a shutdown `chittychat-shutting-down`.
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
         let mut status = Status::new(code(&err), err.to_string());
-        if let ChatError::RateLimited { retry_after_ms, .. } = err {
-            status
-                .metadata_mut()
-                .insert(RETRY_AFTER_MS_METADATA, retry_after_ms.into());
+        match err {
+            ChatError::RateLimited { retry_after_ms, .. } => {
+                status
+                    .metadata_mut()
+                    .insert(RETRY_AFTER_MS_METADATA, retry_after_ms.into());
+            }
+            ChatError::ShuttingDown => {
+                status
+                    .metadata_mut()
+                    .insert(SHUTTING_DOWN_METADATA, "true".parse().expect("ASCII"));
+            }
+            _ => {}
         }
         status
     }
@@ -44,6 +52,17 @@ impl From<ChatError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shutdown_is_marked_so_that_clients_need_not_read_the_message() {
+        let status = Status::from(ChatError::ShuttingDown);
+        assert_eq!(status.code(), Code::Unavailable);
+        assert!(status.metadata().get(SHUTTING_DOWN_METADATA).is_some());
+        let other = Status::from(ChatError::LogUnavailable {
+            reason: "disk full".into(),
+        });
+        assert!(other.metadata().get(SHUTTING_DOWN_METADATA).is_none());
+    }
 
     #[test]
     fn every_limit_is_resource_exhausted_and_the_secret_unauthenticated() {

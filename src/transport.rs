@@ -60,6 +60,11 @@ pub const HISTORY_METADATA: &str = "chittychat-history";
 /// milliseconds to wait before it is accepted.
 pub const RETRY_AFTER_MS_METADATA: &str = "chittychat-retry-after-ms";
 
+/// The status metadata key (value `true`) that marks an `UNAVAILABLE` as the
+/// server shutting down, rather than a connection that failed: a client tells the
+/// two apart by this, not by the message's wording.
+pub const SHUTTING_DOWN_METADATA: &str = "chittychat-shutting-down";
+
 /// HTTP/2 keepalive: how often a silent peer is pinged and how long it has to answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Keepalive {

@@ -208,8 +208,9 @@ pub async fn run(options: ClientOptions) -> ExitCode {
     }
 }
 
-/// The exit status for a failed first Join.
-fn join_failed_status(err: &ClientError) -> u8 {
+/// The exit status for a failed first Join: the client's and a scripted
+/// participant's.
+pub fn join_failed_status(err: &ClientError) -> u8 {
     match err {
         ClientError::Unreachable { .. } | ClientError::InvalidUrl { .. } => EXIT_UNREACHABLE,
         ClientError::Invalid(_) | ClientError::Rpc { .. } => match err.code() {
@@ -756,15 +757,11 @@ async fn show_feed(
 
 /// A person-readable reason for a lost session.
 fn session_lost(err: &ClientError) -> String {
+    if err.server_shut_down() {
+        return "the Chitty-Chat server shut down".to_owned();
+    }
     match err {
         ClientError::Rpc { status, .. } => match status.code() {
-            Code::Unavailable
-                if status
-                    .message()
-                    .contains(ChatError::ShuttingDown.to_string().as_str()) =>
-            {
-                "the Chitty-Chat server shut down".to_owned()
-            }
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
                 format!("lost the connection to the server: {}", status.message())
             }
