@@ -130,9 +130,7 @@ pub enum ChatError {
         max: usize,
     },
     /// The server needs a join secret and the request has none.
-    #[error(
-        "this server needs a join secret; ask its operator for it and pass it with --join-secret-file or CHITTYCHAT_JOIN_SECRET"
-    )]
+    #[error("this server needs a join secret; ask its operator for it")]
     JoinSecretMissing,
     /// The join secret is wrong.
     #[error("wrong join secret")]

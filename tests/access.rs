@@ -244,6 +244,8 @@ async fn the_binaries_take_the_secret_from_a_file_or_the_environment() {
     assert_eq!(without.exit_status().await.code(), Some(4));
     let said = without.stderr.read_to_end().await.join("\n");
     assert!(said.contains("needs a join secret"), "{said}");
+    // The client, which knows its own flags, says how to give the secret.
+    assert!(said.contains("--join-secret-file"), "{said}");
     let refused = server.await_log("refused").await;
     assert_eq!(refused["participant"], "mallory", "{refused}");
     assert_eq!(refused["level"], "WARN", "{refused}");

@@ -118,6 +118,10 @@ pub fn is_interactive() -> bool {
 pub async fn run(options: ClientOptions) -> ExitCode {
     let (session, events) = match join(&options, None, None).await {
         Ok(joined) => joined,
+        Err(err) if err.code() == Some(Code::Unauthenticated) && options.join_secret.is_none() => {
+            let hint = format!("{err}; pass it with --join-secret-file or CHITTYCHAT_JOIN_SECRET");
+            return fail(join_failed_status(&err), &hint);
+        }
         Err(err) => return fail(join_failed_status(&err), &err),
     };
     let (input, screen) = if is_interactive() {
