@@ -10,7 +10,7 @@
 //! present has shown its outcome on stdout, so the script never races itself.
 
 use crate::event::{joined_sentence, left_sentence};
-use crate::log_schema::{field, message, rpc};
+use crate::log_schema::{self, field, message, rpc};
 use crate::trace;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -801,7 +801,7 @@ async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, D
     let deadline = Instant::now() + stage.timeout;
     loop {
         if let Ok(text) = std::fs::read_to_string(&log)
-            && let Some(address) = text.lines().find_map(listening_address)
+            && let Some(address) = text.lines().find_map(log_schema::listening_address)
         {
             return Ok(Server {
                 child,
@@ -837,15 +837,6 @@ async fn interrupted() -> &'static str {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
     }
-}
-
-/// The address in the server's "listening" log line.
-fn listening_address(line: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    if value.get(field::MESSAGE)?.as_str()? != message::LISTENING {
-        return None;
-    }
-    Some(value.get(field::ADDRESS)?.as_str()?.to_owned())
 }
 
 impl Server {

@@ -196,9 +196,40 @@ impl fmt::Display for BroadcastCause {
     }
 }
 
+/// The address in the server's "listening" log line, in either log format (JSON, or
+/// text: `... Chitty-Chat server listening address=127.0.0.1:50051`); `None` for any
+/// other line. Whoever starts a server on port 0 learns its port from this.
+pub fn listening_address(line: &str) -> Option<std::net::SocketAddr> {
+    if !line.contains(message::LISTENING) {
+        return None;
+    }
+    let address = match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(value) => value.get(field::ADDRESS)?.as_str()?.to_owned(),
+        Err(_) => {
+            let prefix = format!("{}=", field::ADDRESS);
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(prefix.as_str()))?
+                .to_owned()
+        }
+    };
+    address.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_listening_address_is_read_from_either_log_format() {
+        let json = r#"{"level":"INFO","message":"Chitty-Chat server listening","address":"127.0.0.1:4242"}"#;
+        let text = "2026-12-02T02:05:31Z  INFO Chitty-Chat server listening address=[::1]:7";
+        assert_eq!(
+            listening_address(json),
+            Some("127.0.0.1:4242".parse().unwrap())
+        );
+        assert_eq!(listening_address(text), Some("[::1]:7".parse().unwrap()));
+        assert_eq!(listening_address("INFO event log open epoch=1"), None);
+    }
 
     #[test]
     fn every_cause_reads_back_as_itself() {

@@ -1,6 +1,7 @@
 //! End-to-end: the real `chittychat-server` and `chittychat-client` binaries, each
 //! its own process, clients driven through piped stdin, their stdout asserted.
 
+use chittychat::log_schema;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::io::{BufRead, BufReader, Write};
@@ -167,11 +168,8 @@ fn start_server() -> (Process, String, tempfile::TempDir) {
     let server = Process::spawn("server", command);
     let line = server
         .stderr
-        .wait_for("listening", |l| l.contains("server listening"));
-    let address = line
-        .split_whitespace()
-        .find_map(|word| word.strip_prefix("address="))
-        .expect("the listening line names the address");
+        .wait_for("listening", |l| log_schema::listening_address(l).is_some());
+    let address = log_schema::listening_address(&line).unwrap();
     (server, format!("http://{address}"), data)
 }
 

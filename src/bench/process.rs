@@ -2,7 +2,7 @@
 //! defaults, and reading its CPU time and memory from `/proc`.
 
 use super::BenchError;
-use crate::log_schema::{field, message};
+use crate::log_schema;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -137,17 +137,8 @@ impl SpawnedServer {
         let started = Instant::now();
         loop {
             let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            // The log is in the default text format: `... <message> address=<addr>`.
-            let address_field = format!("{}=", field::ADDRESS);
-            if let Some(address) = text
-                .lines()
-                .filter(|line| line.contains(message::LISTENING))
-                .find_map(|line| {
-                    line.split_whitespace()
-                        .find_map(|f| f.strip_prefix(address_field.as_str()))
-                })
-            {
-                return Ok(address.to_owned());
+            if let Some(address) = text.lines().find_map(log_schema::listening_address) {
+                return Ok(address.to_string());
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(BenchError::Server(format!(
