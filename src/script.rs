@@ -25,9 +25,9 @@
 //! participants is thereby introduced whichever joined first, and every message
 //! said after `meet` reaches all of them.
 
-use crate::client::{ClientError, Events, Session, connect};
+use crate::client::{ClientError, Events, Session};
 use crate::client_app::{
-    EXIT_OK, EXIT_SESSION_LOST, EXIT_UNREACHABLE, LEAVE_TIMEOUT, join_failed_status,
+    self, ClientOptions, EXIT_OK, EXIT_SESSION_LOST, LEAVE_TIMEOUT, join_failed_status,
 };
 use crate::display::{event_line, sanitize};
 use crate::event::{Event, EventKind};
@@ -154,10 +154,9 @@ fn message(text: &str) -> Result<String, String> {
 /// What a scripted participant is asked to do.
 #[derive(Debug, Clone)]
 pub struct ScriptOptions {
-    /// The participant's name.
-    pub name: String,
-    /// The server URL.
-    pub server: String,
+    /// Who joins where, and how it connects (TLS, the join secret), as for the
+    /// client program.
+    pub client: ClientOptions,
     /// The script file.
     pub script: PathBuf,
 }
@@ -182,11 +181,7 @@ pub async fn run(options: ScriptOptions) -> ExitCode {
         Ok(steps) => steps,
         Err(message) => return fail(EXIT_BAD_SCRIPT, &message),
     };
-    let channel = match connect(&options.server).await {
-        Ok(channel) => channel,
-        Err(err) => return fail(EXIT_UNREACHABLE, &err),
-    };
-    let (session, events) = match Session::join(channel, &options.name).await {
+    let (session, events) = match client_app::join(&options.client, None, None).await {
         Ok(joined) => joined,
         Err(err) => return fail(join_failed_status(&err), &err),
     };

@@ -4,6 +4,7 @@
 //! refused before joining.
 
 use chittychat::server::{self, ServerConfig};
+use chittychat::transport::JoinSecret;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
@@ -182,4 +183,41 @@ async fn a_broken_script_is_refused_before_joining() {
         stderr.contains("line 2: unknown step \"shout hi\""),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn a_scripted_participant_joins_a_server_that_needs_a_secret() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let config = ServerConfig {
+        join_secret: Some(JoinSecret::new("open sesame").expect("a valid secret")),
+        ..ServerConfig::default()
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("short.script");
+    std::fs::write(&script, "say hello from a script\nleave\n").expect("write script");
+    let output = Command::new(env!("CARGO_BIN_EXE_chittychat-client"))
+        .args(["--name", "erin", "--server", &url, "--script"])
+        .arg(&script)
+        .env("CHITTYCHAT_JOIN_SECRET", "open sesame")
+        .env_remove("CHITTYCHAT_LOG_FILE")
+        .env("RUST_LOG", "off")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(DEADLINE, output)
+        .await
+        .expect("the script ends")
+        .expect("output");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let seen = String::from_utf8_lossy(&output.stdout);
+    assert!(seen.contains("erin: hello from a script"), "{seen}");
+    let _ = stop.send(());
+    let _ = server.await;
 }

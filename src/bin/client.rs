@@ -123,14 +123,6 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
             return ExitCode::from(client_app::EXIT_USAGE);
         }
     };
-    if let Some(script) = args.script {
-        return script::run(ScriptOptions {
-            name: args.name,
-            server: args.server,
-            script,
-        })
-        .await;
-    }
     let (tls_ca, join_secret) = match (read_tls_ca(&args), read_join_secret(&args)) {
         (Ok(tls_ca), Ok(join_secret)) => (tls_ca, join_secret),
         (Err(err), _) | (_, Err(err)) => {
@@ -138,7 +130,7 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
             return ExitCode::from(client_app::EXIT_USAGE);
         }
     };
-    client_app::run(ClientOptions {
+    let options = ClientOptions {
         name: args.name,
         server: args.server,
         connect: ConnectOptions {
@@ -151,8 +143,19 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
         log_file,
         history: args.history,
         clock,
-    })
-    .await
+    };
+    // A scripted participant connects and joins as the client does: TLS and the
+    // join secret included.
+    match args.script {
+        Some(script) => {
+            script::run(ScriptOptions {
+                client: options,
+                script,
+            })
+            .await
+        }
+        None => client_app::run(options).await,
+    }
 }
 
 /// Where a prompt logs when no file is named: `client-NAME.log` in

@@ -669,8 +669,9 @@ async fn show_history(
 }
 
 /// Connects and joins as `options` say, keeping `clock` and resuming from `resume`
-/// when rejoining.
-async fn join(
+/// when rejoining. The one way the programs join: the prompt, piped input and
+/// scripted participants alike.
+pub(crate) async fn join(
     options: &ClientOptions,
     clock: Option<Arc<LamportClock>>,
     resume: Option<ResumePoint>,
