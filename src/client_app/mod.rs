@@ -155,8 +155,22 @@ pub async fn run(options: ClientOptions) -> ExitCode {
             );
         }
     };
+    if screen.is_prompt() {
+        let log = match &options.log_file {
+            Some(path) => format!(" Logs: {}.", path.display()),
+            None => String::new(),
+        };
+        screen.notice(&format!(
+            "Joined Chitty-Chat at {} as {}. Type a message and press Enter; /help lists the commands; /quit or Ctrl-D leaves.{log}",
+            options.server, options.name
+        ));
+        show_who(&session, &screen).await;
+    }
+    let oldest_seen = Arc::new(AtomicU64::new(u64::MAX));
+    let clock = Arc::clone(session.clock());
+    let link = Link::up(session, events, &screen, &style, &oldest_seen);
     let mut chat = Chat {
-        clock: Arc::clone(session.clock()),
+        clock,
         options,
         input,
         screen,
@@ -165,20 +179,9 @@ pub async fn run(options: ClientOptions) -> ExitCode {
         outbox: VecDeque::new(),
         not_sent: 0,
         input_done: false,
-        oldest_seen: Arc::new(AtomicU64::new(u64::MAX)),
-        link: Link::Down(tokio::spawn(std::future::pending())),
+        oldest_seen,
+        link,
     };
-    if chat.input.is_prompt() {
-        let log = match &chat.options.log_file {
-            Some(path) => format!(" Logs: {}.", path.display()),
-            None => String::new(),
-        };
-        chat.screen.notice(&format!(
-            "Joined Chitty-Chat at {} as {}. Type a message and press Enter; /help lists the commands; /quit or Ctrl-D leaves.{log}",
-            chat.options.server, chat.options.name
-        ));
-    }
-    chat.up(session, events).await;
     let status = chat.run().await;
     let Chat {
         input,
@@ -255,6 +258,26 @@ enum Link {
     },
     /// Away: a task is trying to rejoin.
     Down(Rejoining),
+}
+
+impl Link {
+    /// Joined: starts showing the feed.
+    fn up(
+        session: Session,
+        events: Events,
+        screen: &Screen,
+        style: &Style,
+        oldest_seen: &Arc<AtomicU64>,
+    ) -> Link {
+        let (screen, style, oldest) = (screen.clone(), style.clone(), Arc::clone(oldest_seen));
+        let feed = tokio::spawn(async move { show_feed(events, &screen, &style, &oldest).await });
+        Link::Up {
+            session,
+            feed,
+            publishing: None,
+            retry_at: None,
+        }
+    }
 }
 
 /// What happened that the loop must act on.
@@ -516,24 +539,13 @@ impl Chat {
         if self.screen.is_prompt() {
             show_who(&session, &self.screen).await;
         }
-        let (screen, style, oldest) = (
-            self.screen.clone(),
-            self.style.clone(),
-            Arc::clone(&self.oldest_seen),
+        self.link = Link::up(
+            session,
+            events,
+            &self.screen,
+            &self.style,
+            &self.oldest_seen,
         );
-        let feed = tokio::spawn(async move { show_feed(events, &screen, &style, &oldest).await });
-        let old = std::mem::replace(
-            &mut self.link,
-            Link::Up {
-                session,
-                feed,
-                publishing: None,
-                retry_at: None,
-            },
-        );
-        if let Link::Down(rejoin) = old {
-            rejoin.abort();
-        }
     }
 
     /// The connection is gone: says so at once and starts rejoining, or, when that
