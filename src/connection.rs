@@ -506,11 +506,19 @@ impl ConnectionHandle {
     /// connection once the status has had [`CUT_OFF_GRACE`] to leave, or at once if
     /// the socket is full.
     fn cut_off(&self) {
-        let mut state = self.shared.lock();
         if self.shared.write_blocked.load(Ordering::Acquire) {
+            let mut state = self.shared.lock();
             self.shared.close(&mut state, CloseReason::CutOff);
             return;
         }
+        self.close_after_grace();
+    }
+
+    /// A participant on this connection was cut off: close the connection once
+    /// [`CUT_OFF_GRACE`] has passed, time for a peer that reads again to get the
+    /// status.
+    fn close_after_grace(&self) {
+        let mut state = self.shared.lock();
         state.cut_off_at.get_or_insert_with(Instant::now);
         // The driver re-arms its timer for the grace period.
         self.shared.driver.wake();
@@ -528,6 +536,9 @@ impl ConnectionHandle {
 pub struct ParticipantFeed<S> {
     inner: S,
     connection: Option<ConnectionHandle>,
+    /// The task that closes the connection when the feed is cut off, even if the
+    /// feed is never polled again (its connection is full); stopped on drop.
+    watcher: Option<tokio::task::AbortHandle>,
     probe: Arc<FeedProbe>,
     /// The last task to poll, and the [`ProbeWaker`] made for it (made again only
     /// when another task polls).
@@ -566,9 +577,27 @@ impl<S> ParticipantFeed<S> {
         Self {
             inner,
             connection,
+            watcher: None,
             probe,
             waker: None,
         }
+    }
+
+    /// Closes the connection as soon as `cut_off` completes (the feed was cut off),
+    /// without waiting for HTTP/2 to poll the feed: a peer that stopped reading
+    /// fills its socket, and then nothing polls it until the send timeout.
+    pub fn close_when(
+        mut self,
+        cut_off: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Self {
+        if let Some(connection) = self.connection.clone() {
+            let watcher = tokio::spawn(async move {
+                cut_off.await;
+                connection.close_after_grace();
+            });
+            self.watcher = Some(watcher.abort_handle());
+        }
+        self
     }
 
     /// The waker for the inner feed: the task's, noting that a poll is owed.
@@ -622,6 +651,9 @@ where
 
 impl<S> Drop for ParticipantFeed<S> {
     fn drop(&mut self) {
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
         if let Some(connection) = &self.connection {
             let shared = &connection.shared;
             let mut state = shared.lock();

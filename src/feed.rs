@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::WatchStream;
@@ -30,16 +31,38 @@ pub const FEED_BATCH: usize = 64;
 /// Where a session's feed ends, set once by the room: before the sequence number of
 /// its leave notice, or where the server stopped, with the reason.
 #[derive(Debug, Default)]
-pub(crate) struct FeedEnd(OnceLock<(u64, Option<ChatError>)>);
+pub(crate) struct FeedEnd {
+    end: OnceLock<(u64, Option<ChatError>)>,
+    /// Told when the end is set, for whoever waits without reading the feed.
+    ended: Notify,
+}
 
 impl FeedEnd {
     /// Ends the feed before event `seq`, with `reason` (none for a clean end).
     pub(crate) fn set(&self, seq: u64, reason: Option<ChatError>) {
-        let _ = self.0.set((seq, reason));
+        if self.end.set((seq, reason)).is_ok() {
+            self.ended.notify_waiters();
+        }
     }
 
     fn get(&self) -> Option<&(u64, Option<ChatError>)> {
-        self.0.get()
+        self.end.get()
+    }
+
+    /// Completes once the end is set with a reason: the participant was cut off
+    /// (or the server is stopping). Never completes for a clean end.
+    async fn cut_off(&self) {
+        loop {
+            let notified = self.ended.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a `set` in between is not missed.
+            notified.as_mut().enable();
+            match self.get() {
+                Some((_, Some(_))) => return,
+                Some((_, None)) => std::future::pending::<()>().await,
+                None => notified.await,
+            }
+        }
     }
 }
 
@@ -87,6 +110,14 @@ impl std::fmt::Debug for Feed {
 }
 
 impl Feed {
+    /// Completes once this feed is cut off (or the server stops), whether or not
+    /// anyone reads the feed: a participant whose connection is full is not read,
+    /// and must still lose its connection at once.
+    pub fn cut_off_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let end = Arc::clone(&self.end);
+        async move { end.cut_off().await }
+    }
+
     pub(crate) fn new(
         room: Arc<Room>,
         session: u64,

@@ -311,7 +311,8 @@ impl ChittyChat for ChatService {
             .durable(joined.stamp.seq)
             .await
             .inspect_err(refused)?;
-        let feed = ParticipantFeed::new(EventStream(joined.feed), connection);
+        let cut_off = joined.feed.cut_off_signal();
+        let feed = ParticipantFeed::new(EventStream(joined.feed), connection).close_when(cut_off);
         let mut response = Response::new(feed);
         let metadata = response.metadata_mut();
         // The token is hex and a dot, always a valid metadata value.

@@ -11,7 +11,7 @@ use chittychat::transport::Keepalive;
 use fixture::peer::{
     ENHANCE_YOUR_CALM, FramePeer, HUGE_WINDOW, RawPeer, proc_sockets_at, socket_open,
 };
-use fixture::{DEADLINE, Relay, ServerProcess, TestServer, await_notice, join, next_event, within};
+use fixture::{DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tonic::Code;
@@ -72,10 +72,25 @@ async fn publish_until_left(
 #[tokio::test]
 async fn a_participant_that_stops_reading_is_cut_off_and_its_connection_closed() {
     const SEND_TIMEOUT: Duration = Duration::from_secs(1);
+    // Closed within the send timeout of the socket filling up, with slack for the
+    // feed check and a slow machine.
+    stalled_reader_is_closed(SEND_TIMEOUT, SEND_TIMEOUT * 3).await;
+}
+
+#[tokio::test]
+async fn a_cut_off_participant_loses_its_connection_at_once_not_at_the_send_timeout() {
+    // The send timeout is far away: the connection must close because the room
+    // cut the participant off, within the grace its status gets.
+    stalled_reader_is_closed(Duration::from_secs(600), CUT_OFF_GRACE * 3).await;
+}
+
+/// A participant that stops reading is cut off as too slow, and its connection is
+/// closed within `limit` of the others seeing it leave.
+async fn stalled_reader_is_closed(send_timeout: Duration, limit: Duration) {
     let server = TestServer::start(config(
         16,
         ConnectionLimits {
-            send_timeout: SEND_TIMEOUT,
+            send_timeout,
             ..ConnectionLimits::default()
         },
     ))
@@ -95,9 +110,7 @@ async fn a_participant_that_stops_reading_is_cut_off_and_its_connection_closed()
     assert!(socket_open(server.addr, attacker.local));
 
     let sent = publish_until_left(&alice, &mut alice_events, "stalled").await;
-    // Closed within the send timeout of the socket filling up, with slack for the
-    // feed check and a slow machine.
-    let took = await_socket_closed(server.addr, attacker.local, SEND_TIMEOUT * 3).await;
+    let took = await_socket_closed(server.addr, attacker.local, limit).await;
     println!("cut off after {sent} messages; connection closed {took:?} later");
 
     // The rest are unharmed: alice goes on, and a newcomer joins.
@@ -150,6 +163,8 @@ async fn a_participant_that_grants_no_window_is_cut_off_and_its_connection_close
 
 #[tokio::test]
 async fn a_cut_off_participant_that_reads_again_gets_the_reason_then_loses_its_connection() {
+    // (A participant whose socket is full when it is cut off loses its connection at
+    // once: a_cut_off_participant_loses_its_connection_at_once_not_at_the_send_timeout.)
     let server = TestServer::start(config(
         16,
         ConnectionLimits {
@@ -160,28 +175,39 @@ async fn a_cut_off_participant_that_reads_again_gets_the_reason_then_loses_its_c
         },
     ))
     .await;
-    let relay = Relay::start(server.addr).await;
-    let (_slow, mut slow_events) = join(&relay.url(), "slow").await;
     let (alice, mut alice_events) = join(&server.url(), "alice").await;
-    await_notice(&mut slow_events, EventKind::Joined, "alice", DEADLINE).await;
-    let open_before = proc_sockets_at(server.addr);
-    assert_eq!(open_before, 2, "alice's connection and the relay's");
+    // slow reads its socket but offers a 1 KiB window and gives nothing back until
+    // it reads again: HTTP/2 flow control holds the server back, its socket never
+    // fills, so the status can still reach slow.
+    let mut slow = RawPeer::connect(server.addr, 1024, None).await.unwrap();
+    let (_token, mut feed) = within(DEADLINE, "slow's Join", slow.join("slow"))
+        .await
+        .unwrap();
+    await_notice(&mut alice_events, EventKind::Joined, "slow", DEADLINE).await;
+    assert_eq!(
+        proc_sockets_at(server.addr),
+        2,
+        "alice's connection and slow's"
+    );
 
-    relay.stall();
     publish_until_left(&alice, &mut alice_events, "slow").await;
-    relay.resume();
-    let err = within(DEADLINE, "the slow feed to end", async {
-        loop {
-            match slow_events.next().await {
-                Ok(Some(_)) => {}
-                Ok(None) => panic!("the feed ended without a reason"),
-                Err(err) => return err,
-            }
+    // slow reads again, within the grace its status gets: the events it was owed,
+    // then the reason.
+    let trailers = within(DEADLINE, "the slow feed to end", async {
+        while let Some(chunk) = feed.data().await {
+            let chunk = chunk.expect("the feed's data");
+            let _ = feed.flow_control().release_capacity(chunk.len());
         }
+        feed.trailers().await.expect("the feed's trailers")
     })
-    .await;
-    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
-    assert!(err.to_string().contains("fell behind the chat"), "{err}");
+    .await
+    .expect("the feed ends with a status");
+    let status = tonic::Status::from_header_map(&trailers).expect("a gRPC status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().contains("fell behind the chat"),
+        "{status:?}"
+    );
 
     // Then the server closes the connection, once the status has had its grace.
     within(
