@@ -99,7 +99,10 @@ impl Process {
 
     fn client_with(name: &str, url: &str, extra: &[&str]) -> Process {
         let mut command = Command::new(env!("CARGO_BIN_EXE_chittychat-client"));
-        command.args(["--name", name, "--server", url]).args(extra);
+        command
+            .args(["--name", name, "--server", url])
+            .args(extra)
+            .env_remove("RUST_LOG");
         Process::spawn(name, command)
     }
 
@@ -281,6 +284,12 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
     // his exit status says that not every line was sent.
     bob.close_stdin();
     assert_eq!(bob.wait_exit().code(), Some(5));
+    // A piped client's stderr holds what a script must see, not the INFO log.
+    let said = bob.stderr.lines.lock().unwrap().clone();
+    assert!(
+        said.iter().all(|line| line.starts_with("chittychat-client: ")),
+        "{said:#?}"
+    );
     let bob_left = alice.sees_notice("bob", "left");
     for p in [&carol, &dave] {
         assert_eq!(p.sees_notice("bob", "left"), bob_left);
