@@ -287,7 +287,8 @@ fn three_clients_chat_one_joins_late_and_everyone_leaves_differently() {
     // A piped client's stderr holds what a script must see, not the INFO log.
     let said = bob.stderr.lines.lock().unwrap().clone();
     assert!(
-        said.iter().all(|line| line.starts_with("chittychat-client: ")),
+        said.iter()
+            .all(|line| line.starts_with("chittychat-client: ")),
         "{said:#?}"
     );
     let bob_left = alice.sees_notice("bob", "left");

@@ -91,96 +91,29 @@ fn main() -> ExitCode {
         Ok(run) => run,
         Err(err) => return fail(EXIT_IO, &err),
     };
-    let mut run = run;
-    let mut messages = causality::messages(&run);
-    let mut out = String::new();
-    let mut status = ExitCode::SUCCESS;
-    match args.command {
-        Command::Check { .. } => {
-            let report = check::check(&run);
-            let _ = writeln!(out, "{report}");
-            if !report.ok() {
-                status = ExitCode::from(EXIT_VIOLATIONS);
-            }
-        }
+    let done = match args.command {
+        Command::Check { .. } => Ok(check_run(&run)),
         Command::Diagram {
             svg, mermaid, only, ..
-        } => {
-            if !only.is_empty() {
-                let unknown: Vec<&String> = only
-                    .iter()
-                    .filter(|name| !run.processes.iter().any(|p| &p.label == *name))
-                    .collect();
-                if !unknown.is_empty() {
-                    let known: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
-                    return fail(
-                        EXIT_USAGE,
-                        &format!(
-                            "no process named {} in this run; it has {}",
-                            unknown
-                                .iter()
-                                .map(|n| n.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", "),
-                            known.join(", ")
-                        ),
-                    );
-                }
-                run = causality::focus(&run, &only);
-                messages = causality::messages(&run);
-            }
-            let folder = logs
-                .first()
-                .filter(|p| p.is_dir())
-                .cloned()
-                .unwrap_or_default();
-            let svg_path = svg.unwrap_or_else(|| folder.join("diagram.svg"));
-            let mermaid_path = mermaid.unwrap_or_else(|| svg_path.with_extension("mmd"));
-            for (path, content) in [
-                (&svg_path, svg::svg(&run, &messages)),
-                (&mermaid_path, mermaid::mermaid(&run, &messages)),
-            ] {
-                if let Err(err) = write(path, &content) {
-                    return fail(EXIT_IO, &err);
-                }
-                let _ = writeln!(out, "wrote {}", path.display());
-            }
-        }
+        } => diagram(run, &logs, svg, mermaid, &only).map(|out| (out, ExitCode::SUCCESS)),
         Command::Shiviz { .. } => {
+            let messages = causality::messages(&run);
             let clocks = causality::vector_clocks(&run, &messages);
-            out = shiviz::shiviz(&run, &messages, &clocks);
+            Ok((shiviz::shiviz(&run, &messages, &clocks), ExitCode::SUCCESS))
         }
         Command::Timeline { vector, .. } => {
-            let clocks = vector.then(|| causality::vector_clocks(&run, &messages));
-            out = timeline::timeline(&run, clocks.as_ref());
+            let clocks = vector.then(|| {
+                let messages = causality::messages(&run);
+                causality::vector_clocks(&run, &messages)
+            });
+            Ok((timeline::timeline(&run, clocks.as_ref()), ExitCode::SUCCESS))
         }
-        Command::Concurrent { limit, .. } => {
-            let clocks = causality::vector_clocks(&run, &messages);
-            let pairs = causality::concurrent_requests(&run, &clocks);
-            if pairs.is_empty() {
-                let _ = writeln!(out, "no two requests of this run are concurrent");
-            }
-            for (a, b) in pairs.into_iter().take(limit) {
-                for id in [a, b] {
-                    let event = run.event(id);
-                    let _ = writeln!(
-                        out,
-                        "{} at Lamport {}: {}  {}",
-                        run.processes[id.process].label,
-                        event.lamport,
-                        event.describe(),
-                        format_clock(&run, &clocks[&id])
-                    );
-                }
-                let _ = writeln!(
-                    out,
-                    "  Lamport {} < {}, yet neither vector clock is below the other: concurrent",
-                    run.event(a).lamport,
-                    run.event(b).lamport
-                );
-            }
-        }
-    }
+        Command::Concurrent { limit, .. } => Ok((concurrent(&run, limit), ExitCode::SUCCESS)),
+    };
+    let (out, status) = match done {
+        Ok(done) => done,
+        Err((status, message)) => return fail(status, &message),
+    };
     match std::io::stdout().lock().write_all(out.as_bytes()) {
         // A reader that stopped early (`| head`) wanted no more: not an error.
         Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
@@ -188,6 +121,101 @@ fn main() -> ExitCode {
         }
         _ => status,
     }
+}
+
+/// A command that could not be done: the exit status and what to say.
+type Failed = (u8, String);
+
+/// `check`: the report, and the status that says whether every rule holds.
+fn check_run(run: &Run) -> (String, ExitCode) {
+    let report = check::check(run);
+    let status = if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_VIOLATIONS)
+    };
+    (format!("{report}\n"), status)
+}
+
+/// `diagram`: writes the SVG and the Mermaid drawing (of the processes in `only`,
+/// when named) and says where.
+fn diagram(
+    run: Run,
+    logs: &[PathBuf],
+    svg: Option<PathBuf>,
+    mermaid: Option<PathBuf>,
+    only: &[String],
+) -> Result<String, Failed> {
+    let run = if only.is_empty() {
+        run
+    } else {
+        let unknown: Vec<&str> = only
+            .iter()
+            .filter(|name| !run.processes.iter().any(|p| &p.label == *name))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            let known: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
+            return Err((
+                EXIT_USAGE,
+                format!(
+                    "no process named {} in this run; it has {}",
+                    unknown.join(", "),
+                    known.join(", ")
+                ),
+            ));
+        }
+        causality::focus(&run, only)
+    };
+    let messages = causality::messages(&run);
+    let folder = logs
+        .first()
+        .filter(|p| p.is_dir())
+        .cloned()
+        .unwrap_or_default();
+    let svg_path = svg.unwrap_or_else(|| folder.join("diagram.svg"));
+    let mermaid_path = mermaid.unwrap_or_else(|| svg_path.with_extension("mmd"));
+    let mut out = String::new();
+    for (path, content) in [
+        (&svg_path, svg::svg(&run, &messages)),
+        (&mermaid_path, mermaid::mermaid(&run, &messages)),
+    ] {
+        write(path, &content).map_err(|err| (EXIT_IO, err))?;
+        let _ = writeln!(out, "wrote {}", path.display());
+    }
+    Ok(out)
+}
+
+/// `concurrent`: up to `limit` pairs of requests that Lamport time orders but
+/// causality does not, each with its vector clocks.
+fn concurrent(run: &Run, limit: usize) -> String {
+    let messages = causality::messages(run);
+    let clocks = causality::vector_clocks(run, &messages);
+    let pairs = causality::concurrent_requests(run, &clocks);
+    let mut out = String::new();
+    if pairs.is_empty() {
+        let _ = writeln!(out, "no two requests of this run are concurrent");
+    }
+    for (a, b) in pairs.into_iter().take(limit) {
+        for id in [a, b] {
+            let event = run.event(id);
+            let _ = writeln!(
+                out,
+                "{} at Lamport {}: {}  {}",
+                run.processes[id.process].label,
+                event.lamport,
+                event.describe(),
+                format_clock(run, &clocks[&id])
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  Lamport {} < {}, yet neither vector clock is below the other: concurrent",
+            run.event(a).lamport,
+            run.event(b).lamport
+        );
+    }
+    out
 }
 
 fn write(path: &Path, content: &str) -> Result<(), String> {
