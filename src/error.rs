@@ -1,5 +1,5 @@
 //! The one error type of the chat domain: every refusal, with a message a person
-//! understands. It knows nothing of gRPC; [`crate::status`] maps it to a status.
+//! understands. It knows nothing of gRPC; `status` maps it to a status.
 
 use crate::validate::{MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
 

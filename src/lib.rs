@@ -20,7 +20,8 @@
 //!   clock; every accepted request becomes one event in the log.
 //! - [`feed`]: a participant's cursor into the log.
 //! - [`server`]: the tonic service over the room, and `run`, which serves it.
-//! - [`status`]: the one mapping of a domain error to a gRPC status.
+//! - `status` (private): the one mapping of a domain error to a gRPC status, the
+//!   `From<ChatError> for tonic::Status` every refusal goes through.
 //! - [`connection`]: each accepted connection: the capped accept loop, the join and
 //!   send deadlines, and closing a connection whose participant was cut off.
 //! - [`health`]: the gRPC health service and server reflection.
@@ -66,7 +67,7 @@ pub mod room;
 #[cfg(feature = "programs")]
 pub mod script;
 pub mod server;
-pub mod status;
+mod status;
 pub mod trace;
 pub mod transport;
 pub mod validate;

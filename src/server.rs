@@ -2,7 +2,7 @@
 //!
 //! This layer converts between the generated `pb` types and the domain, logs every
 //! refused call, and answers a refusal with its status (the one mapping is in
-//! [`crate::status`]).
+//! `status`).
 //! Accepted calls are logged by the room, one line per event.
 
 use crate::connection::{self, ConnectionHandle, ConnectionLimits, ParticipantFeed};

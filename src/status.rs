@@ -6,7 +6,7 @@ use crate::transport::{RETRY_AFTER_MS_METADATA, SHUTTING_DOWN_METADATA};
 use tonic::{Code, Status};
 
 /// The gRPC status code for `err`.
-pub fn code(err: &ChatError) -> Code {
+pub(crate) fn code(err: &ChatError) -> Code {
     match err {
         ChatError::MessageNotUtf8 { .. }
         | ChatError::MessageEmpty
@@ -27,7 +27,7 @@ pub fn code(err: &ChatError) -> Code {
     }
 }
 
-/// The status of a refusal: [`code`], the error's message, for a rate limit
+/// The status of a refusal: `code`, the error's message, for a rate limit
 /// `chittychat-retry-after-ms`, and for a shutdown `chittychat-shutting-down`.
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
