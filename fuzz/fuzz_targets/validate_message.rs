@@ -29,7 +29,7 @@ fuzz_target!(|bytes: &[u8]| {
             assert!(!shown.chars().any(char::is_control), "{shown:?}");
             assert!(shown.len() < 200, "{shown:?}");
             assert!(!shown.ends_with('.'), "{shown:?}");
-            assert_eq!(err.code(), Code::InvalidArgument);
+            assert_eq!(tonic::Status::from(err.clone()).code(), Code::InvalidArgument);
             match err {
                 ChatError::MessageNotUtf8 { valid_up_to } => {
                     let utf8 = std::str::from_utf8(bytes).unwrap_err();

@@ -20,7 +20,7 @@ fuzz_target!(|bytes: &[u8]| {
         Err(err) => {
             assert!(!valid, "refused {bytes:?}");
             assert!(matches!(err, ChatError::InvalidName { .. }), "{err:?}");
-            assert_eq!(err.code(), Code::InvalidArgument);
+            assert_eq!(tonic::Status::from(err.clone()).code(), Code::InvalidArgument);
             let shown = err.to_string();
             assert!(!shown.chars().any(char::is_control), "{shown:?}");
             // 40 characters at most, each escaped to at most 10 ("\u{10ffff}").
