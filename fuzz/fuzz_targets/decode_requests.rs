@@ -159,7 +159,8 @@ fn join(request: pb::JoinRequest) {
     let before = fx.room.lamport_now();
     let should_accept = validate_name(&request.name).is_ok()
         && validate_lamport(request.lamport, before).is_ok()
-        && request.name != b"alice";
+        // Names are unique regardless of case.
+        && !request.name.eq_ignore_ascii_case(b"alice");
     match join_now(&fx.runtime, &fx.room, &request.name, request.lamport) {
         Ok(mut joined) => {
             assert!(should_accept, "accepted the name {:?}", request.name);
@@ -167,7 +168,7 @@ fn join(request: pb::JoinRequest) {
             let lamport = expected_time(before, request.lamport);
             assert_eq!(joined.stamp, Stamp { lamport, seq: 2 });
             let mut present = vec!["alice".to_owned(), name.to_owned()];
-            present.sort();
+            present.sort_by_key(|name| name.to_ascii_lowercase());
             assert_eq!(fx.room.present(), present);
             for feed in [&mut joined.feed, &mut fx.alice] {
                 let event = next(feed).expect("the join notice").entry;
