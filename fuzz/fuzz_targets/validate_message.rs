@@ -1,6 +1,7 @@
 //! Fuzzes the chat message rule with arbitrary bytes: it never panics, it accepts a
-//! message exactly when the message is UTF-8 of 1 to 128 characters without a control
-//! character, and every refusal names a true reason without echoing the input.
+//! message exactly when the message is UTF-8 of 1 to 128 characters, not all
+//! whitespace, without a control character, and every refusal names a true reason
+//! without echoing the input.
 
 #![no_main]
 
@@ -21,6 +22,7 @@ fuzz_target!(|bytes: &[u8]| {
                 "{chars} characters"
             );
             assert!(!text.chars().any(char::is_control), "a control character");
+            assert!(!text.chars().all(char::is_whitespace), "only whitespace");
             // An accepted message reaches the others' screens unchanged.
             assert!(matches!(sanitize(text), Cow::Borrowed(_)));
         }
@@ -35,7 +37,10 @@ fuzz_target!(|bytes: &[u8]| {
                     let utf8 = std::str::from_utf8(bytes).unwrap_err();
                     assert_eq!(utf8.valid_up_to(), valid_up_to);
                 }
-                ChatError::MessageEmpty => assert!(bytes.is_empty()),
+                ChatError::MessageEmpty => {
+                    let text = std::str::from_utf8(bytes).unwrap();
+                    assert!(text.chars().all(char::is_whitespace), "{text:?}");
+                }
                 ChatError::MessageTooLong { chars, max } => {
                     let text = std::str::from_utf8(bytes).unwrap();
                     assert_eq!(chars, text.chars().count());
