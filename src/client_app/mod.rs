@@ -490,14 +490,8 @@ impl Chat {
                     .screen
                     .error("not connected: /history works again once reconnected"),
             },
-            // At a prompt the user reads the hint and types again; piped, a line
-            // that was meant for the chat was not sent.
-            Command::Misused(message) if self.input.is_prompt() => self.screen.error(&message),
-            Command::Unknown(word) if self.input.is_prompt() => {
-                self.screen.error(&command::unknown_hint(&word));
-            }
-            Command::Misused(message) => self.refuse(&message),
-            Command::Unknown(word) => self.refuse(&command::unknown_hint(&word)),
+            Command::Misused(message) => self.refuse_command(&message),
+            Command::Unknown(word) => self.refuse_command(&command::unknown_hint(&word)),
             Command::Say(line) => self.say(&line),
         }
         false
@@ -532,6 +526,16 @@ impl Chat {
     fn refuse(&mut self, message: &str) {
         self.not_sent += 1;
         self.screen.error(message);
+    }
+
+    /// Says why a command was not understood. At a prompt the user reads it and types
+    /// again; piped, the line was meant for the chat and was not sent.
+    fn refuse_command(&mut self, message: &str) {
+        if self.input.is_prompt() {
+            self.screen.error(message);
+        } else {
+            self.refuse(message);
+        }
     }
 
     /// Joined: shows the feed, and at a prompt who is present.
