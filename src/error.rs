@@ -1,6 +1,7 @@
 //! The one error type of the chat domain: every refusal, with a message a person
 //! understands. It knows nothing of gRPC; `status` maps it to a status.
 
+use crate::log::LogError;
 use crate::validate::{MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
 
 /// Everything the chat service can refuse, with a message a person understands.
@@ -85,11 +86,8 @@ pub enum ChatError {
         first_held: u64,
     },
     /// The server cannot store events, so it takes none.
-    #[error("the Chitty-Chat server cannot store events: {reason}")]
-    LogUnavailable {
-        /// What failed.
-        reason: String,
-    },
+    #[error("the Chitty-Chat server cannot store events: {0}")]
+    LogUnavailable(LogError),
     /// The publish id breaks the rule for ids.
     #[error(
         "invalid publish id: an id is at most {max} ASCII letters, digits and punctuation, without spaces (found {found} bytes)"

@@ -195,17 +195,13 @@ impl Stream for Feed {
                     // The position was trimmed while we read: look again.
                     Ok(Ok(_)) => {}
                     Ok(Err(err)) => {
-                        let reason = err.to_string();
-                        return this.cut_off(
-                            LeaveCause::Disconnected,
-                            ChatError::LogUnavailable { reason },
-                        );
+                        return this
+                            .cut_off(LeaveCause::Disconnected, ChatError::LogUnavailable(err));
                     }
                     Err(join_error) => {
-                        let reason = join_error.to_string();
                         return this.cut_off(
                             LeaveCause::Disconnected,
-                            ChatError::LogUnavailable { reason },
+                            ChatError::LogUnavailable(LogError::ReadFailed(join_error.to_string())),
                         );
                     }
                 }
@@ -244,11 +240,8 @@ impl Stream for Feed {
                         },
                     );
                 }
-                Read::Failed(reason) => {
-                    return this.cut_off(
-                        LeaveCause::Disconnected,
-                        ChatError::LogUnavailable { reason },
-                    );
+                Read::Failed(err) => {
+                    return this.cut_off(LeaveCause::Disconnected, ChatError::LogUnavailable(err));
                 }
             }
         }

@@ -12,7 +12,7 @@ use crate::error::ChatError;
 use crate::event::{EventKind, Stamp, joined_sentence, left_sentence};
 use crate::feed::{Feed, FeedEnd};
 use crate::lamport::{LamportClock, LamportTime};
-use crate::log::{Entry, Epoch, Log, Recovered};
+use crate::log::{Entry, Epoch, Log, LogError, Recovered};
 use crate::log_schema::{BroadcastCause, LeaveCause, field, message};
 use crate::validate::{validate_lamport, validate_message, validate_name, validate_publish_id};
 use governor::clock::Clock;
@@ -531,12 +531,8 @@ impl Room {
         let log = Arc::clone(&self.log);
         let page = tokio::task::spawn_blocking(move || log.page_before(before, limit))
             .await
-            .map_err(|err| ChatError::LogUnavailable {
-                reason: err.to_string(),
-            })?
-            .map_err(|err| ChatError::LogUnavailable {
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| ChatError::LogUnavailable(LogError::ReadFailed(err.to_string())))?
+            .map_err(ChatError::LogUnavailable)?;
         Ok((page, self.log.first_held()))
     }
 
@@ -545,7 +541,7 @@ impl Room {
         self.log
             .durable(seq)
             .await
-            .map_err(|reason| ChatError::LogUnavailable { reason })
+            .map_err(ChatError::LogUnavailable)
     }
 
     /// Stops the room: every feed delivers what was appended, then ends with
@@ -620,7 +616,7 @@ impl Room {
 
     fn check_log(&self) -> Result<(), ChatError> {
         match self.log.failure() {
-            Some(reason) => Err(ChatError::LogUnavailable { reason }),
+            Some(err) => Err(ChatError::LogUnavailable(err)),
             None => Ok(()),
         }
     }

@@ -219,7 +219,7 @@ pub async fn run_with_log(
     }
     sweeper.abort();
     match log.failure() {
-        Some(reason) => Err(LogError::WriteFailed(reason).into()),
+        Some(err) => Err(err.into()),
         None => Ok(()),
     }
 }

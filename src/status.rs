@@ -19,7 +19,7 @@ pub(crate) fn code(err: &ChatError) -> Code {
         ChatError::UnknownSession | ChatError::JoinSecretMissing | ChatError::JoinSecretWrong => {
             Code::Unauthenticated
         }
-        ChatError::ShuttingDown | ChatError::LogUnavailable { .. } => Code::Unavailable,
+        ChatError::ShuttingDown | ChatError::LogUnavailable(_) => Code::Unavailable,
         ChatError::TooSlow { .. }
         | ChatError::ServerFull { .. }
         | ChatError::RateLimited { .. }
@@ -52,15 +52,16 @@ impl From<ChatError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::log::LogError;
 
     #[test]
     fn a_shutdown_is_marked_so_that_clients_need_not_read_the_message() {
         let status = Status::from(ChatError::ShuttingDown);
         assert_eq!(status.code(), Code::Unavailable);
         assert!(status.metadata().get(SHUTTING_DOWN_METADATA).is_some());
-        let other = Status::from(ChatError::LogUnavailable {
-            reason: "disk full".into(),
-        });
+        let other = Status::from(ChatError::LogUnavailable(LogError::WriteFailed(
+            "disk full".into(),
+        )));
         assert!(other.metadata().get(SHUTTING_DOWN_METADATA).is_none());
     }
 

@@ -243,6 +243,12 @@ pub enum LogError {
     /// Writing to the store failed; the log takes no more events.
     #[error("the log cannot be written: {0}")]
     WriteFailed(String),
+    /// Reading stored events failed.
+    #[error("the log cannot be read: {0}")]
+    ReadFailed(String),
+    /// The log was closed while a request waited for it.
+    #[error("the log was closed")]
+    Closed,
 }
 
 /// Where events are kept: the part of the log that may be on disk.
@@ -273,7 +279,7 @@ pub(crate) struct Durable {
     /// Every event up to this sequence number is stored.
     seq: u64,
     /// Set when a write failed: nothing after `seq` will ever be stored.
-    failed: Option<String>,
+    failed: Option<LogError>,
 }
 
 /// The log as the room and the feeds use it.
@@ -307,12 +313,12 @@ struct Progress {
 }
 
 /// A request waiting for its event to be durable: told `Ok`, or why it never will be.
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), LogError>>;
 
 impl Progress {
     /// Records that every event up to `seq` is durable (or, with `failed`, that
     /// none after it will be) and answers the requests that waited for it.
-    fn advance(&self, seq: Option<u64>, failed: Option<String>) {
+    fn advance(&self, seq: Option<u64>, failed: Option<LogError>) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         self.durable.send_modify(|durable| {
             if let Some(seq) = seq {
@@ -365,7 +371,7 @@ pub enum Read {
         first_held: u64,
     },
     /// The log failed; it delivers nothing more.
-    Failed(String),
+    Failed(LogError),
 }
 
 /// Unix time in milliseconds, for retention by age.
@@ -445,7 +451,7 @@ impl Log {
     }
 
     /// Why the log stopped taking events, if it did.
-    pub fn failure(&self) -> Option<String> {
+    pub fn failure(&self) -> Option<LogError> {
         self.progress.durable.borrow().failed.clone()
     }
 
@@ -500,7 +506,7 @@ impl Log {
 
     /// Waits until the event numbered `seq` is durable; an error when the log failed
     /// before it was.
-    pub async fn durable(&self, seq: u64) -> Result<(), String> {
+    pub async fn durable(&self, seq: u64) -> Result<(), LogError> {
         let answer = {
             // Looked at and registered under the waiters' lock, which the writer
             // holds while it moves the sequence number on: no wake-up is lost.
@@ -521,9 +527,7 @@ impl Log {
             waiters.entry(seq).or_default().push(sender);
             answer
         };
-        answer
-            .await
-            .unwrap_or_else(|_| Err("the log was closed".to_owned()))
+        answer.await.unwrap_or(Err(LogError::Closed))
     }
 
     /// A receiver that changes whenever more events become durable, the log fails, or
@@ -680,7 +684,7 @@ fn write_batches(
                 // Returning drops the channel's receiver: later appends go nowhere,
                 // and `failure` says why.
                 tracing::error!(error = %err, "the log cannot be written; refusing new events");
-                progress.advance(None, Some(err.to_string()));
+                progress.advance(None, Some(err));
                 return;
             }
         }
