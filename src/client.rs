@@ -53,7 +53,7 @@ pub enum ClientError {
     Unreachable {
         /// The URL tried.
         url: String,
-        /// The cause, from the transport.
+        /// The innermost cause the transport reported ("Connection refused (os error 111)").
         reason: String,
     },
     /// The server refused or failed a call.
@@ -141,7 +141,7 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Channel
         reason,
     };
     let mut endpoint = Endpoint::from_shared(url.to_owned())
-        .map_err(|err| invalid(error_chain(&err)))?
+        .map_err(|err| invalid(root_cause(&err)))?
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(options.keepalive.interval)
@@ -155,7 +155,7 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Channel
             };
             endpoint = endpoint
                 .tls_config(tls)
-                .map_err(|err| invalid(error_chain(&err)))?;
+                .map_err(|err| invalid(root_cause(&err)))?;
         }
         Some("http") if options.tls_ca.is_some() => {
             return Err(invalid(
@@ -165,13 +165,13 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Channel
         Some("http") => {}
         _ => return Err(invalid("use an http:// or https:// URL".to_owned())),
     }
-    endpoint
-        .connect()
-        .await
-        .map_err(|err| ClientError::Unreachable {
+    endpoint.connect().await.map_err(|err| {
+        tracing::debug!(url, error = ?err, "cannot connect");
+        ClientError::Unreachable {
             url: url.to_owned(),
-            reason: error_chain(&err),
-        })
+            reason: root_cause(&err),
+        }
+    })
 }
 
 /// A joined participant: publishes and leaves on behalf of one name.
@@ -624,18 +624,10 @@ impl Events {
     }
 }
 
-/// An error and its sources, joined by ": ", so a person sees the root cause
-/// ("transport error: tcp connect error: Connection refused (os error 111)").
-pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+/// The innermost cause of `err`: what a person needs to know ("Connection refused
+/// (os error 111)"), without the layers the transport wraps around it.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    std::iter::successors(Some(err), |err| err.source())
+        .last()
+        .map_or_else(String::new, ToString::to_string)
 }
