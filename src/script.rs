@@ -30,6 +30,7 @@ use crate::client_app::{
     self, ClientOptions, EXIT_OK, EXIT_SESSION_LOST, LEAVE_TIMEOUT, join_failed_status,
 };
 use crate::display::{event_line, sanitize};
+use crate::error::ChatError;
 use crate::event::{Event, EventKind};
 use crate::validate::{validate_message, validate_name};
 use std::collections::HashSet;
@@ -92,7 +93,7 @@ pub fn parse(script: &str) -> Result<Vec<Step>, ScriptError> {
         }
         let (command, rest) = split_word(line);
         let step = match command {
-            "say" => Step::Say(message(rest).map_err(error)?),
+            "say" => Step::Say(message(rest).map_err(|e| error(e.to_string()))?),
             "meet" => {
                 let names: Vec<String> = rest.split_whitespace().map(str::to_owned).collect();
                 if names.is_empty() {
@@ -113,7 +114,7 @@ pub fn parse(script: &str) -> Result<Vec<Step>, ScriptError> {
                     ("left", true) => Step::AwaitLeft(name),
                     ("chat", false) => Step::AwaitChat {
                         from: name,
-                        text: message(rest).map_err(error)?,
+                        text: message(rest).map_err(|e| error(e.to_string()))?,
                     },
                     _ => {
                         return Err(error(
@@ -145,10 +146,37 @@ fn split_word(line: &str) -> (&str, &str) {
     }
 }
 
-fn message(text: &str) -> Result<String, String> {
-    validate_message(text.as_bytes())
-        .map(str::to_owned)
-        .map_err(|err| err.to_string())
+fn message(text: &str) -> Result<String, ChatError> {
+    validate_message(text.as_bytes()).map(str::to_owned)
+}
+
+/// Why a script file cannot be played.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file cannot be read.
+    #[error("cannot read the script {}: {source}", .path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file is larger than [`MAX_SCRIPT_BYTES`].
+    #[error("the script {} is {size} bytes; the limit is {MAX_SCRIPT_BYTES}", .path.display())]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size in bytes.
+        size: u64,
+    },
+    /// A line of the script is wrong.
+    #[error("in the script {}: {mistake}", .path.display())]
+    Mistake {
+        /// The file.
+        path: PathBuf,
+        /// The mistake and its line.
+        mistake: ScriptError,
+    },
 }
 
 /// What a scripted participant is asked to do.
@@ -162,17 +190,23 @@ pub struct ScriptOptions {
 }
 
 /// Reads a script file, bounded by [`MAX_SCRIPT_BYTES`].
-pub fn read(path: &Path) -> Result<Vec<Step>, String> {
-    let cannot = |err: std::io::Error| format!("cannot read the script {}: {err}", path.display());
+pub fn read(path: &Path) -> Result<Vec<Step>, ReadError> {
+    let cannot = |source| ReadError::Unreadable {
+        path: path.to_owned(),
+        source,
+    };
     let size = std::fs::metadata(path).map_err(cannot)?.len();
     if size > MAX_SCRIPT_BYTES {
-        return Err(format!(
-            "the script {} is {size} bytes; the limit is {MAX_SCRIPT_BYTES}",
-            path.display()
-        ));
+        return Err(ReadError::TooLarge {
+            path: path.to_owned(),
+            size,
+        });
     }
     let text = std::fs::read_to_string(path).map_err(cannot)?;
-    parse(&text).map_err(|err| format!("in the script {}: {err}", path.display()))
+    parse(&text).map_err(|mistake| ReadError::Mistake {
+        path: path.to_owned(),
+        mistake,
+    })
 }
 
 /// Joins, plays the script, and stays until the session ends or a signal comes.

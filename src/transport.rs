@@ -132,16 +132,13 @@ impl JoinSecret {
     /// A secret from its text; surrounding whitespace (a file's final newline) is
     /// dropped. What is left must be printable ASCII, since it travels in request
     /// metadata (an HTTP/2 header).
-    pub fn new(text: &str) -> Result<Self, String> {
+    pub fn new(text: &str) -> Result<Self, BadJoinSecret> {
         let text = text.trim();
         if text.is_empty() {
-            return Err("the join secret is empty".to_owned());
+            return Err(BadJoinSecret::Empty);
         }
         if !text.bytes().all(|b| (b' '..=b'~').contains(&b)) {
-            return Err(
-                "the join secret must be printable ASCII (letters, digits, punctuation, spaces)"
-                    .to_owned(),
-            );
+            return Err(BadJoinSecret::NotPrintable);
         }
         Ok(Self(text.as_bytes().to_vec()))
     }
@@ -155,7 +152,7 @@ impl JoinSecret {
             reason,
         };
         let text = String::from_utf8(bytes).map_err(|_| failed("it is not UTF-8 text".into()))?;
-        Self::new(&text).map_err(failed)
+        Self::new(&text).map_err(|err| failed(err.to_string()))
     }
 
     /// Whether `presented` is this secret, in time that depends only on the lengths.
@@ -167,6 +164,17 @@ impl JoinSecret {
     pub fn expose(&self) -> &[u8] {
         &self.0
     }
+}
+
+/// Why a text cannot be a join secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BadJoinSecret {
+    /// Nothing but whitespace.
+    #[error("the join secret is empty")]
+    Empty,
+    /// It could not travel in an HTTP/2 header.
+    #[error("the join secret must be printable ASCII (letters, digits, punctuation, spaces)")]
+    NotPrintable,
 }
 
 /// A duration written in seconds, whole or fractional ("10", "0.5"), as the command

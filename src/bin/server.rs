@@ -231,7 +231,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         _ => None,
     };
     let join_secret = match (&args.join_secret, &args.join_secret_file) {
-        (Some(text), _) => Some(JoinSecret::new(text).map_err(anyhow::Error::msg)?),
+        (Some(text), _) => Some(JoinSecret::new(text)?),
         (None, Some(path)) => Some(JoinSecret::from_file(path)?),
         (None, None) => None,
     };

@@ -7,6 +7,22 @@ use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// What is wrong with a field's value.
+#[derive(Debug, thiserror::Error)]
+pub enum BadValue {
+    /// The value is not of the type the field has.
+    #[error("the field \"{field}\" is not {expected}")]
+    WrongType {
+        /// The field.
+        field: &'static str,
+        /// The type it should have ("an unsigned integer").
+        expected: &'static str,
+    },
+    /// A leave or broadcast cause these tools do not know.
+    #[error(transparent)]
+    UnknownCause(#[from] UnknownCause),
+}
+
 /// What can go wrong reading a run's logs.
 #[derive(Debug, thiserror::Error)]
 pub enum ParseError {
@@ -46,14 +62,14 @@ pub enum ParseError {
     },
     /// A field the tools read has a value they cannot read: a wrong type, or a
     /// cause they do not know.
-    #[error("{}:{line}: {reason}", .path.display())]
+    #[error("{}:{line}: {problem}", .path.display())]
     BadField {
         /// The file.
         path: PathBuf,
         /// The line number, from 1.
         line: usize,
         /// What is wrong with it.
-        reason: String,
+        problem: BadValue,
     },
     /// Nothing to read.
     #[error("no Chitty-Chat log lines in {}", .0.display())]
@@ -330,7 +346,7 @@ impl Line {
     }
 
     /// The field `name` as text; an error names the field when it is not text.
-    fn text(&self, name: &'static str) -> Result<Option<String>, String> {
+    fn text(&self, name: &'static str) -> Result<Option<String>, BadValue> {
         self.get(name)
             .map(|value| {
                 value
@@ -342,7 +358,7 @@ impl Line {
     }
 
     /// The field `name` as an unsigned integer.
-    fn number(&self, name: &'static str) -> Result<Option<u64>, String> {
+    fn number(&self, name: &'static str) -> Result<Option<u64>, BadValue> {
         self.get(name)
             .map(|value| {
                 value
@@ -353,7 +369,7 @@ impl Line {
     }
 
     /// The field `name` as a boolean.
-    fn flag(&self, name: &'static str) -> Result<Option<bool>, String> {
+    fn flag(&self, name: &'static str) -> Result<Option<bool>, BadValue> {
         self.get(name)
             .map(|value| value.as_bool().ok_or_else(|| wrong_type(name, "a boolean")))
             .transpose()
@@ -361,8 +377,8 @@ impl Line {
 }
 
 /// Why a field cannot be read: its value is not of the `expected` type.
-fn wrong_type(name: &str, expected: &str) -> String {
-    format!("the field \"{name}\" is not {expected}")
+fn wrong_type(field: &'static str, expected: &'static str) -> BadValue {
+    BadValue::WrongType { field, expected }
 }
 
 /// Parses one process's log; `None` when it has no Chitty-Chat events.
@@ -397,10 +413,10 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
             message: message.to_owned(),
             field,
         };
-        let bad_field = |reason: String| ParseError::BadField {
+        let bad_field = |problem: BadValue| ParseError::BadField {
             path: path.to_owned(),
             line,
-            reason,
+            problem,
         };
         let text = |name| parsed.text(name).map_err(bad_field);
         let number = |name| parsed.number(name).map_err(bad_field);
@@ -411,7 +427,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                 Action::Broadcast {
                     cause: cause
                         .parse()
-                        .map_err(|err: UnknownCause| bad_field(err.to_string()))?,
+                        .map_err(|err: UnknownCause| bad_field(err.into()))?,
                     kind: text(field::KIND)?.ok_or_else(|| missing(field::KIND))?,
                     participant: text(field::PARTICIPANT)?
                         .ok_or_else(|| missing(field::PARTICIPANT))?,
