@@ -1,6 +1,7 @@
 //! `chittychat-trace`: reads the JSON logs of a run and checks them, draws them, or
 //! exports them; the work is in `chittychat::trace`.
 
+use anyhow::Context as _;
 use chittychat::trace::causality::{self, format_clock};
 use chittychat::trace::parse::Run;
 use chittychat::trace::{check, mermaid, shiviz, svg, timeline};
@@ -124,7 +125,7 @@ fn main() -> ExitCode {
 }
 
 /// A command that could not be done: the exit status and what to say.
-type Failed = (u8, String);
+type Failed = (u8, anyhow::Error);
 
 /// `check`: the report, and the status that says whether every rule holds.
 fn check_run(run: &Run) -> (String, ExitCode) {
@@ -158,7 +159,7 @@ fn diagram(
             let known: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
             return Err((
                 EXIT_USAGE,
-                format!(
+                anyhow::anyhow!(
                     "no process named {} in this run; it has {}",
                     unknown.join(", "),
                     known.join(", ")
@@ -218,11 +219,12 @@ fn concurrent(run: &Run, limit: usize) -> String {
     out
 }
 
-fn write(path: &Path, content: &str) -> Result<(), String> {
-    std::fs::write(path, content).map_err(|err| format!("cannot write {}: {err}", path.display()))
+fn write(path: &Path, content: &str) -> anyhow::Result<()> {
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn fail(status: u8, err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("chittychat-trace: error: {err}");
+    // `{:#}` shows an error's context and its cause.
+    eprintln!("chittychat-trace: error: {err:#}");
     ExitCode::from(status)
 }

@@ -211,7 +211,7 @@ pub async fn run(options: ClientOptions) -> ExitCode {
                 ExitCode::from(EXIT_OK)
             }
         }
-        Err(message) => fail(EXIT_SESSION_LOST, &message),
+        Err(err) => fail(EXIT_SESSION_LOST, &format!("{err:#}")),
     }
 }
 
@@ -324,7 +324,7 @@ struct Chat {
 impl Chat {
     /// Runs until the user leaves (`Ok`, with the Lamport time of the leave notice
     /// when the server heard it) or the session is lost for good (`Err`).
-    async fn run(&mut self) -> Result<Option<u64>, String> {
+    async fn run(&mut self) -> anyhow::Result<Option<u64>> {
         loop {
             self.start_publishing();
             if self.input_done && self.outbox.is_empty() {
@@ -344,11 +344,11 @@ impl Chat {
                 }
                 Happened::Published(published) => self.published(published)?,
                 Happened::FeedEnded(Ok(Ok(()))) => {
-                    return Err("the server ended this session".to_owned());
+                    anyhow::bail!("the server ended this session");
                 }
                 Happened::FeedEnded(Ok(Err(err))) => self.down(err)?,
                 Happened::FeedEnded(Err(join_error)) => {
-                    return Err(format!("the feed task failed: {join_error}"));
+                    anyhow::bail!("the feed task failed: {join_error}");
                 }
                 Happened::Rejoined(Ok(Ok((session, events)))) => {
                     self.screen.notice(&format!(
@@ -359,10 +359,10 @@ impl Chat {
                     self.up(session, events).await;
                 }
                 Happened::Rejoined(Ok(Err(err))) => {
-                    return Err(format!("gave up reconnecting: {err}"));
+                    anyhow::bail!("gave up reconnecting: {err}");
                 }
                 Happened::Rejoined(Err(join_error)) => {
-                    return Err(format!("the reconnect task failed: {join_error}"));
+                    anyhow::bail!("the reconnect task failed: {join_error}");
                 }
             }
         }
@@ -423,7 +423,7 @@ impl Chat {
     }
 
     /// Acts on the answer to a Publish.
-    fn published(&mut self, published: Result<Published, ClientError>) -> Result<(), String> {
+    fn published(&mut self, published: Result<Published, ClientError>) -> anyhow::Result<()> {
         match published {
             Ok(_) => {
                 self.outbox.pop_front();
@@ -554,14 +554,14 @@ impl Chat {
 
     /// The connection is gone: says so at once and starts rejoining, or, when that
     /// is off or cannot help, ends the session.
-    fn down(&mut self, lost: ClientError) -> Result<(), String> {
+    fn down(&mut self, lost: ClientError) -> anyhow::Result<()> {
         let Link::Up { session, feed, .. } = &self.link else {
             return Ok(());
         };
         feed.abort();
         let reason = session_lost(&lost);
         if !(self.options.reconnect && worth_reconnecting(&lost)) {
-            return Err(reason);
+            anyhow::bail!(reason);
         }
         let rejoin = tokio::spawn(rejoin(
             self.options.clone(),
@@ -591,7 +591,7 @@ impl Chat {
     }
 
     /// Leaves: tells the server when connected, and lets the feed drain.
-    async fn leave(&mut self) -> Result<Option<u64>, String> {
+    async fn leave(&mut self) -> anyhow::Result<Option<u64>> {
         // A line on its way may already be published: hear the answer first, so
         // that it is not reported as unsent.
         if let Link::Up {
@@ -628,8 +628,8 @@ impl Chat {
                 feed.abort();
                 Ok(None)
             }
-            Ok(Err(err)) => Err(session_lost(&err)),
-            Err(_) => Err("the server did not answer Leave in time".to_owned()),
+            Ok(Err(err)) => Err(anyhow::Error::msg(session_lost(&err))),
+            Err(_) => Err(anyhow::anyhow!("the server did not answer Leave in time")),
         }
     }
 }
