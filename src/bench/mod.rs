@@ -10,10 +10,11 @@ mod load;
 pub mod process;
 pub mod report;
 
+use crate::cli::AccessArgs;
 use crate::client::ClientError;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use load::{Pace, Shared};
+use load::{Access, Pace, Shared};
 use process::{SpawnedServer, cpu_ns, status_kib};
 use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 use std::path::PathBuf;
@@ -82,10 +83,15 @@ pub struct BenchConfig {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
-    /// The server to drive (http://host:port); without it the bench starts
-    /// chittychat-server at its defaults and also reports its CPU and memory.
+    /// The server to drive: http://host:port, or https://host:port for one that
+    /// serves TLS (--tls-ca and --join-secret-file apply to it). Without it the
+    /// bench starts chittychat-server at its defaults and also reports its CPU and
+    /// memory.
     #[arg(long)]
     pub server: Option<String>,
+    /// How to get into the server given by --server.
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// The chittychat-server binary to start (default: next to this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
@@ -163,9 +169,9 @@ pub enum BenchError {
     Timeout(String),
 }
 
-/// The bench's view of the server: where it is, and its pid when it was spawned.
+/// The bench's view of the server: how to reach it, and its pid when it was spawned.
 struct Target {
-    url: String,
+    access: Arc<Access>,
     spawned: Option<SpawnedServer>,
 }
 
@@ -190,6 +196,19 @@ pub fn raise_fd_limit(participants: u64) -> Result<u64, BenchError> {
     Ok(limit)
 }
 
+/// How to reach the server at `url` that the bench is pointed at: with the TLS
+/// authority and join secret `args` name, each read now.
+fn external(url: &str, args: &AccessArgs) -> Result<Access, BenchError> {
+    Ok(Access {
+        url: url.to_owned(),
+        connect: crate::client::ConnectOptions {
+            tls_ca: args.tls_ca().map_err(BenchError::Config)?,
+            ..Default::default()
+        },
+        join_secret: args.join_secret().map_err(BenchError::Config)?,
+    })
+}
+
 /// Runs the bench as `config` says and reports what it measured.
 pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     if config.publishers > config.participants {
@@ -201,10 +220,15 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     raise_fd_limit(config.participants)?;
     let mut target = match &config.server {
         Some(url) => Target {
-            url: url.clone(),
+            access: Arc::new(external(url, &config.access)?),
             spawned: None,
         },
         None => {
+            if config.access.tls_ca.is_some() || config.access.join_secret_file.is_some() {
+                return Err(BenchError::Config(
+                    "--tls-ca and --join-secret-file apply only with --server: the server the bench starts serves plain HTTP and needs no join secret".into(),
+                ));
+            }
             let binary = match &config.server_bin {
                 Some(path) => path.clone(),
                 None => std::env::current_exe()
@@ -237,7 +261,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
                 keep,
             )?;
             Target {
-                url: server.url(),
+                access: Arc::new(Access::plain(server.url())),
                 spawned: Some(server),
             }
         }
@@ -254,7 +278,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let handles: Vec<_> = (0..n)
         .map(|who| {
             tokio::spawn(load::join(
-                target.url.clone(),
+                Arc::clone(&target.access),
                 who,
                 Arc::clone(&shared),
                 Arc::clone(&gate),
@@ -396,7 +420,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         }
         Mode::Resume => {
             progress.message("resuming");
-            report.resume = Some(resume(&target.url, config, &sessions).await?);
+            report.resume = Some(resume(&target.access, config, &sessions).await?);
         }
         Mode::Restart => {
             progress.message("filling the log");
@@ -505,23 +529,16 @@ const RESUMER: &str = "bench-resumer";
 /// events are published by the first participant; it joins again with its resume
 /// point and reads until it has caught up.
 async fn resume(
-    url: &str,
+    access: &Access,
     config: &BenchConfig,
     sessions: &[crate::client::Session],
 ) -> Result<Resumed, BenchError> {
-    use crate::client::{JoinOptions, Session, connect};
+    use crate::client::{Session, connect_with};
     let failed = |what: &str| {
         let what = what.to_owned();
         move |source| BenchError::Client { what, source }
     };
-    let options = JoinOptions {
-        history: Some(0),
-        ..JoinOptions::default()
-    };
-    let channel = connect(url).await.map_err(failed("the resumer"))?;
-    let (session, mut events) = Session::join_with(channel, RESUMER, options.clone())
-        .await
-        .map_err(failed("the resumer"))?;
+    let (session, mut events) = access.join(RESUMER).await.map_err(failed("the resumer"))?;
     events.next().await.map_err(failed("the resumer"))?;
     let point = session
         .resume_point()
@@ -530,12 +547,13 @@ async fn resume(
     drop(events);
     drop(session);
     fill_log(&sessions[..1], config.missed, config.message_chars as usize).await?;
-    let channel = connect(url).await.map_err(failed("the resumer"))?;
+    // Connected before the clock starts, and joined over that one connection until
+    // the name is free: the time measured is the resume's, not the connection's.
+    let channel = connect_with(&access.url, &access.connect)
+        .await
+        .map_err(failed("the resumer"))?;
     let started = Instant::now();
-    let resume = JoinOptions {
-        resume: Some(point.clone()),
-        ..options
-    };
+    let resume = access.join_options(Some(point));
     let (session, mut events) = loop {
         // The old session may still hold the name for a moment.
         match Session::join_with(channel.clone(), RESUMER, resume.clone()).await {
