@@ -1,7 +1,15 @@
 //! What the programs' command lines share: the keepalive flags of the server and
-//! the client.
+//! the client, and the flags of the client and the bench for a server that serves
+//! TLS or requires a join secret.
 
-use crate::transport::{DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, Keepalive, Seconds};
+use crate::transport::{
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, JoinSecret, Keepalive, Seconds,
+};
+use std::path::PathBuf;
+
+/// The environment variable that may hold the join secret, instead of
+/// `--join-secret-file`.
+pub const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";
 
 /// `--keepalive-interval` and `--keepalive-timeout`, for `#[command(flatten)]`.
 #[derive(Debug, Clone, clap::Args)]
@@ -25,6 +33,52 @@ impl KeepaliveArgs {
         Keepalive {
             interval: self.keepalive_interval.0,
             timeout: self.keepalive_timeout.0,
+        }
+    }
+}
+
+/// `--tls-ca` and `--join-secret-file`, for `#[command(flatten)]`: what a client
+/// needs to get into a server that serves TLS or requires a join secret.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AccessArgs {
+    /// For https:// URLs: the certificate authority (PEM) that signed the server's
+    /// certificate. Without it, the system's trusted roots are used.
+    #[arg(long, env = "CHITTYCHAT_TLS_CA", value_name = "PEM_FILE")]
+    pub tls_ca: Option<PathBuf>,
+    /// A file holding the server's join secret, for servers that require one. The
+    /// secret may instead be given in the environment variable CHITTYCHAT_JOIN_SECRET.
+    #[arg(long, env = "CHITTYCHAT_JOIN_SECRET_FILE", value_name = "FILE")]
+    pub join_secret_file: Option<PathBuf>,
+}
+
+impl AccessArgs {
+    /// The certificate authority `--tls-ca` names, read; `None` without the flag.
+    pub fn tls_ca(&self) -> Result<Option<Vec<u8>>, String> {
+        self.tls_ca
+            .as_deref()
+            .map(|path| {
+                crate::transport::read(path, "TLS certificate authority")
+                    .map_err(|err| err.to_string())
+            })
+            .transpose()
+    }
+
+    /// The join secret: from `--join-secret-file`, else from [`JOIN_SECRET_ENV`];
+    /// `None` without either.
+    pub fn join_secret(&self) -> Result<Option<JoinSecret>, String> {
+        if let Some(path) = &self.join_secret_file {
+            return JoinSecret::from_file(path)
+                .map(Some)
+                .map_err(|err| err.to_string());
+        }
+        match std::env::var(JOIN_SECRET_ENV) {
+            Ok(text) => JoinSecret::new(&text)
+                .map(Some)
+                .map_err(|err| format!("{JOIN_SECRET_ENV}: {err}")),
+            Err(std::env::VarError::NotPresent) => Ok(None),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                Err(format!("{JOIN_SECRET_ENV} is not valid Unicode"))
+            }
         }
     }
 }

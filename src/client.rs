@@ -174,6 +174,19 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Channel
     })
 }
 
+/// Connects to the server at `url` as [`connect_with`] does and joins as `name` as
+/// [`Session::join_with`] does: the one way the programs connect and join, so each
+/// reaches a server that serves TLS or requires a join secret.
+pub async fn join(
+    url: &str,
+    name: &str,
+    connect: &ConnectOptions,
+    options: JoinOptions,
+) -> Result<(Session, Events), ClientError> {
+    let channel = connect_with(url, connect).await?;
+    Session::join_with(channel, name, options).await
+}
+
 /// A joined participant: publishes and leaves on behalf of one name.
 ///
 /// `Debug` leaves out the session token.

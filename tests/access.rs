@@ -8,59 +8,10 @@ use chittychat::event::EventKind;
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
 use chittychat::server::ServerConfig;
-use chittychat::transport::{JoinSecret, TlsIdentity};
+use chittychat::transport::JoinSecret;
+use fixture::pki::Pki;
 use fixture::{ClientProcess, DEADLINE, ServerProcess, TestServer, await_notice, raw_join, within};
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-use std::path::{Path, PathBuf};
 use tonic::Code;
-
-/// A certificate authority and a server certificate it signed for 127.0.0.1.
-struct Pki {
-    ca_pem: String,
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Pki {
-    fn new() -> Self {
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "Chitty-Chat test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        Self {
-            ca_pem: ca.pem(),
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    fn identity(&self) -> TlsIdentity {
-        TlsIdentity {
-            cert_pem: self.cert_pem.clone().into_bytes(),
-            key_pem: self.key_pem.clone().into_bytes(),
-        }
-    }
-
-    /// Writes ca.pem, cert.pem and key.pem into `dir`.
-    fn write(&self, dir: &Path) -> [PathBuf; 3] {
-        let files = [
-            (dir.join("ca.pem"), &self.ca_pem),
-            (dir.join("cert.pem"), &self.cert_pem),
-            (dir.join("key.pem"), &self.key_pem),
-        ];
-        files.map(|(path, pem)| {
-            std::fs::write(&path, pem).unwrap();
-            path
-        })
-    }
-}
 
 fn tls_to(ca_pem: &str) -> ConnectOptions {
     ConnectOptions {

@@ -1,21 +1,30 @@
 //! `chittychat-bench` end to end: the real binary against a server it spawns and
-//! against one it is pointed at, checking that every event arrived exactly once.
+//! against one it is pointed at (over TLS, with a join secret too), checking that
+//! every event arrived exactly once.
 
 mod fixture;
 
 use chittychat::room::RoomConfig;
 use chittychat::server::ServerConfig;
+use chittychat::transport::JoinSecret;
 use fixture::TestServer;
+use fixture::pki::Pki;
 use serde_json::Value;
 use std::process::Command;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_chittychat-bench");
 const SERVER: &str = env!("CARGO_BIN_EXE_chittychat-server");
 
+/// The bench with `args`, with no join secret from the environment it runs in.
+fn command(args: &[&str]) -> Command {
+    let mut command = Command::new(BENCH);
+    command.args(args).env_remove("CHITTYCHAT_JOIN_SECRET");
+    command
+}
+
 /// Runs the bench with `args` and `--json`; returns its exit status and report.
 fn bench(args: &[&str]) -> (std::process::ExitStatus, Value) {
-    let output = Command::new(BENCH)
-        .args(args)
+    let output = command(args)
         .arg("--json")
         .output()
         .expect("chittychat-bench runs");
@@ -110,17 +119,80 @@ async fn drives_a_server_given_by_url_at_a_fixed_rate() {
     server.stop().await;
 }
 
+/// Runs the bench with `args`, which must fail with status 1 and one line on
+/// stderr; returns that line.
+fn refused(args: &[&str]) -> String {
+    let output = command(args).output().expect("chittychat-bench runs");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    stderr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drives_a_server_that_serves_tls_and_requires_a_join_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new();
+    let [ca, _, _] = pki.write(dir.path());
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "open sesame\n").unwrap();
+    let server = TestServer::start(ServerConfig {
+        tls: Some(pki.identity()),
+        join_secret: JoinSecret::new("open sesame").ok(),
+        room: RoomConfig {
+            publish_rate: None,
+            ..RoomConfig::default()
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let url = format!("https://{}", server.addr);
+    let (ca, secret) = (ca.to_str().unwrap(), secret.to_str().unwrap());
+    let (with_both, without_secret) = tokio::task::spawn_blocking({
+        let (url, ca, secret) = (url.clone(), ca.to_owned(), secret.to_owned());
+        move || {
+            let tiny = ["--participants", "3", "--rate", "20", "--warmup", "0.1"];
+            let args = ["rate", "--server", &url, "--tls-ca", &ca];
+            let mut with_both = args.to_vec();
+            with_both.extend(["--join-secret-file", &secret, "--duration", "0.5"]);
+            with_both.extend(tiny);
+            let mut without_secret = args.to_vec();
+            without_secret.extend(tiny);
+            (bench(&with_both), refused(&without_secret))
+        }
+    })
+    .await
+    .unwrap();
+    let (status, report) = with_both;
+    assert!(status.success(), "{report}");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert!(report["publishes"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        without_secret.contains("needs a join secret"),
+        "{without_secret}"
+    );
+    server.stop().await;
+}
+
 #[test]
 fn bad_settings_are_refused_with_one_line() {
-    let output = Command::new(BENCH)
-        .args(["saturate", "--participants", "2", "--publishers", "3"])
-        .output()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let said = refused(&["saturate", "--participants", "2", "--publishers", "3"]);
     assert!(
-        stderr.contains("--publishers 3 exceeds --participants 2"),
-        "{stderr}"
+        said.contains("--publishers 3 exceeds --participants 2"),
+        "{said}"
     );
+    // The server the bench starts needs neither TLS nor a join secret.
+    let said = refused(&["idle", "--tls-ca", "ca.pem"]);
+    assert!(said.contains("only with --server"), "{said}");
+    // A file that cannot be read is named, before anything connects.
+    let missing = "/nonexistent/chittychat-bench-secret";
+    let said = refused(&[
+        "idle",
+        "--server",
+        "http://127.0.0.1:9",
+        "--join-secret-file",
+        missing,
+    ]);
+    assert!(said.contains(missing), "{said}");
 }

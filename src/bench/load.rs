@@ -2,8 +2,9 @@
 //! they receive, and publishers that send through the same client library.
 
 use super::BenchError;
-use crate::client::{self, ClientError, Events, JoinOptions, Session};
+use crate::client::{self, ClientError, ConnectOptions, Events, JoinOptions, ResumePoint, Session};
 use crate::event::{Event, EventKind};
+use crate::transport::JoinSecret;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +16,42 @@ const MARK: char = 'b';
 
 /// The shortest message that holds the mark and the send time.
 pub const MIN_MESSAGE_CHARS: usize = 17;
+
+/// How the bench reaches the server: its URL, and TLS and the join secret for one
+/// that needs them.
+#[derive(Debug, Clone)]
+pub(super) struct Access {
+    pub(super) url: String,
+    pub(super) connect: ConnectOptions,
+    pub(super) join_secret: Option<JoinSecret>,
+}
+
+impl Access {
+    /// A server at `url` that needs neither TLS nor a join secret: the bench's own.
+    pub(super) fn plain(url: String) -> Self {
+        Self {
+            url,
+            connect: ConnectOptions::default(),
+            join_secret: None,
+        }
+    }
+
+    /// How everyone in the bench joins: with the join secret, and without history,
+    /// since live deliveries are what the bench counts; resuming from `resume`.
+    pub(super) fn join_options(&self, resume: Option<ResumePoint>) -> JoinOptions {
+        JoinOptions {
+            join_secret: self.join_secret.clone(),
+            history: Some(0),
+            resume,
+            clock: None,
+        }
+    }
+
+    /// Connects over a new HTTP/2 connection and joins as `name`.
+    pub(super) async fn join(&self, name: &str) -> Result<(Session, Events), ClientError> {
+        client::join(&self.url, name, &self.connect, self.join_options(None)).await
+    }
+}
 
 /// What one participant has received. Each is written by its participant's task
 /// only and read by the measuring task.
@@ -229,7 +266,7 @@ impl Shared {
 /// Connects participant `who` over its own HTTP/2 connection, joins it as
 /// `bench-<who>` and starts tallying its feed. Returns its session.
 pub(super) async fn join(
-    url: String,
+    access: Arc<Access>,
     who: usize,
     shared: Arc<Shared>,
     gate: Arc<Semaphore>,
@@ -241,15 +278,7 @@ pub(super) async fn join(
     };
     let (session, events) = {
         let _permit = gate.acquire().await;
-        let channel = client::connect(&url).await.map_err(client_error)?;
-        // Live deliveries are what the bench counts: no history on joining.
-        let options = JoinOptions {
-            history: Some(0),
-            ..JoinOptions::default()
-        };
-        Session::join_with(channel, &name, options)
-            .await
-            .map_err(client_error)?
+        access.join(&name).await.map_err(client_error)?
     };
     tokio::spawn(receive(events, who, shared));
     Ok(session)

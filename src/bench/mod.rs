@@ -10,10 +10,11 @@ mod load;
 pub mod process;
 pub mod report;
 
-use crate::client::ClientError;
+use crate::cli::AccessArgs;
+use crate::client::{ClientError, Session};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use load::{Pace, Shared};
+use load::{Access, Pace, Shared};
 use process::{SpawnedServer, cpu_ns, status_kib};
 use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 use std::path::PathBuf;
@@ -82,10 +83,15 @@ pub struct BenchConfig {
     /// What to measure.
     #[arg(value_enum)]
     pub mode: Mode,
-    /// The server to drive (http://host:port); without it the bench starts
-    /// chittychat-server at its defaults and also reports its CPU and memory.
+    /// The server to drive: http://host:port, or https://host:port for one that
+    /// serves TLS (--tls-ca and --join-secret-file apply to it). Without it the
+    /// bench starts chittychat-server at its defaults and also reports its CPU and
+    /// memory.
     #[arg(long)]
     pub server: Option<String>,
+    /// How to get into the server given by --server.
+    #[command(flatten)]
+    pub access: AccessArgs,
     /// The chittychat-server binary to start (default: next to this binary).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
@@ -163,18 +169,6 @@ pub enum BenchError {
     Timeout(String),
 }
 
-/// The bench's view of the server: where it is, and its pid when it was spawned.
-struct Target {
-    url: String,
-    spawned: Option<SpawnedServer>,
-}
-
-impl Target {
-    fn pid(&self) -> Option<u32> {
-        self.spawned.as_ref().map(SpawnedServer::pid)
-    }
-}
-
 /// Raises this process's file-descriptor limit so `participants` connections fit;
 /// a spawned server inherits it.
 pub fn raise_fd_limit(participants: u64) -> Result<u64, BenchError> {
@@ -199,114 +193,119 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         )));
     }
     raise_fd_limit(config.participants)?;
-    let mut target = match &config.server {
-        Some(url) => Target {
-            url: url.clone(),
-            spawned: None,
-        },
-        None => {
-            let binary = match &config.server_bin {
-                Some(path) => path.clone(),
-                None => std::env::current_exe()
-                    .map_err(|err| BenchError::Config(format!("cannot find this binary: {err}")))?
-                    .with_file_name("chittychat-server"),
-            };
-            let (log, keep) = match &config.server_log {
-                Some(path) => (path.clone(), true),
-                None => (
-                    std::env::temp_dir().join(format!(
-                        "chittychat-bench-server-{}.log",
-                        std::process::id()
-                    )),
-                    false,
-                ),
-            };
-            let history_limit = match config.mode {
-                Mode::Restart => config.events.max(crate::log::DEFAULT_HISTORY_LIMIT),
-                Mode::Resume => config.missed.max(crate::log::DEFAULT_HISTORY_LIMIT) + 16,
-                _ => crate::log::DEFAULT_HISTORY_LIMIT,
-            };
-            // A publisher's calls in flight, its feed and a spare.
-            let streams = config.inflight + 2;
-            let server = SpawnedServer::start(
-                &binary,
-                config.participants,
-                history_limit,
-                streams,
-                log,
-                keep,
-            )?;
-            Target {
-                url: server.url(),
-                spawned: Some(server),
-            }
-        }
-    };
-    let progress = Progress::new();
-    let n = config.participants as usize;
-    let shared = Arc::new(Shared::new(n));
-    let baseline_rss = target.pid().and_then(|pid| status_kib(pid, "VmRSS"));
-
-    // Join everyone; this is the join storm.
-    let join_cpu0 = target.pid().and_then(cpu_ns);
-    let started = Instant::now();
-    let gate = Arc::new(Semaphore::new(config.join_concurrency as usize));
-    let handles: Vec<_> = (0..n)
-        .map(|who| {
-            tokio::spawn(load::join(
-                target.url.clone(),
-                who,
-                Arc::clone(&shared),
-                Arc::clone(&gate),
-            ))
-        })
-        .collect();
-    progress.bar(n as u64, "joining");
-    let mut sessions = Vec::with_capacity(n);
-    for handle in handles {
-        let session = handle
-            .await
-            .map_err(|err| BenchError::Server(format!("a joining task failed: {err}")))??;
-        sessions.push(session);
-        progress.set(sessions.len() as u64);
+    let mut bench = Bench::new(config)?;
+    let (began, joins) = bench.join_everyone().await?;
+    let mut report = first_report(config, joins);
+    match config.mode {
+        Mode::JoinStorm => bench.join_storm(&began, &mut report),
+        Mode::Idle => bench.idle(&mut report).await?,
+        Mode::Saturate | Mode::Rate => bench.publish_and_drain(&mut report).await,
+        Mode::Resume => bench.resume(&mut report).await?,
+        Mode::Restart => bench.restart(&mut report).await?,
     }
-    wait_until(
-        "every participant to get its own join notice",
-        JOIN_TIMEOUT,
-        || shared.joined() == n,
-    )
-    .await?;
-    let all_joined_s = started.elapsed().as_secs_f64();
-    let last_join = shared.max_first_seq();
-    progress.message("waiting for every join notice");
-    wait_until(
-        "every participant to see every join notice",
-        JOIN_TIMEOUT,
-        || shared.min_last_seq() >= last_join,
-    )
-    .await?;
-    let all_notices_seen_s = started.elapsed().as_secs_f64();
-    let join_deliveries = shared.deliveries();
-    let joins = Joins {
-        all_joined_s,
-        all_notices_seen_s,
-        deliveries: join_deliveries,
-        server_cpu_ns_per_delivery: target
-            .pid()
-            .and_then(cpu_ns)
-            .zip(join_cpu0)
-            .map(|(end, start)| (end - start) as f64 / join_deliveries.max(1) as f64),
-    };
+    bench.finish(&mut report);
+    Ok(report)
+}
 
-    let mut report = Report {
+/// The bench's view of the server: how to reach it, and its pid when it was spawned.
+struct Target {
+    access: Arc<Access>,
+    spawned: Option<SpawnedServer>,
+}
+
+impl Target {
+    /// The server `--server` names, or else one the bench starts.
+    fn new(config: &BenchConfig) -> Result<Self, BenchError> {
+        if let Some(url) = &config.server {
+            return Ok(Target {
+                access: Arc::new(external(url, &config.access)?),
+                spawned: None,
+            });
+        }
+        if config.access.tls_ca.is_some() || config.access.join_secret_file.is_some() {
+            return Err(BenchError::Config(
+                "--tls-ca and --join-secret-file apply only with --server: the server the bench starts serves plain HTTP and needs no join secret".into(),
+            ));
+        }
+        let server = spawn_server(config)?;
+        Ok(Target {
+            access: Arc::new(Access::plain(server.url())),
+            spawned: Some(server),
+        })
+    }
+
+    fn pid(&self) -> Option<u32> {
+        self.spawned.as_ref().map(SpawnedServer::pid)
+    }
+}
+
+/// How to reach the server at `url` that the bench is pointed at: with the TLS
+/// authority and join secret `args` name, each read now.
+fn external(url: &str, args: &AccessArgs) -> Result<Access, BenchError> {
+    Ok(Access {
+        url: url.to_owned(),
+        connect: crate::client::ConnectOptions {
+            tls_ca: args.tls_ca().map_err(BenchError::Config)?,
+            ..Default::default()
+        },
+        join_secret: args.join_secret().map_err(BenchError::Config)?,
+    })
+}
+
+/// Starts chittychat-server with room for what `config` asks of it.
+fn spawn_server(config: &BenchConfig) -> Result<SpawnedServer, BenchError> {
+    let binary = match &config.server_bin {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map_err(|err| BenchError::Config(format!("cannot find this binary: {err}")))?
+            .with_file_name("chittychat-server"),
+    };
+    let (log, keep) = match &config.server_log {
+        Some(path) => (path.clone(), true),
+        None => (
+            std::env::temp_dir().join(format!(
+                "chittychat-bench-server-{}.log",
+                std::process::id()
+            )),
+            false,
+        ),
+    };
+    let history_limit = match config.mode {
+        Mode::Restart => config.events.max(crate::log::DEFAULT_HISTORY_LIMIT),
+        Mode::Resume => config.missed.max(crate::log::DEFAULT_HISTORY_LIMIT) + 16,
+        _ => crate::log::DEFAULT_HISTORY_LIMIT,
+    };
+    // A publisher's calls in flight, its feed and a spare.
+    let streams = config.inflight + 2;
+    SpawnedServer::start(
+        &binary,
+        config.participants,
+        history_limit,
+        streams,
+        log,
+        keep,
+    )
+}
+
+/// When the join storm began.
+struct Began {
+    /// The server's CPU time then, when the bench spawned it.
+    server_cpu: Option<u64>,
+    at: Instant,
+}
+
+/// The report as the join storm leaves it: the storm is the measured window until
+/// a mode measures one of its own.
+fn first_report(config: &BenchConfig, joins: Joins) -> Report {
+    Report {
         mode: config.mode.name().into(),
-        participants: n,
+        participants: config.participants as usize,
         publishers: config.publishers as usize,
         message_chars: config.message_chars as usize,
         offered_msgs_per_s: (config.mode == Mode::Rate).then_some(config.rate),
-        window_s: all_notices_seen_s,
-        deliveries: join_deliveries,
-        deliveries_per_s: join_deliveries as f64 / all_notices_seen_s,
+        window_s: joins.all_notices_seen_s,
+        deliveries: joins.deliveries,
+        deliveries_per_s: joins.deliveries as f64 / joins.all_notices_seen_s,
         publishes: 0,
         publishes_per_s: 0.0,
         latency: None,
@@ -320,129 +319,255 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         joins,
         server: None,
         load_cpu_percent: None,
-    };
-    let mut window = Window::open(&target, &shared);
-    match config.mode {
-        Mode::JoinStorm => {
-            window.cpu0 = join_cpu0;
-            window.load_cpu0 = None;
-            window.started = started;
-            window.deliveries0 = 0;
-        }
-        Mode::Idle => {
-            progress.message("probe");
-            let probe = shared.message(config.message_chars as usize);
-            sessions[0]
-                .publish(&probe)
+    }
+}
+
+/// One bench run: the server, the participants and what they received.
+///
+/// The fields drop in this order: the participants before the server they talk to.
+struct Bench<'a> {
+    sessions: Vec<Session>,
+    shared: Arc<Shared>,
+    progress: Progress,
+    target: Target,
+    config: &'a BenchConfig,
+    /// The spawned server's resident memory before anyone joined.
+    baseline_rss: Option<u64>,
+}
+
+impl<'a> Bench<'a> {
+    /// Finds or starts the server; nobody has joined yet.
+    fn new(config: &'a BenchConfig) -> Result<Self, BenchError> {
+        let target = Target::new(config)?;
+        let participants = config.participants as usize;
+        Ok(Self {
+            sessions: Vec::with_capacity(participants),
+            shared: Arc::new(Shared::new(participants)),
+            progress: Progress::new(),
+            baseline_rss: target.pid().and_then(|pid| status_kib(pid, "VmRSS")),
+            target,
+            config,
+        })
+    }
+
+    /// Joins every participant, `--join-concurrency` at a time, and waits until
+    /// each has seen every later join notice: the join storm every mode starts with.
+    async fn join_everyone(&mut self) -> Result<(Began, Joins), BenchError> {
+        let n = self.config.participants as usize;
+        let began = Began {
+            server_cpu: self.target.pid().and_then(cpu_ns),
+            at: Instant::now(),
+        };
+        let gate = Arc::new(Semaphore::new(self.config.join_concurrency as usize));
+        let handles: Vec<_> = (0..n)
+            .map(|who| {
+                tokio::spawn(load::join(
+                    Arc::clone(&self.target.access),
+                    who,
+                    Arc::clone(&self.shared),
+                    Arc::clone(&gate),
+                ))
+            })
+            .collect();
+        self.progress.bar(n as u64, "joining");
+        for handle in handles {
+            let session = handle
                 .await
-                .map_err(|source| BenchError::Client {
-                    what: "the probe".into(),
-                    source,
-                })?;
-            wait_until(
-                "every participant to receive the probe",
-                DRAIN_TIMEOUT,
-                || shared.min_chats() >= 1,
-            )
-            .await?;
-            tokio::time::sleep(IDLE_SETTLE).await;
+                .map_err(|err| BenchError::Server(format!("a joining task failed: {err}")))??;
+            self.sessions.push(session);
+            self.progress.set(self.sessions.len() as u64);
         }
-        Mode::Saturate | Mode::Rate => {
-            let pace = match config.mode {
-                Mode::Saturate => Pace::Saturate {
-                    window: config.window,
-                },
-                _ => Pace::Rate(config.rate / config.publishers as f64),
-            };
-            let publishers: Vec<_> = sessions
-                .iter()
-                .take(config.publishers as usize)
-                .map(|session| {
-                    tokio::spawn(load::publish(
-                        session.clone(),
-                        pace,
-                        config.message_chars as usize,
-                        config.inflight as usize,
-                        Arc::clone(&shared),
-                    ))
-                })
-                .collect();
-            progress.timed(config.warmup, "warming up").await;
-            window = Window::open(&target, &shared);
-            shared.open_window();
-            progress.timed(config.duration, "measuring").await;
-            shared.close_window();
-            window.close(&shared, &mut report);
-            shared.stopping.store(true, Relaxed);
-            progress.message("draining");
-            for publisher in publishers {
-                let _ = publisher.await;
+        let shared = &self.shared;
+        wait_until(
+            "every participant to get its own join notice",
+            JOIN_TIMEOUT,
+            || shared.joined() == n,
+        )
+        .await?;
+        let all_joined_s = began.at.elapsed().as_secs_f64();
+        let last_join = shared.max_first_seq();
+        self.progress.message("waiting for every join notice");
+        wait_until(
+            "every participant to see every join notice",
+            JOIN_TIMEOUT,
+            || shared.min_last_seq() >= last_join,
+        )
+        .await?;
+        let all_notices_seen_s = began.at.elapsed().as_secs_f64();
+        let deliveries = shared.deliveries();
+        let joins = Joins {
+            all_joined_s,
+            all_notices_seen_s,
+            deliveries,
+            server_cpu_ns_per_delivery: self
+                .target
+                .pid()
+                .and_then(cpu_ns)
+                .zip(began.server_cpu)
+                .map(|(end, start)| (end - start) as f64 / deliveries.max(1) as f64),
+        };
+        Ok((began, joins))
+    }
+
+    /// Join-storm mode: the measured window is the join storm itself.
+    fn join_storm(&self, began: &Began, report: &mut Report) {
+        let window = Window {
+            started: began.at,
+            deliveries0: 0,
+            cpu0: began.server_cpu,
+            load_cpu0: None,
+            ..Window::open(&self.target, &self.shared)
+        };
+        self.close_window(&window, report);
+    }
+
+    /// Idle mode: one probe reaches everyone, then the server settles before its
+    /// memory is read.
+    async fn idle(&self, report: &mut Report) -> Result<(), BenchError> {
+        let window = Window::open(&self.target, &self.shared);
+        self.progress.message("probe");
+        let probe = self.shared.message(self.config.message_chars as usize);
+        self.sessions[0]
+            .publish(&probe)
+            .await
+            .map_err(|source| BenchError::Client {
+                what: "the probe".into(),
+                source,
+            })?;
+        let shared = &self.shared;
+        wait_until(
+            "every participant to receive the probe",
+            DRAIN_TIMEOUT,
+            || shared.min_chats() >= 1,
+        )
+        .await?;
+        tokio::time::sleep(IDLE_SETTLE).await;
+        self.close_window(&window, report);
+        Ok(())
+    }
+
+    /// Saturate and rate modes: the publishers publish through the warm-up and the
+    /// measured window, then every participant must receive everything in time.
+    async fn publish_and_drain(&self, report: &mut Report) {
+        let config = self.config;
+        let shared = &self.shared;
+        let pace = match config.mode {
+            Mode::Saturate => Pace::Saturate {
+                window: config.window,
+            },
+            _ => Pace::Rate(config.rate / config.publishers as f64),
+        };
+        let publishers: Vec<_> = self
+            .sessions
+            .iter()
+            .take(config.publishers as usize)
+            .map(|session| {
+                tokio::spawn(load::publish(
+                    session.clone(),
+                    pace,
+                    config.message_chars as usize,
+                    config.inflight as usize,
+                    Arc::clone(shared),
+                ))
+            })
+            .collect();
+        self.progress.timed(config.warmup, "warming up").await;
+        let window = Window::open(&self.target, shared);
+        shared.open_window();
+        self.progress.timed(config.duration, "measuring").await;
+        shared.close_window();
+        window.close(shared, report);
+        shared.stopping.store(true, Relaxed);
+        self.progress.message("draining");
+        for publisher in publishers {
+            let _ = publisher.await;
+        }
+        let last = shared.max_seq.load(Relaxed);
+        // Whatever has not arrived by the deadline is counted as lost below.
+        let _ = wait_until(
+            "every participant to receive everything",
+            DRAIN_TIMEOUT,
+            || shared.min_last_seq() >= last,
+        )
+        .await;
+        report.lost = shared
+            .tallies
+            .iter()
+            .map(|t| t.lost.load(Relaxed) + last.saturating_sub(t.last_seq.load(Relaxed)))
+            .sum();
+        report.latency = latency(shared.take_latencies());
+        report.publish_latency = latency(shared.take_publish_latencies());
+    }
+
+    /// Resume mode, timed by [`time_resume`].
+    async fn resume(&self, report: &mut Report) -> Result<(), BenchError> {
+        let window = Window::open(&self.target, &self.shared);
+        self.progress.message("resuming");
+        report.resume = Some(time_resume(&self.target.access, self.config, &self.sessions).await?);
+        self.close_window(&window, report);
+        Ok(())
+    }
+
+    /// Restart mode: fills the log, kills the server (SIGKILL) and times its return.
+    async fn restart(&mut self, report: &mut Report) -> Result<(), BenchError> {
+        let window = Window::open(&self.target, &self.shared);
+        self.progress.message("filling the log");
+        let chars = self.config.message_chars as usize;
+        let fill = fill_log(&self.sessions, self.config.events, chars).await?;
+        let server = self
+            .target
+            .spawned
+            .as_mut()
+            .ok_or_else(|| BenchError::Config("restart mode starts its own server".into()))?;
+        self.progress.message("restarting");
+        // The participants' feeds end with the killed server: not failures.
+        self.shared.stopping.store(true, Relaxed);
+        let (listening_s, serving_s) = server.restart().await?;
+        report.restart = Some(Restarted {
+            events: fill,
+            listening_s,
+            serving_s,
+        });
+        self.close_window(&window, report);
+        Ok(())
+    }
+
+    /// Closes the window of a mode that measures no publishing of its own: a gap
+    /// any participant saw counts as lost.
+    fn close_window(&self, window: &Window, report: &mut Report) {
+        window.close(&self.shared, report);
+        report.lost = self
+            .shared
+            .tallies
+            .iter()
+            .map(|t| t.lost.load(Relaxed))
+            .sum();
+    }
+
+    /// What every mode ends with: the feeds may end now; duplicates, failures and
+    /// the spawned server's memory go into the report.
+    fn finish(&self, report: &mut Report) {
+        let shared = &self.shared;
+        shared.stopping.store(true, Relaxed);
+        self.progress.finish();
+        report.duplicated = shared
+            .tallies
+            .iter()
+            .map(|t| t.duplicated.load(Relaxed))
+            .sum();
+        report.failures = shared.failures.load(Relaxed);
+        report.first_failure = shared.failure();
+        if let (Some(server), Some(baseline)) = (&self.target.spawned, self.baseline_rss) {
+            let rss = status_kib(server.pid(), "VmRSS").unwrap_or(0);
+            if let Some(usage) = report.server.as_mut() {
+                usage.baseline_rss_kib = baseline;
+                usage.rss_kib = rss;
+                usage.peak_rss_kib = status_kib(server.pid(), "VmHWM").unwrap_or(0);
+                usage.kib_per_participant =
+                    rss.saturating_sub(baseline) as f64 / self.config.participants as f64;
             }
-            let last = shared.max_seq.load(Relaxed);
-            // Whatever has not arrived by the deadline is counted as lost below.
-            let _ = wait_until(
-                "every participant to receive everything",
-                DRAIN_TIMEOUT,
-                || shared.min_last_seq() >= last,
-            )
-            .await;
-            report.lost = shared
-                .tallies
-                .iter()
-                .map(|t| t.lost.load(Relaxed) + last.saturating_sub(t.last_seq.load(Relaxed)))
-                .sum();
-            report.latency = latency(shared.take_latencies());
-            report.publish_latency = latency(shared.take_publish_latencies());
-        }
-        Mode::Resume => {
-            progress.message("resuming");
-            report.resume = Some(resume(&target.url, config, &sessions).await?);
-        }
-        Mode::Restart => {
-            progress.message("filling the log");
-            let fill = fill_log(&sessions, config.events, config.message_chars as usize).await?;
-            let server = target
-                .spawned
-                .as_mut()
-                .ok_or_else(|| BenchError::Config("restart mode starts its own server".into()))?;
-            progress.message("restarting");
-            // The participants' feeds end with the killed server: not failures.
-            shared.stopping.store(true, Relaxed);
-            let (listening_s, serving_s) = server.restart().await?;
-            report.restart = Some(Restarted {
-                events: fill,
-                listening_s,
-                serving_s,
-            });
         }
     }
-    if matches!(
-        config.mode,
-        Mode::JoinStorm | Mode::Idle | Mode::Resume | Mode::Restart
-    ) {
-        window.close(&shared, &mut report);
-        report.lost = shared.tallies.iter().map(|t| t.lost.load(Relaxed)).sum();
-    }
-    shared.stopping.store(true, Relaxed);
-    progress.finish();
-    report.duplicated = shared
-        .tallies
-        .iter()
-        .map(|t| t.duplicated.load(Relaxed))
-        .sum();
-    report.failures = shared.failures.load(Relaxed);
-    report.first_failure = shared.failure();
-    if let (Some(server), Some(baseline)) = (&target.spawned, baseline_rss) {
-        let rss = status_kib(server.pid(), "VmRSS").unwrap_or(0);
-        if let Some(usage) = report.server.as_mut() {
-            usage.baseline_rss_kib = baseline;
-            usage.rss_kib = rss;
-            usage.peak_rss_kib = status_kib(server.pid(), "VmHWM").unwrap_or(0);
-            usage.kib_per_participant = rss.saturating_sub(baseline) as f64 / n as f64;
-        }
-    }
-    drop(sessions);
-    Ok(report)
 }
 
 /// Counters at the start of the measured window.
@@ -504,24 +629,17 @@ const RESUMER: &str = "bench-resumer";
 /// Resume mode: a participant joins and leaves its connection; `config.missed`
 /// events are published by the first participant; it joins again with its resume
 /// point and reads until it has caught up.
-async fn resume(
-    url: &str,
+async fn time_resume(
+    access: &Access,
     config: &BenchConfig,
-    sessions: &[crate::client::Session],
+    sessions: &[Session],
 ) -> Result<Resumed, BenchError> {
-    use crate::client::{JoinOptions, Session, connect};
+    use crate::client::connect_with;
     let failed = |what: &str| {
         let what = what.to_owned();
         move |source| BenchError::Client { what, source }
     };
-    let options = JoinOptions {
-        history: Some(0),
-        ..JoinOptions::default()
-    };
-    let channel = connect(url).await.map_err(failed("the resumer"))?;
-    let (session, mut events) = Session::join_with(channel, RESUMER, options.clone())
-        .await
-        .map_err(failed("the resumer"))?;
+    let (session, mut events) = access.join(RESUMER).await.map_err(failed("the resumer"))?;
     events.next().await.map_err(failed("the resumer"))?;
     let point = session
         .resume_point()
@@ -530,12 +648,13 @@ async fn resume(
     drop(events);
     drop(session);
     fill_log(&sessions[..1], config.missed, config.message_chars as usize).await?;
-    let channel = connect(url).await.map_err(failed("the resumer"))?;
+    // Connected before the clock starts, and joined over that one connection until
+    // the name is free: the time measured is the resume's, not the connection's.
+    let channel = connect_with(&access.url, &access.connect)
+        .await
+        .map_err(failed("the resumer"))?;
     let started = Instant::now();
-    let resume = JoinOptions {
-        resume: Some(point.clone()),
-        ..options
-    };
+    let resume = access.join_options(Some(point));
     let (session, mut events) = loop {
         // The old session may still hold the name for a moment.
         match Session::join_with(channel.clone(), RESUMER, resume.clone()).await {
@@ -568,11 +687,7 @@ async fn resume(
 
 /// Publishes `count` messages from `sessions` together, as fast as the server
 /// takes them (64 in flight each). Returns how many were accepted.
-async fn fill_log(
-    sessions: &[crate::client::Session],
-    count: u64,
-    chars: usize,
-) -> Result<u64, BenchError> {
+async fn fill_log(sessions: &[Session], count: u64, chars: usize) -> Result<u64, BenchError> {
     let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let text: Arc<str> = Arc::from("f".repeat(chars.max(1)));
     let mut tasks = Vec::new();

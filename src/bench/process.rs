@@ -2,6 +2,7 @@
 //! defaults, and reading its CPU time and memory from `/proc`.
 
 use super::BenchError;
+use crate::client::{self, ConnectOptions, JoinOptions};
 use crate::log_schema;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -79,14 +80,15 @@ impl SpawnedServer {
         let listening = started.elapsed().as_secs_f64();
         let url = self.url();
         loop {
-            let joined = match crate::client::connect(&url).await {
-                Ok(channel) => crate::client::Session::join(channel, "bench-restart")
-                    .await
-                    .map(|_| ()),
-                Err(err) => Err(err),
-            };
+            let joined = client::join(
+                &url,
+                "bench-restart",
+                &ConnectOptions::default(),
+                JoinOptions::default(),
+            )
+            .await;
             match joined {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(_) if started.elapsed() < SERVER_START_TIMEOUT => {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }

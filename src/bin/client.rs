@@ -1,12 +1,12 @@
 //! `chittychat-client`: parses the command line, sets up logging and runs the client
 //! program in `chittychat::client_app`.
 
-use chittychat::cli::KeepaliveArgs;
+use chittychat::cli::{AccessArgs, KeepaliveArgs};
 use chittychat::client::{ConnectOptions, DEFAULT_SERVER_URL};
 use chittychat::client_app::{self, ClientOptions, DEFAULT_RECONNECT_TIMEOUT};
 use chittychat::logging::{self, LogFormat};
 use chittychat::script::{self, ScriptOptions};
-use chittychat::transport::{JoinSecret, Seconds};
+use chittychat::transport::Seconds;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,14 +25,8 @@ struct Args {
     /// serves TLS.
     #[arg(long, env = "CHITTYCHAT_SERVER", default_value = DEFAULT_SERVER_URL)]
     server: String,
-    /// For https:// URLs: the certificate authority (PEM) that signed the server's
-    /// certificate. Without it, the system's trusted roots are used.
-    #[arg(long, env = "CHITTYCHAT_TLS_CA", value_name = "PEM_FILE")]
-    tls_ca: Option<PathBuf>,
-    /// A file holding the server's join secret, for servers that require one. The
-    /// secret may instead be given in the environment variable CHITTYCHAT_JOIN_SECRET.
-    #[arg(long, env = "CHITTYCHAT_JOIN_SECRET_FILE", value_name = "FILE")]
-    join_secret_file: Option<PathBuf>,
+    #[command(flatten)]
+    access: AccessArgs,
     /// Exit when the connection drops, instead of reconnecting and rejoining.
     #[arg(long, env = "CHITTYCHAT_NO_RECONNECT")]
     no_reconnect: bool,
@@ -79,9 +73,6 @@ reached; 4 when the server refused to let you join; 5 after leaving when not
 every input line was published (some were invalid, or still waiting when you
 left with Ctrl-C).";
 
-/// The environment variable that may hold the join secret.
-const JOIN_SECRET_ENV: &str = "CHITTYCHAT_JOIN_SECRET";
-
 fn main() -> ExitCode {
     let args = Args::parse();
     // Asked while this is the only thread: the time zone cannot be read safely once
@@ -123,7 +114,7 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
             return ExitCode::from(client_app::EXIT_USAGE);
         }
     };
-    let (tls_ca, join_secret) = match (read_tls_ca(&args), read_join_secret(&args)) {
+    let (tls_ca, join_secret) = match (args.access.tls_ca(), args.access.join_secret()) {
         (Ok(tls_ca), Ok(join_secret)) => (tls_ca, join_secret),
         (Err(err), _) | (_, Err(err)) => {
             eprintln!("chittychat-client: error: {err}");
@@ -176,31 +167,4 @@ fn default_log_file(name: &str) -> Option<PathBuf> {
         "_",
     );
     Some(dir.join(format!("client-{name}.log")))
-}
-
-fn read_tls_ca(args: &Args) -> Result<Option<Vec<u8>>, String> {
-    args.tls_ca
-        .as_deref()
-        .map(|path| {
-            chittychat::transport::read(path, "TLS certificate authority")
-                .map_err(|err| err.to_string())
-        })
-        .transpose()
-}
-
-fn read_join_secret(args: &Args) -> Result<Option<JoinSecret>, String> {
-    if let Some(path) = &args.join_secret_file {
-        return JoinSecret::from_file(path)
-            .map(Some)
-            .map_err(|err| err.to_string());
-    }
-    match std::env::var(JOIN_SECRET_ENV) {
-        Ok(text) => JoinSecret::new(&text)
-            .map(Some)
-            .map_err(|err| format!("{JOIN_SECRET_ENV}: {err}")),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(format!("{JOIN_SECRET_ENV} is not valid Unicode"))
-        }
-    }
 }

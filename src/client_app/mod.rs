@@ -25,8 +25,8 @@ pub use command::{COMMANDS, DEFAULT_HISTORY_COMMAND_COUNT};
 pub use input::MAX_INPUT_LINE_BYTES;
 
 use crate::client::{
-    ClientError, ConnectOptions, Events, JoinOptions, PublishId, Published, ResumePoint, Session,
-    connect_with,
+    self, ClientError, ConnectOptions, Events, JoinOptions, PublishId, Published, ResumePoint,
+    Session,
 };
 use crate::display::{Style, sanitize, wall_clock_in};
 use crate::error::ChatError;
@@ -685,21 +685,20 @@ async fn show_history(
 }
 
 /// Connects and joins as `options` say, keeping `clock` and resuming from `resume`
-/// when rejoining. The one way the programs join: the prompt, piped input and
-/// scripted participants alike.
+/// when rejoining, through [`client::join`]: the prompt, piped input and scripted
+/// participants alike.
 pub(crate) async fn join(
     options: &ClientOptions,
     clock: Option<Arc<LamportClock>>,
     resume: Option<ResumePoint>,
 ) -> Result<(Session, Events), ClientError> {
-    let channel = connect_with(&options.server, &options.connect).await?;
     let join = JoinOptions {
         join_secret: options.join_secret.clone(),
         clock,
         history: options.history,
         resume,
     };
-    Session::join_with(channel, &options.name, join).await
+    client::join(&options.server, &options.name, &options.connect, join).await
 }
 
 /// Whether a lost feed may come back by joining again: the connection failed, the

@@ -386,131 +386,168 @@ impl Checker<'_> {
     fn delivery(&mut self) {
         let broadcasts = self.broadcasts();
         for p in 0..self.run.processes.len() {
-            let process = &self.run.processes[p];
-            if process.role != Role::Client {
+            if self.run.processes[p].role != Role::Client {
                 continue;
             }
-            let name = process.name.clone();
-            let who = process.label.clone();
-            // Each Join the server accepted opens a session (a client that
-            // reconnects joins again, keeping its clock): the session lasts from
-            // the join's broadcast to the first leave of this name after it.
-            let mut sessions: Vec<Session> = Vec::new();
-            for (join_seq, id) in &broadcasts {
-                let (is_join, resumed_after) = match &self.run.event(*id).action {
-                    Action::Broadcast {
-                        cause,
-                        resumed_after,
-                        ..
-                    } => (*cause == BroadcastCause::Join, *resumed_after),
-                    _ => (false, None),
-                };
-                let from = resumed_after.map_or(*join_seq, |after| after + 1);
-                let ours = self
-                    .index
-                    .send_of(self.run, *id)
-                    .is_some_and(|(_, from)| from.process == p);
-                if !(is_join && ours) {
-                    continue;
-                }
-                let leave = broadcasts.iter().find(|(seq, id)| {
-                    *seq > *join_seq
-                        && matches!(&self.run.event(*id).action,
-                            Action::Broadcast { kind, participant, .. } if kind == "left" && *participant == name)
-                });
-                sessions.push(match leave {
-                    Some((seq, id)) => Session {
-                        from,
-                        join: *join_seq,
-                        leave: Some(*seq),
-                        vanished: !matches!(&self.run.event(*id).action,
-                            Action::Broadcast { cause, .. } if *cause == BroadcastCause::Leave(LeaveCause::Requested)),
-                    },
-                    // Still present when the logs end: whatever was in flight may
-                    // be lost.
-                    None => Session {
-                        from,
-                        join: *join_seq,
-                        leave: None,
-                        vanished: true,
-                    },
-                });
-            }
+            let sessions = self.sessions_of(p, &broadcasts);
             if sessions.is_empty() {
                 // Refused, or never reached the server: nothing to deliver.
                 continue;
             }
-            let received: Vec<(u64, EventId, bool)> = (0..process.events.len())
-                .map(|index| EventId { process: p, index })
-                .filter_map(|id| match &self.run.event(id).action {
-                    Action::Received { seq, history, .. } => Some((*seq, id, *history)),
-                    _ => None,
-                })
-                .collect();
-            let mut seen: HashMap<u64, EventId> = HashMap::new();
-            let mut last: Option<(u64, EventId)> = None;
-            for &(seq, id, history) in &received {
-                // History replays what was said before; seen once already is fine.
-                if history {
-                    seen.entry(seq).or_insert(id);
-                    continue;
-                }
-                if let Some(&first) = seen.get(&seq) {
-                    let message = format!(
-                        "{who} received #{seq} twice: {} and {}",
-                        self.run.location(first),
-                        self.run.location(id)
-                    );
-                    self.violation(Rule::Delivery, message);
-                    continue;
-                }
-                seen.insert(seq, id);
-                // A broadcast the server never made is the unmatched-receive rule's.
-                if self.index.broadcasts.contains_key(&seq)
-                    && !sessions.iter().any(|s| s.contains(seq))
-                {
-                    let stays: Vec<String> = sessions.iter().map(Session::describe).collect();
-                    let message = format!(
-                        "{who} received #{seq} ({}), but it was broadcast while {who} was not present ({})",
-                        self.run.location(id),
-                        stays.join("; ")
-                    );
-                    self.violation(Rule::Delivery, message);
-                }
-                if let Some((prev, prev_id)) = last
-                    && seq < prev
-                {
-                    let message = format!(
-                        "{who} received #{seq} ({}) after #{prev} ({}); broadcasts must arrive in sequence order, the same for everyone",
-                        self.run.location(id),
-                        self.run.location(prev_id)
-                    );
-                    self.violation(Rule::Delivery, message);
-                }
-                last = Some((seq, id));
+            let received = self.received_by(p);
+            let seen = self.check_receipts(p, &sessions, &received);
+            self.check_missing(p, &sessions, &received, &seen, &broadcasts);
+        }
+    }
+
+    /// The stays of client process `p`. Each Join the server accepted opens a
+    /// session (a client that reconnects joins again, keeping its clock): the
+    /// session lasts from the join's broadcast to the first leave of this name
+    /// after it.
+    fn sessions_of(&self, p: usize, broadcasts: &[(u64, EventId)]) -> Vec<Session> {
+        let name = &self.run.processes[p].name;
+        let mut sessions: Vec<Session> = Vec::new();
+        for (join_seq, id) in broadcasts {
+            let (is_join, resumed_after) = match &self.run.event(*id).action {
+                Action::Broadcast {
+                    cause,
+                    resumed_after,
+                    ..
+                } => (*cause == BroadcastCause::Join, *resumed_after),
+                _ => (false, None),
+            };
+            let from = resumed_after.map_or(*join_seq, |after| after + 1);
+            let ours = self
+                .index
+                .send_of(self.run, *id)
+                .is_some_and(|(_, from)| from.process == p);
+            if !(is_join && ours) {
+                continue;
             }
-            for session in &sessions {
-                let last_received = received
-                    .iter()
-                    .map(|(s, _, _)| *s)
-                    .filter(|s| session.contains(*s))
-                    .max()
-                    .unwrap_or(0);
-                for &(seq, from) in &broadcasts {
-                    if !session.contains(seq) || seen.contains_key(&seq) {
-                        continue;
-                    }
-                    // A vanished participant may lose the tail that was in flight.
-                    if session.vanished && seq > last_received {
-                        continue;
-                    }
-                    let message = format!(
-                        "{who} never received #{seq}, {}, though it was present ({})",
-                        self.at(from),
-                        session.describe()
-                    );
-                    self.violation(Rule::Delivery, message);
+            let leave = broadcasts.iter().find(|(seq, id)| {
+                *seq > *join_seq
+                    && matches!(&self.run.event(*id).action,
+                        Action::Broadcast { kind, participant, .. } if kind == "left" && participant == name)
+            });
+            sessions.push(match leave {
+                Some((seq, id)) => Session {
+                    from,
+                    join: *join_seq,
+                    leave: Some(*seq),
+                    vanished: !matches!(&self.run.event(*id).action,
+                        Action::Broadcast { cause, .. } if *cause == BroadcastCause::Leave(LeaveCause::Requested)),
+                },
+                // Still present when the logs end: whatever was in flight may
+                // be lost.
+                None => Session {
+                    from,
+                    join: *join_seq,
+                    leave: None,
+                    vanished: true,
+                },
+            });
+        }
+        sessions
+    }
+
+    /// What client process `p` received, in its log's order: sequence number,
+    /// event, and whether it was replayed as history.
+    fn received_by(&self, p: usize) -> Vec<(u64, EventId, bool)> {
+        (0..self.run.processes[p].events.len())
+            .map(|index| EventId { process: p, index })
+            .filter_map(|id| match &self.run.event(id).action {
+                Action::Received { seq, history, .. } => Some((*seq, id, *history)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Checks each receipt of client process `p`: once only, while present, in
+    /// sequence order. Returns the first receipt of each sequence number.
+    fn check_receipts(
+        &mut self,
+        p: usize,
+        sessions: &[Session],
+        received: &[(u64, EventId, bool)],
+    ) -> HashMap<u64, EventId> {
+        let who = self.run.processes[p].label.clone();
+        let mut seen: HashMap<u64, EventId> = HashMap::new();
+        let mut last: Option<(u64, EventId)> = None;
+        for &(seq, id, history) in received {
+            // History replays what was said before; seen once already is fine.
+            if history {
+                seen.entry(seq).or_insert(id);
+                continue;
+            }
+            if let Some(&first) = seen.get(&seq) {
+                let message = format!(
+                    "{who} received #{seq} twice: {} and {}",
+                    self.run.location(first),
+                    self.run.location(id)
+                );
+                self.violation(Rule::Delivery, message);
+                continue;
+            }
+            seen.insert(seq, id);
+            // A broadcast the server never made is the unmatched-receive rule's.
+            if self.index.broadcasts.contains_key(&seq) && !sessions.iter().any(|s| s.contains(seq))
+            {
+                let stays: Vec<String> = sessions.iter().map(Session::describe).collect();
+                let message = format!(
+                    "{who} received #{seq} ({}), but it was broadcast while {who} was not present ({})",
+                    self.run.location(id),
+                    stays.join("; ")
+                );
+                self.violation(Rule::Delivery, message);
+            }
+            if let Some((prev, prev_id)) = last
+                && seq < prev
+            {
+                let message = format!(
+                    "{who} received #{seq} ({}) after #{prev} ({}); broadcasts must arrive in sequence order, the same for everyone",
+                    self.run.location(id),
+                    self.run.location(prev_id)
+                );
+                self.violation(Rule::Delivery, message);
+            }
+            last = Some((seq, id));
+        }
+        seen
+    }
+
+    /// Checks that client process `p` received every broadcast made while it was
+    /// present (`seen` holds what it received), but for the tail a vanished
+    /// session may lose.
+    fn check_missing(
+        &mut self,
+        p: usize,
+        sessions: &[Session],
+        received: &[(u64, EventId, bool)],
+        seen: &HashMap<u64, EventId>,
+        broadcasts: &[(u64, EventId)],
+    ) {
+        let who = self.run.processes[p].label.clone();
+        for session in sessions {
+            let last_received = received
+                .iter()
+                .map(|(s, _, _)| *s)
+                .filter(|s| session.contains(*s))
+                .max()
+                .unwrap_or(0);
+            for &(seq, from) in broadcasts {
+                if !session.contains(seq) || seen.contains_key(&seq) {
+                    continue;
                 }
+                // A vanished participant may lose the tail that was in flight.
+                if session.vanished && seq > last_received {
+                    continue;
+                }
+                let message = format!(
+                    "{who} never received #{seq}, {}, though it was present ({})",
+                    self.at(from),
+                    session.describe()
+                );
+                self.violation(Rule::Delivery, message);
             }
         }
     }
