@@ -5,6 +5,7 @@
 use crate::transport::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, JoinSecret, Keepalive, Seconds,
 };
+use anyhow::Context as _;
 use std::path::PathBuf;
 
 /// The environment variable that may hold the join secret, instead of
@@ -53,31 +54,24 @@ pub struct AccessArgs {
 
 impl AccessArgs {
     /// The certificate authority `--tls-ca` names, read; `None` without the flag.
-    pub fn tls_ca(&self) -> Result<Option<Vec<u8>>, String> {
-        self.tls_ca
-            .as_deref()
-            .map(|path| {
-                crate::transport::read(path, "TLS certificate authority")
-                    .map_err(|err| err.to_string())
-            })
-            .transpose()
+    pub fn tls_ca(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        let read = |path| crate::transport::read(path, "TLS certificate authority");
+        Ok(self.tls_ca.as_deref().map(read).transpose()?)
     }
 
     /// The join secret: from `--join-secret-file`, else from [`JOIN_SECRET_ENV`];
     /// `None` without either.
-    pub fn join_secret(&self) -> Result<Option<JoinSecret>, String> {
+    pub fn join_secret(&self) -> anyhow::Result<Option<JoinSecret>> {
         if let Some(path) = &self.join_secret_file {
-            return JoinSecret::from_file(path)
-                .map(Some)
-                .map_err(|err| err.to_string());
+            return Ok(Some(JoinSecret::from_file(path)?));
         }
         match std::env::var(JOIN_SECRET_ENV) {
-            Ok(text) => JoinSecret::new(&text)
-                .map(Some)
-                .map_err(|err| format!("{JOIN_SECRET_ENV}: {err}")),
+            Ok(text) => Ok(Some(
+                JoinSecret::new(&text).with_context(|| JOIN_SECRET_ENV.to_owned())?,
+            )),
             Err(std::env::VarError::NotPresent) => Ok(None),
             Err(std::env::VarError::NotUnicode(_)) => {
-                Err(format!("{JOIN_SECRET_ENV} is not valid Unicode"))
+                anyhow::bail!("{JOIN_SECRET_ENV} is not valid Unicode")
             }
         }
     }

@@ -245,10 +245,14 @@ fn external(url: &str, args: &AccessArgs) -> Result<Access, BenchError> {
     Ok(Access {
         url: url.to_owned(),
         connect: crate::client::ConnectOptions {
-            tls_ca: args.tls_ca().map_err(BenchError::Config)?,
+            tls_ca: args
+                .tls_ca()
+                .map_err(|err| BenchError::Config(format!("{err:#}")))?,
             ..Default::default()
         },
-        join_secret: args.join_secret().map_err(BenchError::Config)?,
+        join_secret: args
+            .join_secret()
+            .map_err(|err| BenchError::Config(format!("{err:#}")))?,
     })
 }
 

@@ -117,7 +117,7 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
     let (tls_ca, join_secret) = match (args.access.tls_ca(), args.access.join_secret()) {
         (Ok(tls_ca), Ok(join_secret)) => (tls_ca, join_secret),
         (Err(err), _) | (_, Err(err)) => {
-            eprintln!("chittychat-client: error: {err}");
+            eprintln!("chittychat-client: error: {err:#}");
             return ExitCode::from(client_app::EXIT_USAGE);
         }
     };
