@@ -3,8 +3,8 @@
 //! `chittychat-trace` and the demo parse. (The event log is [`crate::log`].)
 //!
 //! Both sides name a field through these constants, so a rename is one edit here
-//! and never a silent break between a writer and a reader. The fixtures under
-//! `tests/fixtures/` are logs in this schema; changing a value here breaks them.
+//! and never a silent break between a writer and a reader. The recorded runs under
+//! `tests/recorded_runs/` are logs in this schema; changing a value here breaks them.
 
 use std::fmt;
 use std::str::FromStr;
@@ -250,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn the_causes_have_the_names_the_fixtures_use() {
+    fn the_causes_have_the_names_the_recorded_runs_use() {
         let names: Vec<&str> = [
             LeaveCause::Requested,
             LeaveCause::Disconnected,

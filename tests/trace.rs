@@ -1,4 +1,4 @@
-//! The checker and the exporters on fixture logs under `tests/fixtures/`: good runs
+//! The checker and the exporters on the recorded logs under `tests/recorded_runs/`: good runs
 //! pass, each deliberately broken run is caught with a precise explanation, and
 //! every export is well-formed; plus the `chittychat-trace` binary's exit codes.
 
@@ -14,7 +14,7 @@ use std::process::Command;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("tests/recorded_runs")
         .join(name)
 }
 
