@@ -1,8 +1,9 @@
-//! The one error type of the chat domain: every refusal, with a message a person
-//! understands. It knows nothing of gRPC; `status` maps it to a status.
+//! The errors of the chat domain: every refusal, with a message a person
+//! understands, and why the event log cannot be used. They know nothing of gRPC;
+//! `status` maps them to a status.
 
-use crate::log::LogError;
 use crate::validate::{MAX_MESSAGE_CHARS, MAX_NAME_CHARS};
+use std::path::PathBuf;
 
 /// Everything the chat service can refuse, with a message a person understands.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -139,6 +140,48 @@ pub enum ChatError {
 fn format_retry(ms: u64) -> String {
     let tenths = ms.div_ceil(100).max(1);
     format!("{}.{}", tenths / 10, tenths % 10)
+}
+
+/// Why the log cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    /// The data directory or its database cannot be read or written.
+    #[error("cannot use the data directory {path}: {reason}")]
+    Unusable {
+        /// The path concerned.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Another server holds the data directory.
+    #[error(
+        "the data directory {path} is in use by another chittychat-server{owner}; stop it or choose another data directory"
+    )]
+    Locked {
+        /// The directory.
+        path: PathBuf,
+        /// Who holds it, as its owner file says (" (pid 12)"), or nothing.
+        owner: String,
+    },
+    /// The stored data is damaged or of a format this server does not know.
+    #[error(
+        "the log in {path} is corrupt or of an unknown format: {reason}; move it away to start afresh"
+    )]
+    Corrupt {
+        /// The database file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Writing to the store failed; the log takes no more events.
+    #[error("the log cannot be written: {0}")]
+    WriteFailed(String),
+    /// Reading stored events failed.
+    #[error("the log cannot be read: {0}")]
+    ReadFailed(String),
+    /// The log was closed while a request waited for it.
+    #[error("the log was closed")]
+    Closed,
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ mod memory;
 pub use disk::{DATABASE_FILE, DiskStore, OWNER_FILE};
 pub use memory::MemoryStore;
 
+pub use crate::error::LogError;
 use crate::event::{Event, EventKind, Stamp};
 use crate::lamport::LamportTime;
 use bytes::Bytes;
@@ -207,48 +208,6 @@ pub struct Recovered {
     pub publish_ids: Vec<(Arc<str>, Box<str>, Stamp)>,
     /// The newest events, oldest first, at most [`CACHE_EVENTS`].
     pub recent: Vec<Arc<Entry>>,
-}
-
-/// Why the log cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum LogError {
-    /// The data directory or its database cannot be read or written.
-    #[error("cannot use the data directory {path}: {reason}")]
-    Unusable {
-        /// The path concerned.
-        path: PathBuf,
-        /// What went wrong.
-        reason: String,
-    },
-    /// Another server holds the data directory.
-    #[error(
-        "the data directory {path} is in use by another chittychat-server{owner}; stop it or choose another --data-dir"
-    )]
-    Locked {
-        /// The directory.
-        path: PathBuf,
-        /// Who holds it, as its owner file says (" (pid 12)"), or nothing.
-        owner: String,
-    },
-    /// The stored data is damaged or of a format this server does not know.
-    #[error(
-        "the log in {path} is corrupt or of an unknown format: {reason}; move it away to start afresh"
-    )]
-    Corrupt {
-        /// The database file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
-    /// Writing to the store failed; the log takes no more events.
-    #[error("the log cannot be written: {0}")]
-    WriteFailed(String),
-    /// Reading stored events failed.
-    #[error("the log cannot be read: {0}")]
-    ReadFailed(String),
-    /// The log was closed while a request waited for it.
-    #[error("the log was closed")]
-    Closed,
 }
 
 /// Where events are kept: the part of the log that may be on disk.
