@@ -83,7 +83,7 @@ impl Drop for Server {
     }
 }
 
-fn start_server(args: &Args, log: &std::path::Path) -> Server {
+async fn start_server(args: &Args, log: &std::path::Path) -> Server {
     let binary = args.server.clone().unwrap_or_else(|| {
         let exe = std::env::current_exe().expect("the example's path");
         exe.parent()
@@ -102,38 +102,23 @@ fn start_server(args: &Args, log: &std::path::Path) -> Server {
         .stderr(std::fs::File::create(log).expect("the server's log file"))
         .spawn()
         .unwrap_or_else(|err| panic!("cannot start {}: {err}", binary.display()));
-    let started = Instant::now();
-    loop {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let address = text
-            .lines()
-            .filter(|l| l.contains("listening"))
-            .find_map(|l| {
-                l.split_whitespace()
-                    .find_map(|f| f.strip_prefix("address="))
-            });
-        if let Some(address) = address {
-            let addr = address.parse().expect("the logged address");
-            return Server {
-                url: format!("http://{address}"),
-                addr,
-                child,
-            };
-        }
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("the server exited ({status}): {text}");
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the server did not start"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    let listening = chittychat::log_schema::await_listening(
+        log,
+        || child.try_wait().ok().flatten(),
+        Duration::from_secs(10),
+    )
+    .await;
+    let addr = listening.unwrap_or_else(|err| panic!("{err}"));
+    Server {
+        url: format!("http://{addr}"),
+        addr,
+        child,
     }
 }
 
 /// The server's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
-    chittychat::bench::process::status_kib(pid, "VmRSS").unwrap_or(0)
+    chittychat::bench::status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// The kernel's TCP memory (`/proc/net/sockstat`, in pages) in KiB, and the TCP
@@ -267,7 +252,7 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let log = std::env::temp_dir().join(format!("siege-server-{}.log", std::process::id()));
-    let server = start_server(&args, &log);
+    let server = start_server(&args, &log).await;
     let pid = server.child.id();
     let phase_length = Duration::from_secs_f64(args.duration);
     let mut failed = Vec::new();

@@ -10,7 +10,7 @@
 //! present has shown its outcome on stdout, so the script never races itself.
 
 use crate::event::{joined_sentence, left_sentence};
-use crate::log_schema::{self, field, message, rpc};
+use crate::log_schema::{self, NotListening, field, message, rpc};
 use crate::trace;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -798,29 +798,23 @@ async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, D
         collect(err, Arc::clone(&stderr), stage.changed.clone());
     }
     // The server logs its bound address; the log file is the only place it says it.
-    let deadline = Instant::now() + stage.timeout;
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&log)
-            && let Some(address) = text.lines().find_map(log_schema::listening_address)
-        {
-            return Ok(Server {
-                child,
-                url: format!("http://{address}"),
-            });
-        }
-        if let Ok(Some(status)) = child.try_wait() {
+    let listening =
+        log_schema::await_listening(&log, || child.try_wait().ok().flatten(), stage.timeout).await;
+    match listening {
+        Ok(address) => Ok(Server {
+            child,
+            url: format!("http://{address}"),
+        }),
+        Err(NotListening::Exited { status, .. }) => {
             let stderr = last_words(&stderr);
-            return Err(DemoError::Process(format!(
+            Err(DemoError::Process(format!(
                 "the server exited with {status} at start{stderr}"
-            )));
+            )))
         }
-        if Instant::now() >= deadline {
-            return Err(DemoError::Timeout {
-                what: "the server to listen".into(),
-                secs: stage.timeout.as_secs(),
-            });
-        }
-        tokio::time::sleep(LOG_POLL).await;
+        Err(NotListening::TimedOut { .. }) => Err(DemoError::Timeout {
+            what: "the server to listen".into(),
+            secs: stage.timeout.as_secs(),
+        }),
     }
 }
 

@@ -215,6 +215,61 @@ pub fn listening_address(line: &str) -> Option<std::net::SocketAddr> {
     address.parse().ok()
 }
 
+/// Why a started server never said where it listens.
+#[derive(Debug, thiserror::Error)]
+pub enum NotListening {
+    /// The server exited first.
+    #[error("chittychat-server exited ({status}) before listening: {last_line}")]
+    Exited {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// The last line of its log, or a note that there was none.
+        last_line: String,
+    },
+    /// It did not log its address in time.
+    #[error("chittychat-server did not log its address within {} s (log: {})", .waited.as_secs(), .log.display())]
+    TimedOut {
+        /// How long it was given.
+        waited: std::time::Duration,
+        /// The log file read.
+        log: std::path::PathBuf,
+    },
+}
+
+/// How often [`await_listening`] looks at the log file again.
+const LISTENING_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Waits until the server writing its log to the file `log` says where it listens,
+/// for those that start a server on port 0 with its log in a file (the demo, the
+/// bench). `exited` says whether the server has exited, so that a server that
+/// failed at start is reported at once rather than after `timeout`.
+pub async fn await_listening(
+    log: &std::path::Path,
+    mut exited: impl FnMut() -> Option<std::process::ExitStatus>,
+    timeout: std::time::Duration,
+) -> Result<std::net::SocketAddr, NotListening> {
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(address) = text.lines().find_map(listening_address) {
+            return Ok(address);
+        }
+        if let Some(status) = exited() {
+            return Err(NotListening::Exited {
+                status,
+                last_line: text.lines().last().unwrap_or("no log output").to_owned(),
+            });
+        }
+        if started.elapsed() > timeout {
+            return Err(NotListening::TimedOut {
+                waited: timeout,
+                log: log.to_owned(),
+            });
+        }
+        tokio::time::sleep(LISTENING_POLL).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,7 +20,7 @@
 
 mod fixture;
 
-use chittychat::bench::process::status_kib;
+use chittychat::bench::status_kib;
 use chittychat::client::{ClientError, Events, JoinOptions, Session, connect};
 use chittychat::display::event_line;
 use chittychat::event::{Event, EventKind, joined_sentence, left_sentence};

@@ -398,7 +398,7 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_once() {
         .await;
     assert_eq!(line["level"], "WARN", "{line}");
     // Backing off, the server idles instead of spinning on accept.
-    let cpu = |pid| chittychat::bench::process::cpu_ns(pid).unwrap();
+    let cpu = |pid| chittychat::bench::cpu_ns(pid).unwrap();
     let (before, started) = (cpu(server.pid()), Instant::now());
     tokio::time::sleep(Duration::from_secs(1)).await;
     let busy = (cpu(server.pid()) - before) as f64 / started.elapsed().as_nanos() as f64;

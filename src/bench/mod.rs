@@ -2,21 +2,21 @@
 //! participant over its own HTTP/2 connection, and measures deliveries, latency,
 //! loss and duplication, and the server's CPU and memory.
 //!
-//! - `load`: the participants and publishers (private to the bench).
-//! - [`process`]: the spawned server and its `/proc` readings.
-//! - [`report`]: the results, as a table or JSON.
+//! - `load`: the participants and publishers.
+//! - `process`: the spawned server and its `/proc` readings ([`cpu_ns`],
+//!   [`status_kib`]).
+//! - `report`: the results ([`Report`]), as a table or JSON.
 
 mod load;
-pub mod process;
-pub mod report;
+mod process;
+mod report;
 
 use crate::cli::AccessArgs;
 use crate::client::{ClientError, Session};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use load::{Access, Pace, Shared};
-use process::{SpawnedServer, cpu_ns, status_kib};
-use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
+use process::SpawnedServer;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 pub use load::MIN_MESSAGE_CHARS;
+pub use process::{BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib};
+pub use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 
 /// How long, after publishing stops, every participant has to receive everything;
 /// what has not arrived by then counts as lost.
@@ -193,7 +195,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         )));
     }
     raise_fd_limit(config.participants)?;
-    let mut bench = Bench::new(config)?;
+    let mut bench = Bench::new(config).await?;
     let (began, joins) = bench.join_everyone().await?;
     let mut report = first_report(config, joins);
     match config.mode {
@@ -215,7 +217,7 @@ struct Target {
 
 impl Target {
     /// The server `--server` names, or else one the bench starts.
-    fn new(config: &BenchConfig) -> Result<Self, BenchError> {
+    async fn new(config: &BenchConfig) -> Result<Self, BenchError> {
         if let Some(url) = &config.server {
             return Ok(Target {
                 access: Arc::new(external(url, &config.access)?),
@@ -227,7 +229,7 @@ impl Target {
                 "--tls-ca and --join-secret-file apply only with --server: the server the bench starts serves plain HTTP and needs no join secret".into(),
             ));
         }
-        let server = spawn_server(config)?;
+        let server = spawn_server(config).await?;
         Ok(Target {
             access: Arc::new(Access::plain(server.url())),
             spawned: Some(server),
@@ -257,7 +259,7 @@ fn external(url: &str, args: &AccessArgs) -> Result<Access, BenchError> {
 }
 
 /// Starts chittychat-server with room for what `config` asks of it.
-fn spawn_server(config: &BenchConfig) -> Result<SpawnedServer, BenchError> {
+async fn spawn_server(config: &BenchConfig) -> Result<SpawnedServer, BenchError> {
     let binary = match &config.server_bin {
         Some(path) => path.clone(),
         None => std::env::current_exe()
@@ -289,6 +291,7 @@ fn spawn_server(config: &BenchConfig) -> Result<SpawnedServer, BenchError> {
         log,
         keep,
     )
+    .await
 }
 
 /// When the join storm began.
@@ -341,8 +344,8 @@ struct Bench<'a> {
 
 impl<'a> Bench<'a> {
     /// Finds or starts the server; nobody has joined yet.
-    fn new(config: &'a BenchConfig) -> Result<Self, BenchError> {
-        let target = Target::new(config)?;
+    async fn new(config: &'a BenchConfig) -> Result<Self, BenchError> {
+        let target = Target::new(config).await?;
         let participants = config.participants as usize;
         Ok(Self {
             sessions: Vec::with_capacity(participants),

@@ -18,7 +18,7 @@ pub const BENCH_PUBLISH_RATE: u32 = 1_000_000;
 
 /// A `chittychat-server` the bench started; killed when dropped.
 #[derive(Debug)]
-pub struct SpawnedServer {
+pub(super) struct SpawnedServer {
     child: Child,
     binary: PathBuf,
     participants: u64,
@@ -38,7 +38,7 @@ impl SpawnedServer {
     /// stays switched on (so its cost is measured) but never refuses the bench, and
     /// room on each connection for `streams` calls at once.
     /// The server inherits the bench's file-descriptor limit.
-    pub fn start(
+    pub(super) async fn start(
         binary: &Path,
         participants: u64,
         history_limit: u64,
@@ -59,13 +59,13 @@ impl SpawnedServer {
             log,
             keep_log,
         };
-        server.address = server.wait_for_address()?;
+        server.address = server.wait_for_address().await?;
         Ok(server)
     }
 
     /// Kills the server (SIGKILL) and starts it again on the same data directory.
     /// Returns the seconds until it listened and until it answered a Join.
-    pub async fn restart(&mut self) -> Result<(f64, f64), BenchError> {
+    pub(super) async fn restart(&mut self) -> Result<(f64, f64), BenchError> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let started = Instant::now();
@@ -76,7 +76,7 @@ impl SpawnedServer {
             self.streams,
             &self.log,
         )?;
-        self.address = self.wait_for_address()?;
+        self.address = self.wait_for_address().await?;
         let listening = started.elapsed().as_secs_f64();
         let url = self.url();
         loop {
@@ -135,37 +135,25 @@ impl SpawnedServer {
     }
 
     /// Reads the log until the server says where it listens.
-    fn wait_for_address(&mut self) -> Result<String, BenchError> {
-        let started = Instant::now();
-        loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-            if let Some(address) = text.lines().find_map(log_schema::listening_address) {
-                return Ok(address.to_string());
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(BenchError::Server(format!(
-                    "chittychat-server exited ({status}) before listening: {}",
-                    text.lines().last().unwrap_or("no log output")
-                )));
-            }
-            if started.elapsed() > SERVER_START_TIMEOUT {
-                return Err(BenchError::Server(format!(
-                    "chittychat-server did not log its address within {} s (log: {})",
-                    SERVER_START_TIMEOUT.as_secs(),
-                    self.log.display()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    async fn wait_for_address(&mut self) -> Result<String, BenchError> {
+        let child = &mut self.child;
+        log_schema::await_listening(
+            &self.log,
+            || child.try_wait().ok().flatten(),
+            SERVER_START_TIMEOUT,
+        )
+        .await
+        .map(|address| address.to_string())
+        .map_err(|err| BenchError::Server(err.to_string()))
     }
 
     /// The URL clients connect to.
-    pub fn url(&self) -> String {
+    pub(super) fn url(&self) -> String {
         format!("http://{}", self.address)
     }
 
     /// The server's process id.
-    pub fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
