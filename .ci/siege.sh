@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 echo "== siege smoke"
-cargo build --quiet --bins --example siege
+cargo build --locked --quiet --bins --example siege
 # Short deadlines, so that the server closes the stalled and the silent within the
 # phase; bounded in time, so that a hung run fails CI instead of stalling it.
 timeout 180 target/debug/examples/siege --stalled 20 --silent 50 --honest 4 --duration 5 \

@@ -24,7 +24,7 @@ esac
 # --target keeps the static flag off build scripts and proc macros, and the
 # static binaries in their own folder, apart from the usual target/release.
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
-    cargo build --release --target "$host" \
+    cargo build --locked --release --target "$host" \
     --bin chittychat-server --bin chittychat-client
 
 # An empty folder the server image copies as /data, its event log's home, owned by

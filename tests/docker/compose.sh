@@ -212,7 +212,7 @@ say "every container wrote JSON logs to the mounted folder: $(cd "$logs" && ls |
 
 if cargo metadata --no-deps --format-version 1 2>/dev/null | grep -qF '"name":"chittychat-trace"'; then
     say "running chittychat-trace check on the logs"
-    timeout "$COMMAND_SECS" cargo run --quiet --bin chittychat-trace -- check "$logs" ||
+    timeout "$COMMAND_SECS" cargo run --locked --quiet --bin chittychat-trace -- check "$logs" ||
         fail "chittychat-trace check found violations in the containers' logs"
 else
     say "SKIPPED chittychat-trace check: this checkout has no chittychat-trace program yet"
