@@ -121,10 +121,8 @@ pub enum ChatError {
         retry_after_ms: u64,
     },
     /// A request is larger than the server decodes.
-    #[error("request too large: {found} bytes; the server accepts requests of at most {max} bytes")]
+    #[error("request too large: the server accepts requests of at most {max} bytes")]
     RequestTooLarge {
-        /// The request's encoded size in bytes, as announced by the client.
-        found: usize,
         /// The limit in bytes.
         max: usize,
     },

@@ -27,7 +27,7 @@
 
 use crate::client::{ClientError, Events, Session};
 use crate::client_app::{
-    self, ClientOptions, EXIT_OK, EXIT_SESSION_LOST, LEAVE_TIMEOUT, join_failed_status,
+    self, ClientOptions, EXIT_OK, EXIT_SESSION_LOST, LEAVE_TIMEOUT, fail, join_failed_status,
 };
 use crate::display::{event_line, sanitize};
 use crate::error::ChatError;
@@ -372,11 +372,6 @@ fn satisfies(event: &Event, step: &Step) -> bool {
 }
 
 /// Prints one error line on stderr and returns the exit status.
-fn fail(status: u8, err: &dyn std::fmt::Display) -> ExitCode {
-    eprintln!("chittychat-client: error: {}", sanitize(&err.to_string()));
-    ExitCode::from(status)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

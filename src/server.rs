@@ -191,7 +191,10 @@ pub async fn run_with_log(
         let _ = stopped_tx.send(());
     };
     let serve = builder
-        .layer(layer_fn(|inner| OversizeExplained { inner }))
+        .layer(layer_fn(|inner| OversizeExplained {
+            inner,
+            max: max_request_bytes,
+        }))
         .add_service(
             ChittyChatServer::new(service)
                 .max_decoding_message_size(max_request_bytes)
@@ -461,9 +464,15 @@ impl Stream for EventStream {
 /// Wraps the services so that a request over the size limit is answered with a
 /// clear `RESOURCE_EXHAUSTED` ([`ChatError::RequestTooLarge`]) and logged as
 /// refused, rather than with tonic's own `OUT_OF_RANGE`.
+///
+/// Decoding a request over `max_decoding_message_size` is the only way a call to
+/// the chat service ends in `OUT_OF_RANGE` (none of its refusals has that code), so
+/// the code alone says it; tonic's message is not read.
 #[derive(Debug, Clone)]
 struct OversizeExplained<S> {
     inner: S,
+    /// The chat service's request size limit.
+    max: usize,
 }
 
 impl<S, B> Service<http::Request<B>> for OversizeExplained<S>
@@ -481,15 +490,18 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let uri = request.uri().clone();
+        let max = self.max;
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            let oversize = response.extensions().get::<Status>().and_then(oversize);
-            let Some((found, max)) = oversize else {
+            let refused = response.extensions().get::<Status>();
+            let Some(rpc) = chat_rpc(uri.path()) else {
                 return Ok(response);
             };
-            let err = ChatError::RequestTooLarge { found, max };
-            let rpc = uri.path().rsplit('/').next().unwrap_or_default();
+            if refused.is_none_or(|status| status.code() != Code::OutOfRange) {
+                return Ok(response);
+            }
+            let err = ChatError::RequestTooLarge { max };
             log_refused(rpc, None, &err);
             Ok(Status::from(err).into_http())
         })
@@ -508,18 +520,11 @@ fn log_refused(rpc: &str, participant: Option<&str>, err: &ChatError) {
     );
 }
 
-/// The size tonic found and its limit, when `status` is tonic's refusal of a
-/// request over the limit (each service has its own; ours is `max_request_bytes`).
-fn oversize(status: &Status) -> Option<(usize, usize)> {
-    if status.code() != Code::OutOfRange {
-        return None;
-    }
-    let rest = status
-        .message()
-        .strip_prefix("Error, decoded message length too large: found ")?;
-    let (found, rest) = rest.split_once(" bytes, the limit is: ")?;
-    let max = rest.strip_suffix(" bytes")?;
-    Some((found.parse().ok()?, max.parse().ok()?))
+/// The method a request path names, when it is a call to the chat service
+/// (`/chittychat.v1.ChittyChat/Publish` gives `Publish`).
+fn chat_rpc(path: &str) -> Option<&str> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (service == crate::health::CHAT_SERVICE).then_some(method)
 }
 
 #[cfg(test)]
@@ -527,13 +532,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tonics_oversize_refusal_is_recognised_and_nothing_else() {
-        let tonic = Status::out_of_range(
-            "Error, decoded message length too large: found 70000 bytes, the limit is: 4096 bytes",
-        );
-        assert_eq!(oversize(&tonic), Some((70000, 4096)));
-        assert_eq!(oversize(&Status::out_of_range("something else")), None);
-        let other_code = Status::internal(tonic.message());
-        assert_eq!(oversize(&other_code), None);
+    fn only_the_chat_service_s_calls_are_named() {
+        let publish = format!("/{}/Publish", crate::health::CHAT_SERVICE);
+        assert_eq!(chat_rpc(&publish), Some("Publish"));
+        assert_eq!(chat_rpc("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(chat_rpc("/"), None);
     }
 }

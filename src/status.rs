@@ -69,7 +69,7 @@ mod tests {
     fn every_limit_is_resource_exhausted_and_the_secret_unauthenticated() {
         for err in [
             ChatError::ServerFull { max: 1 },
-            ChatError::RequestTooLarge { found: 9, max: 1 },
+            ChatError::RequestTooLarge { max: 1 },
             ChatError::TooSlow {
                 position: 1,
                 first_held: 2,

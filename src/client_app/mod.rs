@@ -792,7 +792,7 @@ fn session_lost(err: &ClientError) -> String {
 }
 
 /// Prints one error line on stderr and returns the exit status.
-fn fail(status: u8, err: &dyn std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(status: u8, err: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("chittychat-client: error: {}", sanitize(&err.to_string()));
     ExitCode::from(status)
 }
