@@ -1,21 +1,24 @@
 #!/usr/bin/env python3
-"""Runs chittychat-bench and the fan-out anchors (raw TCP, NATS, minimal tonic) in one
-sitting, interleaved, and prints the medians side by side.
+"""Runs chittychat-bench and the fan-out reference servers (raw TCP, NATS, minimal
+tonic) in one sitting, interleaved, and prints the medians side by side.
 
-  python3 docs/bench/side_by_side.py run --anchor-dir /tmp/fanout-anchor --reps 3 --out docs/bench/runs.jsonl
+  python3 docs/bench/side_by_side.py run --reps 3 --out docs/bench/runs.jsonl
   python3 docs/bench/side_by_side.py report docs/bench/runs.jsonl
 
---anchor-dir is a built copy of the anchors' harness (cargo build --release there);
-Debian's nats-server must be on PATH. chittychat-bench must be built with
-`cargo build --release`. Every server started here is stopped by its PID.
+The reference servers and their load generator are in docs/bench/fanout (see its
+README.md); build them there first with `cargo build --release`, or point
+--reference-dir at another built copy. Debian's nats-server must be on PATH.
+chittychat-bench must be built with `cargo build --release` in the project root.
+Every server started here is stopped by its PID.
 """
 import argparse, json, os, random, resource, socket, statistics, subprocess, sys, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BENCH = os.path.join(ROOT, "target", "release", "chittychat-bench")
-# Offered messages/s for the latency runs: 100k deliveries/s at every N (as the anchors).
+# Offered messages/s for the latency runs: 100k deliveries/s at every N, as the
+# reference servers' own measurements used.
 RATE = {10: 10_000, 100: 1_000, 1000: 100, 10000: 10}
-ANCHORS = {"A-tcp": ("tcp", "tcp"), "B-nats": ("nats", "nats"), "C-tonic": ("grpc-naive", "grpc")}
+REFERENCES = {"A-tcp": ("tcp", "tcp"), "B-nats": ("nats", "nats"), "C-tonic": ("grpc-naive", "grpc")}
 
 
 def pick_port():
@@ -29,13 +32,13 @@ def pick_port():
                 pass
 
 
-def anchor_run(anchor_dir, variant, n, mode, warmup, secs):
-    kind, client = ANCHORS[variant]
+def reference_run(reference_dir, variant, n, mode, warmup, secs):
+    kind, client = REFERENCES[variant]
     port = pick_port()
     if kind == "nats":
         cmd = ["nats-server", "-a", "127.0.0.1", "-p", str(port)]
     else:
-        cmd = [os.path.join(anchor_dir, "target/release/fanout-server"), "--variant", kind, "--port", str(port)]
+        cmd = [os.path.join(reference_dir, "target/release/fanout-server"), "--variant", kind, "--port", str(port)]
     srv = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 10
@@ -48,7 +51,7 @@ def anchor_run(anchor_dir, variant, n, mode, warmup, secs):
                     raise RuntimeError(f"{variant} did not start")
                 time.sleep(0.05)
         addr = f"nats://127.0.0.1:{port}" if kind == "nats" else f"127.0.0.1:{port}"
-        load = [os.path.join(anchor_dir, "target/release/fanout-load"), "--variant", client, "--addr", addr,
+        load = [os.path.join(reference_dir, "target/release/fanout-load"), "--variant", client, "--addr", addr,
                 "--n", str(n), "--mode", mode, "--server-pid", str(srv.pid), "--warmup", str(warmup),
                 "--secs", str(secs)]
         if mode == "rate":
@@ -101,7 +104,7 @@ def run(args):
                         if v == "chittychat":
                             res = chitty_run(n, mode, args.warmup, args.secs, args.bench_args.split())
                         else:
-                            res = anchor_run(args.anchor_dir, v, n, mode, args.warmup, args.secs)
+                            res = reference_run(args.reference_dir, v, n, mode, args.warmup, args.secs)
                     except Exception as e:  # noqa: BLE001 - keep the matrix going, record the failure
                         print(f"FAILED {v} n={n} {mode}: {e}", file=sys.stderr, flush=True)
                         continue
@@ -135,7 +138,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cmd", choices=["run", "report"])
     ap.add_argument("path", nargs="?")
-    ap.add_argument("--anchor-dir", default="/tmp/fanout-anchor")
+    ap.add_argument("--reference-dir", dest="reference_dir",
+                    default=os.path.join(ROOT, "docs", "bench", "fanout"),
+                    help="a built copy of docs/bench/fanout (cargo build --release there)")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ns", default="100,1000")
     ap.add_argument("--modes", default="saturate")

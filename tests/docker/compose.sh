@@ -4,8 +4,8 @@
 # name, waits for the scripted conversation to finish, checks that every
 # participant saw every message and the join and leave notices, kills one
 # participant's container and checks the other is told it left, runs
-# `chittychat-trace check` on the collected logs when that program exists, and
-# always removes what it started (containers, network, images) even when it fails.
+# `chittychat-trace check` on the collected logs, and always removes what it
+# started (containers, network, images) even when it fails.
 #
 # Exits 0 and says SKIPPED when this machine has no Docker engine; fails when the
 # engine is there and anything goes wrong. Bounded in time: every wait has a
@@ -210,10 +210,6 @@ for file in server bob carol dave; do
 done
 say "every container wrote JSON logs to the mounted folder: $(cd "$logs" && ls | tr '\n' ' ')"
 
-if cargo metadata --no-deps --format-version 1 2>/dev/null | grep -qF '"name":"chittychat-trace"'; then
-    say "running chittychat-trace check on the logs"
-    timeout "$COMMAND_SECS" cargo run --locked --quiet --bin chittychat-trace -- check "$logs" ||
-        fail "chittychat-trace check found violations in the containers' logs"
-else
-    say "SKIPPED chittychat-trace check: this checkout has no chittychat-trace program yet"
-fi
+say "running chittychat-trace check on the logs"
+timeout "$COMMAND_SECS" cargo run --locked --quiet --bin chittychat-trace -- check "$logs" ||
+    fail "chittychat-trace check found violations in the containers' logs"
