@@ -3,7 +3,7 @@
 # participants and silent connections against a freshly spawned chittychat-server.
 # Fails if an honest participant lost a message or its session, or if a stalled
 # participant's connection outlived the siege; no timing is asserted (CI machines
-# are noisy). README's figures come from the full-size run:
+# are noisy). docs/hostile-peers.md's figures come from the full-size run:
 #   cargo run --release --example siege -- --stalled 1000 --silent 2000 --honest 10 --duration 20 --waves 2
 set -euo pipefail
 cd "$(dirname "$0")/.."
