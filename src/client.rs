@@ -345,7 +345,7 @@ impl Session {
             .join(request)
             .await
             .map_err(|status| ClientError::Rpc {
-                rpc: "Join",
+                rpc: rpc::JOIN,
                 status,
             })?;
         let metadata = response.metadata();
@@ -446,7 +446,7 @@ impl Session {
             .publish(request)
             .await
             .map_err(|status| ClientError::Rpc {
-                rpc: "Publish",
+                rpc: rpc::PUBLISH,
                 status,
             })?
             .into_inner();
@@ -489,7 +489,7 @@ impl Session {
             .leave(request)
             .await
             .map_err(|status| ClientError::Rpc {
-                rpc: "Leave",
+                rpc: rpc::LEAVE,
                 status,
             })?
             .into_inner();
@@ -546,7 +546,7 @@ impl Session {
             .history(request)
             .await
             .map_err(|status| ClientError::Rpc {
-                rpc: "History",
+                rpc: rpc::HISTORY,
                 status,
             })?
             .into_inner();
@@ -558,11 +558,11 @@ impl Session {
             .unwrap_or(0);
         let local = self.clock.observe(newest);
         tracing::info!(
-            rpc = "History",
+            { field::RPC } = rpc::HISTORY,
             before,
             returned = reply.events.len(),
             first_held = reply.first_held,
-            lamport = local,
+            { field::LAMPORT } = local,
             "history"
         );
         let events = reply.events.into_iter().filter_map(domain_event).collect();
@@ -597,7 +597,7 @@ impl Events {
                 .message()
                 .await
                 .map_err(|status| ClientError::Rpc {
-                    rpc: "Join",
+                    rpc: rpc::JOIN,
                     status,
                 })?
             else {

@@ -2,6 +2,7 @@
 
 use crate::lamport::LamportTime;
 use std::fmt;
+use std::str::FromStr;
 use std::sync::Arc;
 
 /// What an event is.
@@ -23,6 +24,23 @@ impl EventKind {
             EventKind::Joined => "joined",
             EventKind::Left => "left",
         }
+    }
+}
+
+/// A `kind` that is none of the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event kind \"{0}\"")]
+pub struct UnknownKind(pub String);
+
+impl FromStr for EventKind {
+    type Err = UnknownKind;
+
+    /// The kind [`EventKind::as_str`] names.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        [EventKind::Chat, EventKind::Joined, EventKind::Left]
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| UnknownKind(text.to_owned()))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::event::{EventKind, Stamp, joined_sentence, left_sentence};
 use crate::feed::{Feed, FeedEnd};
 use crate::lamport::{LamportClock, LamportTime};
 use crate::log::{Entry, Epoch, Log, LogError, Recovered};
-use crate::log_schema::{BroadcastCause, LeaveCause, field, message};
+use crate::log_schema::{BroadcastCause, LeaveCause, field, message, rpc};
 use crate::validate::{validate_lamport, validate_message, validate_name, validate_publish_id};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
@@ -474,7 +474,7 @@ impl Room {
         };
         if let Some(name) = repeated {
             tracing::info!(
-                rpc = "Publish",
+                { field::RPC } = rpc::PUBLISH,
                 participant = %name,
                 seq = stamp.seq,
                 "repeated publish id: answered with the original"

@@ -10,6 +10,7 @@ use crate::error::ChatError;
 use crate::feed::Feed;
 use crate::health;
 use crate::log::{Epoch, Log, LogConfig, LogError, Recovered};
+use crate::log_schema::{field, rpc};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
 use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig};
@@ -294,7 +295,7 @@ impl ChittyChat for ChatService {
         let connection = ConnectionHandle::of(request.extensions());
         let request = request.into_inner();
         let refused = |err: &ChatError| {
-            log_refused("Join", Some(&name_for_display(&request.name)), err);
+            log_refused(rpc::JOIN, Some(&name_for_display(&request.name)), err);
         };
         // An epoch that does not parse is not this log's: resume says so.
         let resume = request.resume.as_ref().map(|point| ResumePoint {
@@ -341,7 +342,7 @@ impl ChittyChat for ChatService {
         }
         if joined.resume != Resume::NotAsked {
             tracing::info!(
-                rpc = "Join",
+                { field::RPC } = rpc::JOIN,
                 participant = %name_for_display(&request.name),
                 resume = ?joined.resume,
                 replayed_as_history = joined.history,
@@ -367,7 +368,7 @@ impl ChittyChat for ChatService {
             .await
             .inspect_err(|err| {
                 let name = self.room.name_of(&request.session_token);
-                log_refused("Publish", name.as_deref(), err);
+                log_refused(rpc::PUBLISH, name.as_deref(), err);
             })?;
         Ok(Response::new(pb::PublishReply {
             lamport: stamp.lamport,
@@ -384,7 +385,7 @@ impl ChittyChat for ChatService {
             .room
             .leave(&request.session_token, request.lamport)
             .await
-            .inspect_err(|err| log_refused("Leave", None, err))?;
+            .inspect_err(|err| log_refused(rpc::LEAVE, None, err))?;
         Ok(Response::new(pb::LeaveReply {
             lamport: stamp.lamport,
             seq: stamp.seq,
@@ -401,9 +402,9 @@ impl ChittyChat for ChatService {
             .room
             .history(&request.session_token, request.before, request.limit)
             .await
-            .inspect_err(|err| log_refused("History", name.as_deref(), err))?;
+            .inspect_err(|err| log_refused(rpc::HISTORY, name.as_deref(), err))?;
         tracing::info!(
-            rpc = "History",
+            { field::RPC } = rpc::HISTORY,
             participant = name.as_deref().unwrap_or("<unknown>"),
             before = request.before,
             limit = request.limit,
@@ -424,9 +425,9 @@ impl ChittyChat for ChatService {
         let names = self
             .room
             .who(&request.session_token)
-            .inspect_err(|err| log_refused("Who", name.as_deref(), err))?;
+            .inspect_err(|err| log_refused(rpc::WHO, name.as_deref(), err))?;
         tracing::info!(
-            rpc = "Who",
+            { field::RPC } = rpc::WHO,
             participant = name.as_deref().unwrap_or("<unknown>"),
             present = names.len(),
             "answered"

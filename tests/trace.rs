@@ -4,6 +4,7 @@
 
 mod export_checks;
 
+use chittychat::event::EventKind;
 use chittychat::trace::causality::{self, MessageKind, happened_before};
 use chittychat::trace::check::{self, Rule};
 use chittychat::trace::parse::{Action, Run, parse_process};
@@ -238,7 +239,7 @@ fn the_svg_keys_every_broadcast_by_number_with_its_whole_text() {
     let key = texts.join(" ");
     for event in run.processes.iter().flat_map(|p| &p.events) {
         if let Action::Broadcast { kind, text, .. } = &event.action
-            && kind == "chat"
+            && *kind == EventKind::Chat
         {
             assert!(
                 key.contains(text.as_str()),

@@ -173,12 +173,10 @@ impl DiskStore {
     fn decode(&self, seq: u64, bytes: &[u8]) -> Result<Arc<Entry>, LogError> {
         let record: Record = serde_json::from_slice(bytes)
             .map_err(|err| self.corrupt(format!("event {seq}: {err}")))?;
-        let kind = match record.kind.as_str() {
-            "chat" => EventKind::Chat,
-            "joined" => EventKind::Joined,
-            "left" => EventKind::Left,
-            other => return Err(self.corrupt(format!("event {seq} is of unknown kind {other:?}"))),
-        };
+        let kind: EventKind = record
+            .kind
+            .parse()
+            .map_err(|err| self.corrupt(format!("event {seq}: {err}")))?;
         let event = Event {
             kind,
             participant: Arc::from(record.participant),

@@ -19,6 +19,7 @@
 
 use super::causality::Index;
 use super::parse::{Action, EventId, Role, Run};
+use crate::event::EventKind;
 use crate::log_schema::{BroadcastCause, LeaveCause};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -427,7 +428,7 @@ impl Checker<'_> {
             let leave = broadcasts.iter().find(|(seq, id)| {
                 *seq > *join_seq
                     && matches!(&self.run.event(*id).action,
-                        Action::Broadcast { kind, participant, .. } if kind == "left" && participant == name)
+                        Action::Broadcast { kind, participant, .. } if *kind == EventKind::Left && participant == name)
             });
             sessions.push(match leave {
                 Some((seq, id)) => Session {
@@ -562,8 +563,8 @@ impl Checker<'_> {
             else {
                 continue;
             };
-            match kind.as_str() {
-                "joined" => {
+            match kind {
+                EventKind::Joined => {
                     if let Some(&(since, since_id)) = present.get(participant) {
                         let message = format!(
                             "{participant} joined again at #{seq}, {}, while present since #{since}, {}",
@@ -575,7 +576,7 @@ impl Checker<'_> {
                     present.insert(participant.clone(), (seq, id));
                     left.remove(participant);
                 }
-                "left" => {
+                EventKind::Left => {
                     if present.remove(participant).is_some() {
                         left.insert(participant.clone(), (seq, id));
                     } else {

@@ -5,6 +5,7 @@
 use super::causality::{Message, MessageKind};
 use super::escape;
 use super::parse::{Action, Run, shorten};
+use crate::event::EventKind;
 use std::fmt::Write;
 
 /// How many characters of a chat message an arrow shows.
@@ -58,8 +59,8 @@ pub fn mermaid(run: &Run, messages: &[Message]) -> String {
                         from.lamport
                     );
                 }
-                let what = match kind.as_str() {
-                    "chat" => format!("{participant}: \"{}\"", shorten(text, TEXT_CHARS)),
+                let what = match kind {
+                    EventKind::Chat => format!("{participant}: \"{}\"", shorten(text, TEXT_CHARS)),
                     _ => format!("{participant} {kind}"),
                 };
                 ("-)", format!("#{seq} {what} ({times})"))

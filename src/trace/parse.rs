@@ -1,6 +1,7 @@
 //! Reads the JSON logs of a run (one file per process) into processes and their
 //! events: the server's broadcasts, and each client's sends, replies and receipts.
 
+use crate::event::{EventKind, UnknownKind};
 use crate::lamport::LamportTime;
 use crate::log_schema::{BroadcastCause, UnknownCause, field, message, rpc};
 use serde_json::Value;
@@ -21,6 +22,9 @@ pub enum BadValue {
     /// A leave or broadcast cause these tools do not know.
     #[error(transparent)]
     UnknownCause(#[from] UnknownCause),
+    /// An event kind these tools do not know.
+    #[error(transparent)]
+    UnknownKind(#[from] UnknownKind),
 }
 
 /// What can go wrong reading a run's logs.
@@ -120,7 +124,7 @@ pub enum Action {
         /// The request it answers, or why a participant left without one.
         cause: BroadcastCause,
         /// `chat`, `joined` or `left`.
-        kind: String,
+        kind: EventKind,
         /// The participant the event is about.
         participant: String,
         /// The message or notice.
@@ -152,7 +156,7 @@ pub enum Action {
     /// A client received a broadcast on its feed.
     Received {
         /// `chat`, `joined` or `left`.
-        kind: String,
+        kind: EventKind,
         /// The participant the event is about.
         participant: String,
         /// The message or notice.
@@ -177,8 +181,8 @@ impl Event {
                 text,
                 seq,
                 ..
-            } => match kind.as_str() {
-                "chat" => format!("broadcast #{seq} {participant}: \"{text}\" ({cause})"),
+            } => match kind {
+                EventKind::Chat => format!("broadcast #{seq} {participant}: \"{text}\" ({cause})"),
                 _ => format!("broadcast #{seq} {participant} {kind} ({cause})"),
             },
             Action::Sent { rpc, text: Some(t) } => format!("sent {rpc} \"{t}\""),
@@ -201,8 +205,8 @@ impl Event {
                 } else {
                     "received"
                 };
-                match kind.as_str() {
-                    "chat" => format!(
+                match kind {
+                    EventKind::Chat => format!(
                         "{how} #{seq} {participant}: \"{text}\" (server time {server_lamport})"
                     ),
                     _ => {
@@ -329,7 +333,7 @@ fn own_join_seq(process: &Process) -> u64 {
                 participant,
                 seq,
                 ..
-            } if kind == "joined" && *participant == process.name => Some(*seq),
+            } if *kind == EventKind::Joined && *participant == process.name => Some(*seq),
             _ => None,
         })
         .unwrap_or(u64::MAX)
@@ -428,7 +432,10 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                     cause: cause
                         .parse()
                         .map_err(|err: UnknownCause| bad_field(err.into()))?,
-                    kind: text(field::KIND)?.ok_or_else(|| missing(field::KIND))?,
+                    kind: text(field::KIND)?
+                        .ok_or_else(|| missing(field::KIND))?
+                        .parse()
+                        .map_err(|err: UnknownKind| bad_field(err.into()))?,
                     participant: text(field::PARTICIPANT)?
                         .ok_or_else(|| missing(field::PARTICIPANT))?,
                     text: text(field::TEXT)?.unwrap_or_default(),
@@ -454,7 +461,10 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                     .ok_or_else(|| missing(field::SERVER_LAMPORT))?,
             },
             _ => Action::Received {
-                kind: text(field::KIND)?.ok_or_else(|| missing(field::KIND))?,
+                kind: text(field::KIND)?
+                    .ok_or_else(|| missing(field::KIND))?
+                    .parse()
+                    .map_err(|err: UnknownKind| bad_field(err.into()))?,
                 participant: text(field::PARTICIPANT)?
                     .ok_or_else(|| missing(field::PARTICIPANT))?,
                 text: text(field::TEXT)?.unwrap_or_default(),

@@ -12,6 +12,7 @@
 use super::causality::{Message, MessageKind};
 use super::escape;
 use super::parse::{Action, Role, Run, shorten};
+use crate::event::EventKind;
 use std::fmt::Write;
 
 /// Pixels per unit of Lamport time: room for the fans of broadcasts that follow
@@ -372,8 +373,8 @@ fn broadcast_text(action: &Action) -> Option<(String, String)> {
     else {
         return None;
     };
-    let what = match kind.as_str() {
-        "chat" => format!("{participant}: {text}"),
+    let what = match kind {
+        EventKind::Chat => format!("{participant}: {text}"),
         _ if cause.is_dropout() => format!("{participant} {kind} ({cause})"),
         _ => format!("{participant} {kind}"),
     };
