@@ -3,10 +3,12 @@
 //! accepts, for arbitrary strings and arbitrary byte vectors, and checks that
 //! oversized input is refused with a short, clear status.
 
-use chittychat::client::{ClientError, Session, connect};
+mod fixture;
+
+use chittychat::client::{ClientError, Session};
 use chittychat::pb;
 use chittychat::pb::chitty_chat_client::ChittyChatClient;
-use chittychat::server::{self, ServerConfig};
+use chittychat::server::ServerConfig;
 use chittychat::transport::SESSION_TOKEN_METADATA;
 use chittychat::validate::{validate_message, validate_name};
 use proptest::prelude::*;
@@ -14,7 +16,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use std::cell::Cell;
 use std::time::Duration;
 use tokio::runtime::Runtime;
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -25,12 +27,12 @@ const CASES: u32 = 384;
 /// How long one call may take before the test counts it as hung.
 const CALL_DEADLINE: Duration = Duration::from_secs(10);
 
-/// A server on an ephemeral port, with a runtime to drive it and the test's calls.
+/// The fixture's server, with a runtime of its own to drive it and the test's calls:
+/// proptest runs its cases synchronously.
 struct TestServer {
     runtime: Runtime,
     channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    served: Option<JoinHandle<Result<(), server::ServerError>>>,
+    server: Option<fixture::TestServer>,
 }
 
 impl TestServer {
@@ -40,25 +42,15 @@ impl TestServer {
             .enable_all()
             .build()
             .expect("a runtime");
-        let (stop, stopped) = oneshot::channel::<()>();
-        let (url, served) = runtime.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind 127.0.0.1:0");
-            let url = format!("http://{}", listener.local_addr().expect("local address"));
-            let served = tokio::spawn(server::run(listener, ServerConfig::default(), async {
-                let _ = stopped.await;
-            }));
-            (url, served)
+        let (server, channel) = runtime.block_on(async {
+            let server = fixture::TestServer::start(ServerConfig::default()).await;
+            let channel = server.channel().await;
+            (server, channel)
         });
-        let channel = runtime
-            .block_on(connect(&url))
-            .expect("connect to the test server");
         Self {
             runtime,
             channel,
-            stop: Some(stop),
-            served: Some(served),
+            server: Some(server),
         }
     }
 
@@ -76,17 +68,14 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let (Some(stop), Some(served)) = (self.stop.take(), self.served.take()) {
-            let _ = stop.send(());
-            let result = self
-                .runtime
-                .block_on(async { tokio::time::timeout(CALL_DEADLINE, served).await });
-            if !std::thread::panicking() {
-                let result = result.expect("the server stops in time");
-                result
-                    .expect("the server task did not panic")
-                    .expect("the server stops cleanly");
-            }
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        if std::thread::panicking() {
+            server.begin_stop();
+        } else {
+            // Stops within the fixture's deadline, cleanly, or fails the test.
+            self.runtime.block_on(server.stop());
         }
     }
 }
