@@ -424,6 +424,11 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
         };
         let text = |name| parsed.text(name).map_err(bad_field);
         let number = |name| parsed.number(name).map_err(bad_field);
+        let kind = || -> Result<EventKind, ParseError> {
+            let kind = text(field::KIND)?.ok_or_else(|| missing(field::KIND))?;
+            kind.parse()
+                .map_err(|err: UnknownKind| bad_field(err.into()))
+        };
         let action = match message {
             message::BROADCAST => {
                 server = true;
@@ -432,10 +437,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                     cause: cause
                         .parse()
                         .map_err(|err: UnknownCause| bad_field(err.into()))?,
-                    kind: text(field::KIND)?
-                        .ok_or_else(|| missing(field::KIND))?
-                        .parse()
-                        .map_err(|err: UnknownKind| bad_field(err.into()))?,
+                    kind: kind()?,
                     participant: text(field::PARTICIPANT)?
                         .ok_or_else(|| missing(field::PARTICIPANT))?,
                     text: text(field::TEXT)?.unwrap_or_default(),
@@ -461,10 +463,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                     .ok_or_else(|| missing(field::SERVER_LAMPORT))?,
             },
             _ => Action::Received {
-                kind: text(field::KIND)?
-                    .ok_or_else(|| missing(field::KIND))?
-                    .parse()
-                    .map_err(|err: UnknownKind| bad_field(err.into()))?,
+                kind: kind()?,
                 participant: text(field::PARTICIPANT)?
                     .ok_or_else(|| missing(field::PARTICIPANT))?,
                 text: text(field::TEXT)?.unwrap_or_default(),
