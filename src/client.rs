@@ -450,21 +450,28 @@ impl Session {
                 status,
             })?
             .into_inner();
-        let local = self.clock.observe(reply.lamport);
-        tracing::info!(
-            { field::RPC } = rpc::PUBLISH,
-            { field::SEQ } = reply.seq,
-            { field::SERVER_LAMPORT } = reply.lamport,
-            { field::LAMPORT } = local,
-            "{}",
-            message::REPLY
-        );
+        let local = self.replied(rpc::PUBLISH, reply.seq, reply.lamport);
         Ok(Published {
             sent_lamport: lamport,
             seq: reply.seq,
             server_lamport: reply.lamport,
             reply_lamport: local,
         })
+    }
+
+    /// Merges the Lamport time of a reply to `rpc` (its event's `seq` and the
+    /// server's `lamport`) into the clock and logs the reply; the new local time.
+    fn replied(&self, rpc: &'static str, seq: u64, lamport: LamportTime) -> LamportTime {
+        let local = self.clock.observe(lamport);
+        tracing::info!(
+            { field::RPC } = rpc,
+            { field::SEQ } = seq,
+            { field::SERVER_LAMPORT } = lamport,
+            { field::LAMPORT } = local,
+            "{}",
+            message::REPLY
+        );
+        local
     }
 
     /// Leaves the chat, and returns the Lamport time of the leave notice the others
@@ -493,15 +500,7 @@ impl Session {
                 status,
             })?
             .into_inner();
-        let local = self.clock.observe(reply.lamport);
-        tracing::info!(
-            { field::RPC } = rpc::LEAVE,
-            { field::SEQ } = reply.seq,
-            { field::SERVER_LAMPORT } = reply.lamport,
-            { field::LAMPORT } = local,
-            "{}",
-            message::REPLY
-        );
+        self.replied(rpc::LEAVE, reply.seq, reply.lamport);
         Ok(reply.lamport)
     }
 
