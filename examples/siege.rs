@@ -69,6 +69,13 @@ struct Args {
     max_p99_ratio: Option<f64>,
 }
 
+/// Where the silent connections come from. The sampler tells a stalled peer's
+/// connection closed when the server no longer holds a socket to its address and
+/// port; a silent connection, reopened at once, could take over a port a stalled
+/// peer just lost and make it look open again, unless the two come from different
+/// addresses.
+const SILENT_SOURCE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
 /// The spawned server, killed when dropped.
 struct Server {
     child: Child,
@@ -83,7 +90,7 @@ impl Drop for Server {
     }
 }
 
-async fn start_server(args: &Args, log: &std::path::Path) -> Server {
+async fn start_server(args: &Args, log: &std::path::Path, data_dir: &std::path::Path) -> Server {
     let binary = args.server.clone().unwrap_or_else(|| {
         let exe = std::env::current_exe().expect("the example's path");
         exe.parent()
@@ -94,6 +101,13 @@ async fn start_server(args: &Args, log: &std::path::Path) -> Server {
     let places = args.stalled + args.honest;
     let mut child = Command::new(&binary)
         .args(["--listen", "127.0.0.1:0", "--publish-rate", "0"])
+        // The durable log, as users run it, in a directory of its own, unless the
+        // server's arguments ask for it in memory.
+        .args(if args.server_args.iter().any(|a| a == "--ephemeral") {
+            Vec::new()
+        } else {
+            vec![std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()]
+        })
         .args(["--max-participants", &places.to_string()])
         .args(&args.server_args)
         .env_remove("RUST_LOG")
@@ -252,7 +266,8 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let log = std::env::temp_dir().join(format!("siege-server-{}.log", std::process::id()));
-    let server = start_server(&args, &log).await;
+    let data_dir = tempfile::tempdir().expect("a temporary data directory");
+    let server = start_server(&args, &log, data_dir.path()).await;
     let pid = server.child.id();
     let phase_length = Duration::from_secs_f64(args.duration);
     let mut failed = Vec::new();
@@ -338,7 +353,7 @@ async fn main() -> ExitCode {
             let (addr, stop, closed) = (server.addr, Arc::clone(&stop), Arc::clone(&silent_closed));
             attackers.spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    match RawPeer::connect(addr, 65_535, None).await {
+                    match RawPeer::connect_from(Some(SILENT_SOURCE), addr, 65_535, None).await {
                         Ok(mut peer) => {
                             let _ = (&mut peer.driver).await;
                             closed.fetch_add(1, Ordering::Relaxed);
