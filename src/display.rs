@@ -26,6 +26,12 @@ pub fn sanitize(text: &str) -> Cow<'_, str> {
     )
 }
 
+/// Whether the person wants colour: `NO_COLOR` (<https://no-color.org>) unset or
+/// empty. Only a terminal gets colour at all.
+pub fn colour_wanted() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+}
+
 /// How the interactive client dresses its lines.
 #[derive(Debug, Clone, Default)]
 pub struct Style {

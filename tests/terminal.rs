@@ -212,3 +212,56 @@ async fn ctrl_c_during_an_outage_leaves_at_once() {
         .wait_for_text("You left Chitty-Chat while disconnected", DEADLINE)
         .await;
 }
+
+#[tokio::test]
+async fn no_color_means_no_colour_anywhere() {
+    let server = ServerProcess::start(&[]).await;
+    let state = tempfile::tempdir().unwrap();
+    let path = state.path().to_str().unwrap();
+    let mut alice = Terminal::spawn(
+        env!("CARGO_BIN_EXE_chittychat-client").as_ref(),
+        &["--server", &server.url(), "--name", "alice"],
+        &[("XDG_STATE_HOME", path), ("HOME", path), ("NO_COLOR", "1")],
+        80,
+    );
+    alice.wait_for_text("Present (1): alice", DEADLINE).await;
+    // An error, a notice-like hint and one's own message, marked in words instead.
+    alice.type_keys("/nick carol\r");
+    alice
+        .wait_for_text("/nick is not a command", DEADLINE)
+        .await;
+    alice.type_keys("plain words\r");
+    alice
+        .wait_for_text("alice (you): plain words", DEADLINE)
+        .await;
+    // The rows with any cell in colour, dim or bold.
+    let coloured: Vec<String> = alice.look(|screen| {
+        let (rows, cols) = (screen.size().0.get(), screen.size().1.get());
+        let plain = |cell: &vt100::Cell| {
+            cell.fgcolor() == vt100::Color::Default
+                && cell.bgcolor() == vt100::Color::Default
+                && !cell.dim()
+                && !cell.bold()
+        };
+        screen
+            .rows(0, cols)
+            .enumerate()
+            .filter(|&(row, _)| {
+                (0..cols).any(|col| {
+                    screen
+                        .cell(row as u16, col)
+                        .is_some_and(|cell| !plain(cell))
+                })
+            })
+            .map(|(_, text)| text)
+            .take(usize::from(rows))
+            .collect()
+    });
+    assert!(
+        coloured.is_empty(),
+        "{coloured:?} with NO_COLOR:\n{}",
+        alice.contents()
+    );
+    alice.type_keys("/quit\r");
+    alice.wait_for_text("left Chitty-Chat", DEADLINE).await;
+}

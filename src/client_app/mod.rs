@@ -28,7 +28,7 @@ use crate::client::{
     self, ClientError, ConnectOptions, Events, JoinOptions, PublishId, Published, ResumePoint,
     Session,
 };
-use crate::display::{Style, sanitize, wall_clock_in};
+use crate::display::{Style, colour_wanted, sanitize, wall_clock_in};
 use crate::error::ChatError;
 use crate::lamport::LamportClock;
 use crate::transport::JoinSecret;
@@ -139,7 +139,7 @@ pub async fn run(options: ClientOptions) -> ExitCode {
     };
     let style = if screen.is_prompt() {
         Style {
-            colour: std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty()),
+            colour: colour_wanted(),
             me: Some(Arc::from(options.name.as_str())),
             clock: options.clock,
         }

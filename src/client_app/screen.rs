@@ -1,7 +1,7 @@
 //! Where lines for the person go: straight to stdout when output is piped, or above
 //! the line being typed at a prompt.
 
-use crate::display::sanitize;
+use crate::display::{colour_wanted, sanitize};
 use rustyline::ExternalPrinter;
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,10 @@ impl Screen {
     pub(super) fn notice(&self, message: &str) {
         match self {
             Screen::Plain => eprintln!("chittychat-client: {}", sanitize(message)),
-            Screen::Prompt(_) => self.line(&format!("\x1b[2m{}\x1b[0m", sanitize(message))),
+            Screen::Prompt(_) if colour_wanted() => {
+                self.line(&format!("\x1b[2m{}\x1b[0m", sanitize(message)));
+            }
+            Screen::Prompt(_) => self.line(&sanitize(message)),
         }
     }
 
@@ -51,9 +54,10 @@ impl Screen {
     pub(super) fn error(&self, message: &str) {
         match self {
             Screen::Plain => eprintln!("chittychat-client: error: {}", sanitize(message)),
-            Screen::Prompt(_) => {
+            Screen::Prompt(_) if colour_wanted() => {
                 self.line(&format!("\x1b[31merror:\x1b[0m {}", sanitize(message)));
             }
+            Screen::Prompt(_) => self.line(&format!("error: {}", sanitize(message))),
         }
     }
 
