@@ -371,20 +371,13 @@ impl Room {
             let entry = self
                 .log
                 .append(EventKind::Joined, name, text, lamport, None);
-            let recent = entry.seq.saturating_sub(history).max(first_held);
-            let (cursor, resume) = match options.resume {
-                None => (recent, Resume::NotAsked),
-                Some(point) if point.epoch != self.log.epoch() || point.after_seq >= entry.seq => {
-                    (recent, Resume::OtherLog)
-                }
-                Some(point) if point.after_seq + 1 >= first_held => {
-                    (point.after_seq + 1, Resume::Resumed)
-                }
-                Some(point) => {
-                    let missed = first_held - (point.after_seq + 1);
-                    (recent, Resume::Gap { missed })
-                }
-            };
+            let (cursor, resume) = start_position(
+                options.resume,
+                self.log.epoch(),
+                entry.seq,
+                first_held,
+                history,
+            );
             let mut line = Logged::new(
                 Arc::clone(&entry),
                 BroadcastCause::Join,
@@ -652,6 +645,32 @@ impl Room {
     }
 }
 
+/// Where a newcomer's feed starts, and what became of the resume it asked for: its
+/// join notice is `joined` and the log holds from `first_held` on. Without a resume
+/// (or with one the log cannot honour) the feed starts `history` events before the
+/// join notice; a resume from this log starts right after the event it names,
+/// unless the log no longer holds what came next, and then it says how much is gone.
+fn start_position(
+    resume: Option<ResumePoint>,
+    epoch: Epoch,
+    joined: u64,
+    first_held: u64,
+    history: u64,
+) -> (u64, Resume) {
+    let recent = joined.saturating_sub(history).max(first_held);
+    match resume {
+        None => (recent, Resume::NotAsked),
+        Some(point) if point.epoch != epoch || point.after_seq >= joined => {
+            (recent, Resume::OtherLog)
+        }
+        Some(point) if point.after_seq + 1 >= first_held => (point.after_seq + 1, Resume::Resumed),
+        Some(point) => {
+            let missed = first_held - (point.after_seq + 1);
+            (recent, Resume::Gap { missed })
+        }
+    }
+}
+
 /// Remembers the stamp of a message published under `id`, and forgets the ids whose
 /// messages the log no longer holds.
 fn remember_publish_id(
@@ -760,6 +779,29 @@ fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_feed_starts_at_history_or_where_the_resume_left_off_never_beyond_the_log() {
+        let (epoch, other) = (Epoch::random(), Epoch::random());
+        let at = |after_seq| Some(ResumePoint { epoch, after_seq });
+        // Joined as #100, the log holding #40 on, with 10 events of history.
+        let start = |resume| start_position(resume, epoch, 100, 40, 10);
+        assert_eq!(start(None), (90, Resume::NotAsked));
+        assert_eq!(start(at(70)), (71, Resume::Resumed));
+        assert_eq!(start(at(39)), (40, Resume::Resumed));
+        assert_eq!(start(at(20)), (90, Resume::Gap { missed: 19 }));
+        assert_eq!(start(at(100)), (90, Resume::OtherLog));
+        let elsewhere = Some(ResumePoint {
+            epoch: other,
+            after_seq: 70,
+        });
+        assert_eq!(start(elsewhere), (90, Resume::OtherLog));
+        // History never reaches behind what the log holds.
+        assert_eq!(
+            start_position(None, epoch, 45, 40, 10),
+            (40, Resume::NotAsked)
+        );
+    }
     use crate::feed::Delivery;
     use crate::log::{LogConfig, Retention, Storage};
     use crate::validate::MAX_LAMPORT_LEAD;
