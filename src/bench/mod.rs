@@ -130,7 +130,8 @@ pub struct BenchConfig {
     /// Participants connecting and joining at the same time.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub join_concurrency: u64,
-    /// Resume mode: events published while the participant is away.
+    /// Resume mode: events published while the participant is away. The report
+    /// counts one more: the participant's own leave notice, which it missed too.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub missed: u64,
     /// Restart mode: events in the log before the server is killed (the spawned
