@@ -19,11 +19,24 @@ const AT_ONCE: Duration = Duration::from_secs(1);
 /// Starts `chittychat-client` as `name` in a terminal `cols` wide, logging into a
 /// temporary state directory.
 fn client(server: &ServerProcess, name: &str, cols: u16, state: &tempfile::TempDir) -> Terminal {
+    client_with_env(server, name, cols, state, &[])
+}
+
+/// As [`client`], with the extra environment `envs`.
+fn client_with_env(
+    server: &ServerProcess,
+    name: &str,
+    cols: u16,
+    state: &tempfile::TempDir,
+    envs: &[(&str, &str)],
+) -> Terminal {
     let state = state.path().to_str().unwrap();
+    let mut all = vec![("XDG_STATE_HOME", state), ("HOME", state)];
+    all.extend_from_slice(envs);
     Terminal::spawn(
         env!("CARGO_BIN_EXE_chittychat-client").as_ref(),
         &["--server", &server.url(), "--name", name],
-        &[("XDG_STATE_HOME", state), ("HOME", state)],
+        &all,
         cols,
     )
 }
@@ -217,13 +230,7 @@ async fn ctrl_c_during_an_outage_leaves_at_once() {
 async fn no_color_means_no_colour_anywhere() {
     let server = ServerProcess::start(&[]).await;
     let state = tempfile::tempdir().unwrap();
-    let path = state.path().to_str().unwrap();
-    let mut alice = Terminal::spawn(
-        env!("CARGO_BIN_EXE_chittychat-client").as_ref(),
-        &["--server", &server.url(), "--name", "alice"],
-        &[("XDG_STATE_HOME", path), ("HOME", path), ("NO_COLOR", "1")],
-        80,
-    );
+    let mut alice = client_with_env(&server, "alice", 80, &state, &[("NO_COLOR", "1")]);
     alice.wait_for_text("Present (1): alice", DEADLINE).await;
     // An error, a notice-like hint and one's own message, marked in words instead.
     alice.type_keys("/nick carol\r");
