@@ -779,29 +779,6 @@ fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_feed_starts_at_history_or_where_the_resume_left_off_never_beyond_the_log() {
-        let (epoch, other) = (Epoch::random(), Epoch::random());
-        let at = |after_seq| Some(ResumePoint { epoch, after_seq });
-        // Joined as #100, the log holding #40 on, with 10 events of history.
-        let start = |resume| start_position(resume, epoch, 100, 40, 10);
-        assert_eq!(start(None), (90, Resume::NotAsked));
-        assert_eq!(start(at(70)), (71, Resume::Resumed));
-        assert_eq!(start(at(39)), (40, Resume::Resumed));
-        assert_eq!(start(at(20)), (90, Resume::Gap { missed: 19 }));
-        assert_eq!(start(at(100)), (90, Resume::OtherLog));
-        let elsewhere = Some(ResumePoint {
-            epoch: other,
-            after_seq: 70,
-        });
-        assert_eq!(start(elsewhere), (90, Resume::OtherLog));
-        // History never reaches behind what the log holds.
-        assert_eq!(
-            start_position(None, epoch, 45, 40, 10),
-            (40, Resume::NotAsked)
-        );
-    }
     use crate::feed::Delivery;
     use crate::log::{LogConfig, Retention, Storage};
     use crate::validate::MAX_LAMPORT_LEAD;
@@ -1283,5 +1260,28 @@ mod tests {
         let alice = join(&room, "alice");
         let shown = format!("{:?}", alice.token);
         assert!(!shown.contains(alice.token.expose()));
+    }
+
+    #[test]
+    fn a_feed_starts_at_history_or_where_the_resume_left_off_never_beyond_the_log() {
+        let (epoch, other) = (Epoch::random(), Epoch::random());
+        let at = |after_seq| Some(ResumePoint { epoch, after_seq });
+        // Joined as #100, the log holding #40 on, with 10 events of history.
+        let start = |resume| start_position(resume, epoch, 100, 40, 10);
+        assert_eq!(start(None), (90, Resume::NotAsked));
+        assert_eq!(start(at(70)), (71, Resume::Resumed));
+        assert_eq!(start(at(39)), (40, Resume::Resumed));
+        assert_eq!(start(at(20)), (90, Resume::Gap { missed: 19 }));
+        assert_eq!(start(at(100)), (90, Resume::OtherLog));
+        let elsewhere = Some(ResumePoint {
+            epoch: other,
+            after_seq: 70,
+        });
+        assert_eq!(start(elsewhere), (90, Resume::OtherLog));
+        // History never reaches behind what the log holds.
+        assert_eq!(
+            start_position(None, epoch, 45, 40, 10),
+            (40, Resume::NotAsked)
+        );
     }
 }

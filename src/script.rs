@@ -371,7 +371,6 @@ fn satisfies(event: &Event, step: &Step) -> bool {
     }
 }
 
-/// Prints one error line on stderr and returns the exit status.
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -495,13 +495,16 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            let refused = response.extensions().get::<Status>();
+            let out_of_range = response
+                .extensions()
+                .get::<Status>()
+                .is_some_and(|status| status.code() == Code::OutOfRange);
+            if !out_of_range {
+                return Ok(response);
+            }
             let Some(rpc) = chat_rpc(uri.path()) else {
                 return Ok(response);
             };
-            if refused.is_none_or(|status| status.code() != Code::OutOfRange) {
-                return Ok(response);
-            }
             let err = ChatError::RequestTooLarge { max };
             log_refused(rpc, None, &err);
             Ok(Status::from(err).into_http())
