@@ -120,6 +120,19 @@ pub enum ChatError {
         /// How long until the next message will be accepted, in milliseconds.
         retry_after_ms: u64,
     },
+    /// More joins are waiting for their turn than the server admits within
+    /// [`crate::pace::MAX_JOIN_WAIT`].
+    #[error(
+        "too many joins at once: the server admits {per_second} joins a second; \
+         retry in {} s", format_retry(*.retry_after_ms)
+    )]
+    JoinsBusy {
+        /// The sustained rate of joins the server admits, a second.
+        per_second: u32,
+        /// How long until a join would wait no longer than the server allows, in
+        /// milliseconds.
+        retry_after_ms: u64,
+    },
     /// A request is larger than the server decodes.
     #[error("request too large: the server accepts requests of at most {max} bytes")]
     RequestTooLarge {

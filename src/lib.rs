@@ -19,6 +19,7 @@
 //! - [`room`]: the chat room: participants, sessions, rate limits and the server's
 //!   clock; every accepted request becomes one event in the log.
 //! - [`feed`]: a participant's cursor into the log.
+//! - [`pace`]: the server-wide pace of joins.
 //! - [`server`]: the tonic service over the room, and `run`, which serves it.
 //! - `status` (private): the one mapping of a domain error to a gRPC status, the
 //!   `From<ChatError> for tonic::Status` every refusal goes through.
@@ -62,6 +63,7 @@ pub mod log;
 pub mod log_schema;
 #[cfg(feature = "programs")]
 pub mod logging;
+pub mod pace;
 pub mod pb;
 pub mod room;
 #[cfg(feature = "programs")]

@@ -11,6 +11,7 @@ use crate::feed::Feed;
 use crate::health;
 use crate::log::{Epoch, Log, LogConfig, LogError, Recovered};
 use crate::log_schema::{field, rpc};
+use crate::pace::{JoinPace, JoinRate};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
 use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig};
@@ -26,7 +27,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_stream::Stream;
 use tonic::body::Body;
@@ -83,6 +84,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsIdentity>,
     /// Refuse Join without this secret; anyone may join without one.
     pub join_secret: Option<JoinSecret>,
+    /// The pace of joins, server-wide; `None` admits every join at once.
+    pub join_rate: Option<JoinRate>,
     /// How many connections, for how long without a participant, and how long a
     /// socket may take nothing.
     pub connections: ConnectionLimits,
@@ -97,6 +100,7 @@ impl Default for ServerConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             tls: None,
             join_secret: None,
+            join_rate: Some(JoinRate::default()),
             connections: ConnectionLimits::default(),
         }
     }
@@ -151,7 +155,9 @@ pub async fn run_with_log(
     );
     let room = Room::open(config.room, Arc::clone(&log), recovered);
     let sweeper = tokio::spawn(cut_off_trimmed(Arc::clone(&room)));
-    let service = ChatService::new(Arc::clone(&room)).with_join_secret(config.join_secret);
+    let service = ChatService::new(Arc::clone(&room))
+        .with_join_secret(config.join_secret)
+        .with_join_rate(config.join_rate);
     let max_request_bytes = config.max_request_bytes;
     let (health_reporter, health_service) = health::serving().await;
     let (reflection_v1, reflection_v1alpha) = health::reflection()
@@ -253,15 +259,35 @@ async fn cut_off_trimmed(room: Arc<Room>) {
 pub struct ChatService {
     room: Arc<Room>,
     join_secret: Option<Arc<JoinSecret>>,
+    join_pace: Option<Arc<JoinPace>>,
 }
 
 impl ChatService {
-    /// A service over `room` that anyone may join.
+    /// A service over `room` that anyone may join, as many at once as come.
     pub fn new(room: Arc<Room>) -> Self {
         Self {
             room,
             join_secret: None,
+            join_pace: None,
         }
+    }
+
+    /// Admits joins at `rate` (when there is one), each in its turn.
+    pub fn with_join_rate(mut self, rate: Option<JoinRate>) -> Self {
+        self.join_pace = rate.map(|rate| Arc::new(JoinPace::new(rate)));
+        self
+    }
+
+    /// Waits for this Join's turn, or refuses it when the wait would be too long.
+    async fn join_turn(&self) -> Result<(), ChatError> {
+        let Some(pace) = &self.join_pace else {
+            return Ok(());
+        };
+        let wait = pace.reserve(Instant::now())?;
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+        Ok(())
     }
 
     /// Requires `secret` (when there is one) of everyone who joins.
@@ -306,8 +332,13 @@ impl ChittyChat for ChatService {
             history: request.history,
             resume,
         };
-        let joined = secret_checked
-            .and_then(|()| self.room.join(&request.name, request.lamport, options))
+        secret_checked.inspect_err(refused)?;
+        // The turn comes before anything the join costs (and so does the secret: a
+        // peer without it takes no one's turn).
+        self.join_turn().await.inspect_err(refused)?;
+        let joined = self
+            .room
+            .join(&request.name, request.lamport, options)
             .inspect_err(refused)?;
         // Answered once the join notice is stored; dropping the feed on failure
         // announces the leave.

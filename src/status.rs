@@ -23,17 +23,19 @@ pub(crate) fn code(err: &ChatError) -> Code {
         ChatError::TooSlow { .. }
         | ChatError::ServerFull { .. }
         | ChatError::RateLimited { .. }
+        | ChatError::JoinsBusy { .. }
         | ChatError::RequestTooLarge { .. } => Code::ResourceExhausted,
     }
 }
 
-/// The status of a refusal: `code`, the error's message, for a rate limit
-/// `chittychat-retry-after-ms`, and for a shutdown `chittychat-shutting-down`.
+/// The status of a refusal: `code`, the error's message, for a rate limit or a
+/// join that came at a busy moment `chittychat-retry-after-ms`, and for a shutdown `chittychat-shutting-down`.
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
         let mut status = Status::new(code(&err), err.to_string());
         match err {
-            ChatError::RateLimited { retry_after_ms, .. } => {
+            ChatError::RateLimited { retry_after_ms, .. }
+            | ChatError::JoinsBusy { retry_after_ms, .. } => {
                 status
                     .metadata_mut()
                     .insert(RETRY_AFTER_MS_METADATA, retry_after_ms.into());

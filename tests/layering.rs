@@ -11,6 +11,7 @@ const SERVER: &[&str] = &[
     "server",
     "room",
     "feed",
+    "pace",
     "log",
     "connection",
     "health",

@@ -213,3 +213,102 @@ async fn every_refusal_is_logged_at_warn_with_the_participants_name() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn joins_beyond_the_pace_wait_their_turn_and_one_that_would_wait_too_long_is_refused() {
+    use chittychat::pace::{JoinRate, MAX_JOIN_WAIT};
+    // Two joins a second, one at once: the first goes at once, the n-th waits
+    // (n - 1) / 2 s, so eleven fit within the longest wait (5 s) and the twelfth
+    // does not.
+    let server = TestServer::start(ServerConfig {
+        join_rate: Some(JoinRate {
+            per_second: NonZeroU32::new(2).unwrap(),
+            burst: NonZeroU32::new(1).unwrap(),
+        }),
+        ..ServerConfig::default()
+    })
+    .await;
+    let admitted = (MAX_JOIN_WAIT.as_secs() * 2 + 1) as usize;
+    let mut channels = Vec::new();
+    for _ in 0..=admitted {
+        channels.push(connect(&server.url()).await.unwrap());
+    }
+    let started = Instant::now();
+    let joins: Vec<_> = channels
+        .into_iter()
+        .enumerate()
+        .map(|(i, channel)| {
+            tokio::spawn(async move { Session::join(channel, &format!("p{i}")).await })
+        })
+        .collect();
+    let mut joined = Vec::new();
+    let mut refused = Vec::new();
+    for join in joins {
+        match within(DEADLINE, "a paced join", join).await.unwrap() {
+            Ok(session) => joined.push(session),
+            Err(err) => refused.push(err),
+        }
+    }
+    assert_eq!(joined.len(), admitted, "refused: {refused:?}");
+    let [err] = refused.as_slice() else {
+        panic!("expected one refusal, got {refused:?}");
+    };
+    assert_eq!(err.code(), Some(Code::ResourceExhausted), "{err}");
+    assert!(
+        err.to_string()
+            .contains("too many joins at once: the server admits 2 joins a second; retry in "),
+        "{err}"
+    );
+    let retry = err.retry_after().expect("a retry time");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_millis(500),
+        "{retry:?}"
+    );
+    // The last one admitted waited its turn: five seconds after the first.
+    assert!(
+        started.elapsed() >= MAX_JOIN_WAIT,
+        "{:?}",
+        started.elapsed()
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_waits_and_joins_again_when_joins_are_busy() {
+    // One join a second: six joins take every turn of the next five seconds, and a
+    // seventh is refused, so the queue is full when the client comes.
+    let mut server = ServerProcess::start(&["--join-rate", "1", "--join-burst", "1"]).await;
+    let url = server.url();
+    let mut waiting = Vec::new();
+    for i in 0..7 {
+        let channel = connect(&url).await.unwrap();
+        waiting.push(tokio::spawn(async move {
+            Session::join(channel, &format!("early{i}")).await
+        }));
+    }
+    let line = server.await_log("refused").await;
+    assert_eq!(line["rpc"], "Join", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many joins at once"),
+        "{line}"
+    );
+
+    let mut client = fixture::ClientProcess::start_plain(&url, "patient", &[]);
+    let line = server.await_log("refused").await;
+    assert_eq!(line["participant"], "patient", "{line}");
+    // Refused once, the client waits as told and joins.
+    within(
+        DEADLINE,
+        "the client's join",
+        client.await_joined("patient"),
+    )
+    .await;
+    let (status, _stdout, mut stderr) = client.finish().await;
+    assert!(status.success(), "{:?}", stderr.drain());
+    for join in waiting {
+        let _ = join.await;
+    }
+}

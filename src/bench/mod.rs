@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 pub use load::MIN_MESSAGE_CHARS;
-pub use process::{BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib};
+pub use process::{BENCH_JOIN_RATE, BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib};
 pub use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 
 /// How long, after publishing stops, every participant has to receive everything;

@@ -16,6 +16,11 @@ pub const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// far above what one publisher can reach, so the limiter runs but never refuses.
 pub const BENCH_PUBLISH_RATE: u32 = 1_000_000;
 
+/// The pace of joins (and burst) the spawned server gets: far above what the bench
+/// can reach, so the pace runs but never holds a join back, and a join storm
+/// measures the server's work rather than its pace.
+pub const BENCH_JOIN_RATE: u32 = 1_000_000;
+
 /// A `chittychat-server` the bench started; killed when dropped.
 #[derive(Debug)]
 pub(super) struct SpawnedServer {
@@ -35,8 +40,9 @@ impl SpawnedServer {
     ///
     /// Everything is at its default except the limits a load test must lift: room
     /// for `participants`, a publish rate limit of [`BENCH_PUBLISH_RATE`], which
-    /// stays switched on (so its cost is measured) but never refuses the bench, and
-    /// room on each connection for `streams` calls at once.
+    /// stays switched on (so its cost is measured) but never refuses the bench, a
+    /// pace of joins of [`BENCH_JOIN_RATE`], likewise, and room on each connection
+    /// for `streams` calls at once.
     /// The server inherits the bench's file-descriptor limit.
     pub(super) async fn start(
         binary: &Path,
@@ -124,6 +130,8 @@ impl SpawnedServer {
             .args(["--max-participants", &(participants + 1).to_string()])
             .args(["--publish-rate", &BENCH_PUBLISH_RATE.to_string()])
             .args(["--publish-burst", &BENCH_PUBLISH_RATE.to_string()])
+            .args(["--join-rate", &BENCH_JOIN_RATE.to_string()])
+            .args(["--join-burst", &BENCH_JOIN_RATE.to_string()])
             .args(["--history-limit", &history_limit.to_string()])
             .args(["--max-streams", &streams.to_string()])
             .env_remove("RUST_LOG")

@@ -12,6 +12,7 @@ use chittychat::health_probe::{self, Probed};
 use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Retention, Storage};
 use chittychat::log_schema::{field, message};
 use chittychat::logging::{self, LogFormat};
+use chittychat::pace::{DEFAULT_JOIN_BURST, DEFAULT_JOIN_RATE, JoinRate};
 use chittychat::room::{
     DEFAULT_JOIN_HISTORY, DEFAULT_MAX_PARTICIPANTS, DEFAULT_PUBLISH_BURST, DEFAULT_PUBLISH_RATE,
     MAX_HISTORY_PAGE, PublishRate, RoomConfig,
@@ -73,6 +74,15 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_PUBLISH_BURST", default_value_t = DEFAULT_PUBLISH_BURST,
           value_parser = clap::value_parser!(u32).range(1..))]
     publish_burst: u32,
+    /// How many joins a second the server admits, server-wide; a Join beyond it
+    /// waits its turn (up to 5 s, else RESOURCE_EXHAUSTED saying when to retry),
+    /// since everyone present hears every join. 0 turns the pace off.
+    #[arg(long, env = "CHITTYCHAT_JOIN_RATE", default_value_t = DEFAULT_JOIN_RATE)]
+    join_rate: u32,
+    /// How many joins the server admits at once after a quiet spell.
+    #[arg(long, env = "CHITTYCHAT_JOIN_BURST", default_value_t = DEFAULT_JOIN_BURST,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    join_burst: u32,
     /// The largest request, in bytes once encoded, the server decodes; a larger one
     /// gets RESOURCE_EXHAUSTED.
     #[arg(long, env = "CHITTYCHAT_MAX_REQUEST_BYTES", default_value_t = DEFAULT_MAX_REQUEST_BYTES as u32,
@@ -239,6 +249,10 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         per_second,
         burst: NonZeroU32::new(args.publish_burst).unwrap_or(NonZeroU32::MIN),
     });
+    let join_rate = NonZeroU32::new(args.join_rate).map(|per_second| JoinRate {
+        per_second,
+        burst: NonZeroU32::new(args.join_burst).unwrap_or(NonZeroU32::MIN),
+    });
     let storage = if args.ephemeral {
         Storage::Memory
     } else {
@@ -266,6 +280,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
         max_request_bytes: args.max_request_bytes as usize,
         tls,
         join_secret,
+        join_rate,
         connections: ConnectionLimits {
             max_connections: args.max_connections.map(|max| max as usize),
             join_timeout: args.join_timeout.0,

@@ -109,6 +109,29 @@ pub struct ClientOptions {
     pub clock: Option<UtcOffset>,
 }
 
+/// Joins for the first time. A server that paces joins may say "too many joins at
+/// once, retry in …"; then the client waits that long (and a little more at random,
+/// so that a crowd does not come back in lockstep) and tries again, for up to the
+/// reconnect timeout.
+async fn first_join(options: &ClientOptions) -> Result<(Session, Events), ClientError> {
+    let started = Instant::now();
+    loop {
+        match join(options, None, None).await {
+            Err(err) if err.code() == Some(Code::ResourceExhausted) => {
+                let Some(wait) = err.retry_after() else {
+                    return Err(err);
+                };
+                let wait = wait + wait.mul_f64(rand::random::<f64>() / 2.0);
+                if started.elapsed() + wait > options.reconnect_timeout {
+                    return Err(err);
+                }
+                tokio::time::sleep(wait).await;
+            }
+            joined => return joined,
+        }
+    }
+}
+
 /// Whether the client runs with a prompt: stdin and stdout are both terminals.
 pub fn is_interactive() -> bool {
     std::io::stdin().is_terminal() && std::io::stdout().is_terminal()
@@ -116,7 +139,7 @@ pub fn is_interactive() -> bool {
 
 /// Runs the client until the participant leaves or the session is lost.
 pub async fn run(options: ClientOptions) -> ExitCode {
-    let (session, events) = match join(&options, None, None).await {
+    let (session, events) = match first_join(&options).await {
         Ok(joined) => joined,
         Err(err) if err.code() == Some(Code::Unauthenticated) && options.join_secret.is_none() => {
             let hint = format!("{err}; pass it with --join-secret-file or CHITTYCHAT_JOIN_SECRET");
