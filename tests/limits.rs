@@ -299,7 +299,13 @@ async fn the_client_waits_and_joins_again_when_joins_are_busy() {
     let mut client = fixture::ClientProcess::start_plain(&url, "patient", &[]);
     let line = server.await_log("refused").await;
     assert_eq!(line["participant"], "patient", "{line}");
-    // Refused once, the client waits as told and joins.
+    // Refused once, the client says so, waits as told and joins.
+    client
+        .stderr
+        .await_line("the client's notice", |line| {
+            line.starts_with("chittychat-client: the server is busy admitting joins; joining in ")
+        })
+        .await;
     within(
         DEADLINE,
         "the client's join",

@@ -110,9 +110,9 @@ pub struct ClientOptions {
 }
 
 /// Joins for the first time. A server that paces joins may say "too many joins at
-/// once, retry in …"; then the client waits that long (and a little more at random,
-/// so that a crowd does not come back in lockstep) and tries again, for up to the
-/// reconnect timeout.
+/// once, retry in …"; then the client says so on stderr, waits that long (and a
+/// little more at random, so that a crowd does not come back in lockstep) and tries
+/// again, for up to the reconnect timeout.
 async fn first_join(options: &ClientOptions) -> Result<(Session, Events), ClientError> {
     let started = Instant::now();
     loop {
@@ -125,6 +125,10 @@ async fn first_join(options: &ClientOptions) -> Result<(Session, Events), Client
                 if started.elapsed() + wait > options.reconnect_timeout {
                     return Err(err);
                 }
+                eprintln!(
+                    "chittychat-client: the server is busy admitting joins; joining in {:.1} s",
+                    wait.as_secs_f64()
+                );
                 tokio::time::sleep(wait).await;
             }
             joined => return joined,
