@@ -268,17 +268,19 @@ async fn sample_until(
         peaks.rss_kib = peaks.rss_kib.max(rss_kib(pid));
         peaks.tcp_kib = peaks.tcp_kib.max(tcp);
         peaks.sockets = peaks.sockets.max(sockets);
-        let watching = stalled
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .any(|peer| peer.closed_after.is_none());
-        if watching && listed.elapsed() >= LIST_CONNECTIONS_EVERY {
-            listed = Instant::now();
-            let open: HashSet<SocketAddr> = open_remotes(server).into_iter().collect();
-            for peer in stalled.lock().expect("not poisoned").iter_mut() {
-                if peer.closed_after.is_none() && !open.contains(&peer.local) {
-                    peer.closed_after = Some(peer.since.elapsed());
+        {
+            let mut stalled = stalled.lock().expect("not poisoned");
+            let watching = stalled.iter().any(|peer| peer.closed_after.is_none());
+            if watching && listed.elapsed() >= LIST_CONNECTIONS_EVERY {
+                listed = Instant::now();
+                let open: HashSet<SocketAddr> = open_remotes(server).into_iter().collect();
+                for peer in stalled
+                    .iter_mut()
+                    .filter(|peer| peer.closed_after.is_none())
+                {
+                    if !open.contains(&peer.local) {
+                        peer.closed_after = Some(peer.since.elapsed());
+                    }
                 }
             }
         }
