@@ -203,9 +203,9 @@ struct State {
     names: HashMap<Box<str>, u64>,
     shutting_down: bool,
     /// The stamps of the chat messages the log holds, by (participant, publish id).
-    published: HashMap<(Arc<str>, Box<str>), Stamp>,
+    published: HashMap<(Arc<str>, Arc<str>), Stamp>,
     /// The same keys in sequence order, to forget those the log trimmed.
-    published_order: VecDeque<(u64, Arc<str>, Box<str>)>,
+    published_order: VecDeque<(u64, Arc<str>, Arc<str>)>,
 }
 
 #[derive(Debug)]
@@ -238,16 +238,15 @@ impl Room {
         let mut config = config;
         config.max_participants = config.max_participants.max(1);
         let mut state = State::default();
+        state.published.reserve(recovered.publish_ids.len());
+        state.published_order.reserve(recovered.publish_ids.len());
+        // In sequence order, as the log gives them.
         for (participant, id, stamp) in recovered.publish_ids {
             state
                 .published_order
-                .push_back((stamp.seq, Arc::clone(&participant), id.clone()));
+                .push_back((stamp.seq, Arc::clone(&participant), Arc::clone(&id)));
             state.published.insert((participant, id), stamp);
         }
-        state
-            .published_order
-            .make_contiguous()
-            .sort_unstable_by_key(|(seq, ..)| *seq);
         let room = Arc::new(Self {
             config,
             clock: LamportClock::starting_at(recovered.last_lamport),
@@ -427,9 +426,9 @@ impl Room {
     ) -> Result<Stamp, ChatError> {
         let text = validate_message(text)?.to_owned();
         validate_lamport(client_lamport, self.clock.now())?;
-        let publish_id: Option<Box<str>> = match validate_publish_id(publish_id)? {
+        let publish_id: Option<Arc<str>> = match validate_publish_id(publish_id)? {
             "" => None,
-            id => Some(Box::from(id)),
+            id => Some(Arc::from(id)),
         };
         let mut logged = Vec::new();
         // Either the stamp of the message first published under this id, or of the
@@ -448,7 +447,7 @@ impl Room {
                 }
                 self.check_log()?;
                 let lamport = self.clock.observe(client_lamport);
-                let publish_id = key.as_ref().map(|(_, id)| id.clone());
+                let publish_id = key.as_ref().map(|(_, id)| Box::from(&**id));
                 let entry = self
                     .log
                     .append(EventKind::Chat, name, text, lamport, publish_id);
@@ -676,7 +675,7 @@ fn start_position(
 fn remember_publish_id(
     state: &mut State,
     name: Arc<str>,
-    id: Box<str>,
+    id: Arc<str>,
     stamp: Stamp,
     first_held: u64,
 ) {
@@ -690,7 +689,7 @@ fn remember_publish_id(
     }
     state
         .published_order
-        .push_back((stamp.seq, Arc::clone(&name), id.clone()));
+        .push_back((stamp.seq, Arc::clone(&name), Arc::clone(&id)));
     state.published.insert((name, id), stamp);
 }
 

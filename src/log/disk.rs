@@ -10,7 +10,11 @@
 //! - `events`: sequence number → the event.
 //! - `meta`: the format version, the epoch, the head and the largest Lamport time
 //!   (kept even when every event has been trimmed).
-//! - `publish_ids`: "participant\nid" → the stamp of the message published under it.
+//! - `publish_ids_by_seq`: sequence number → (participant, publish id, Lamport time)
+//!   of each chat message published under an id. Keyed by sequence number, so a
+//!   commit appends at the end of the table and trimming removes from its start,
+//!   as for `events`; the ids themselves are random, and a table keyed by them took
+//!   a scattered page write per message. The server looks ids up in memory.
 //! - `present`: participants who joined and have not left, so a restart after a
 //!   crash can announce that they left.
 
@@ -21,6 +25,7 @@ use redb::{
     TableDefinition,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,12 +37,19 @@ pub const DATABASE_FILE: &str = "chittychat.redb";
 pub const OWNER_FILE: &str = "owner";
 
 /// The version of the tables' layout and records this server writes and reads.
-const FORMAT_VERSION: u64 = 1;
+const FORMAT_VERSION: u64 = 2;
+
+/// The earlier layout this server upgrades when it opens it: version 1 kept the
+/// publish ids in a table keyed by "participant\nid" (`OLD_PUBLISH_IDS`).
+const FORMAT_VERSION_1: u64 = 1;
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const EPOCH: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("epoch");
-const PUBLISH_IDS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("publish_ids");
+const PUBLISH_IDS: TableDefinition<'_, u64, (&str, &str, u64)> =
+    TableDefinition::new("publish_ids_by_seq");
+/// Version 1's publish ids: "participant\nid" → (sequence number, Lamport time).
+const OLD_PUBLISH_IDS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("publish_ids");
 const PRESENT: TableDefinition<'_, &str, u64> = TableDefinition::new("present");
 
 const META_FORMAT: &str = "format";
@@ -123,11 +135,16 @@ impl DiskStore {
                 .map(|v| v.value());
             let mut epoch = txn.open_table(EPOCH).map_err(|e| self.failed(e))?;
             match format {
-                Some(FORMAT_VERSION) => {
+                Some(version @ (FORMAT_VERSION | FORMAT_VERSION_1)) => {
                     let stored = epoch.get("epoch").map_err(|e| self.failed(e))?;
                     let valid = stored.is_some_and(|v| v.value().len() == 16);
                     if !valid {
                         return Err(self.corrupt("the log has no epoch".into()));
+                    }
+                    if version == FORMAT_VERSION_1 {
+                        self.upgrade_from_1(&txn)?;
+                        meta.insert(META_FORMAT, FORMAT_VERSION)
+                            .map_err(|e| self.failed(e))?;
                     }
                 }
                 Some(other) => {
@@ -151,6 +168,35 @@ impl DiskStore {
             txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
         }
         txn.commit().map_err(|e| self.failed(e))
+    }
+
+    /// Moves version 1's publish ids into the table keyed by sequence number, inside
+    /// `txn`, so that the upgrade happens whole or not at all.
+    fn upgrade_from_1(&self, txn: &redb::WriteTransaction) -> Result<(), LogError> {
+        let old = txn
+            .open_table(OLD_PUBLISH_IDS)
+            .map_err(|e| self.failed(e))?;
+        let mut new = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
+        let mut moved = 0_u64;
+        for item in old.iter().map_err(|e| self.failed(e))? {
+            let (key, stamp) = item.map_err(|e| self.failed(e))?;
+            let Some((participant, id)) = key.value().split_once('\n') else {
+                return Err(self.corrupt("a publish id without its participant".into()));
+            };
+            let (seq, lamport) = stamp.value();
+            new.insert(seq, (participant, id, lamport))
+                .map_err(|e| self.failed(e))?;
+            moved += 1;
+        }
+        drop((old, new));
+        txn.delete_table(OLD_PUBLISH_IDS)
+            .map_err(|e| self.failed(e))?;
+        tracing::info!(
+            path = %self.path.display(),
+            publish_ids = moved,
+            "upgraded the log from format version {FORMAT_VERSION_1} to {FORMAT_VERSION}"
+        );
+        Ok(())
     }
 
     fn corrupt(&self, reason: String) -> LogError {
@@ -218,9 +264,8 @@ impl DiskStore {
                 break;
             }
             events.remove(seq).map_err(|e| self.failed(e))?;
-            if let Some(id) = record.publish_id() {
-                ids.remove(id_key(&record.participant, id).as_str())
-                    .map_err(|e| self.failed(e))?;
+            if record.publish_id().is_some() {
+                ids.remove(seq).map_err(|e| self.failed(e))?;
             }
             held -= 1;
         }
@@ -235,11 +280,6 @@ impl DiskStore {
             .map_or(0, |v| v.value());
         Ok(first.unwrap_or(head + 1))
     }
-}
-
-/// The key of a publish id: ids are the publisher's, so they are kept per name.
-fn id_key(participant: &str, id: &str) -> String {
-    format!("{participant}\n{id}")
 }
 
 impl Store for DiskStore {
@@ -282,17 +322,29 @@ impl Store for DiskStore {
             names.push(Arc::from(name.value()));
         }
         let ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
-        let mut publish_ids = Vec::new();
+        let mut publish_ids = Vec::with_capacity(
+            usize::try_from(ids.len().map_err(|e| self.failed(e))?).unwrap_or(0),
+        );
+        // A participant publishes many messages: one shared copy of each name.
+        let mut interned: HashMap<String, Arc<str>> = HashMap::new();
         for item in ids.iter().map_err(|e| self.failed(e))? {
-            let (key, stamp) = item.map_err(|e| self.failed(e))?;
-            let Some((participant, id)) = key.value().split_once('\n') else {
-                return Err(self.corrupt("a publish id without its participant".into()));
+            let (seq, value) = item.map_err(|e| self.failed(e))?;
+            let (participant, id, lamport) = value.value();
+            let participant = match interned.get(participant) {
+                Some(name) => Arc::clone(name),
+                None => Arc::clone(
+                    interned
+                        .entry(participant.to_owned())
+                        .or_insert_with(|| Arc::from(participant)),
+                ),
             };
-            let (seq, lamport) = stamp.value();
             publish_ids.push((
-                Arc::from(participant),
-                Box::from(id),
-                Stamp { lamport, seq },
+                participant,
+                Arc::from(id),
+                Stamp {
+                    lamport,
+                    seq: seq.value(),
+                },
             ));
         }
         Ok(Recovered {
@@ -328,11 +380,8 @@ impl Store for DiskStore {
                     .insert(entry.seq, bytes.as_slice())
                     .map_err(|e| self.failed(e))?;
                 if let Some(id) = entry.publish_id() {
-                    ids.insert(
-                        id_key(&entry.participant, id).as_str(),
-                        (entry.seq, entry.lamport),
-                    )
-                    .map_err(|e| self.failed(e))?;
+                    ids.insert(entry.seq, (&*entry.participant, id, entry.lamport))
+                        .map_err(|e| self.failed(e))?;
                 }
                 match entry.kind {
                     EventKind::Joined => {
@@ -468,6 +517,55 @@ mod tests {
         let recovered = store.recover().unwrap();
         assert_eq!((recovered.head, recovered.first_held), (5, 6));
         assert_eq!(recovered.last_lamport, 10);
+    }
+
+    #[test]
+    fn a_log_of_format_version_1_is_upgraded_with_its_publish_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let epoch = Epoch::random();
+        {
+            // Version 1's layout, written as the previous server wrote it.
+            let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_FORMAT, FORMAT_VERSION_1).unwrap();
+                meta.insert(META_HEAD, 2).unwrap();
+                meta.insert(META_LAMPORT, 5).unwrap();
+                let mut epochs = txn.open_table(EPOCH).unwrap();
+                epochs.insert("epoch", epoch.to_bytes().as_slice()).unwrap();
+                let mut events = txn.open_table(EVENTS).unwrap();
+                let joined = br#"{"kind":"joined","participant":"alice","text":"j","lamport":3,"appended_ms":1}"#;
+                let chat = br#"{"kind":"chat","participant":"alice","text":"hi","lamport":5,"publish_id":"id-1","appended_ms":2}"#;
+                events.insert(1, joined.as_slice()).unwrap();
+                events.insert(2, chat.as_slice()).unwrap();
+                let mut ids = txn.open_table(OLD_PUBLISH_IDS).unwrap();
+                ids.insert("alice\nid-1", (2, 5)).unwrap();
+                txn.open_table(PRESENT).unwrap().insert("alice", 1).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        for _ in 0..2 {
+            // Upgraded on the first open; the second finds version 2.
+            let store = DiskStore::open(dir.path()).unwrap();
+            let recovered = store.recover().unwrap();
+            assert_eq!(recovered.epoch, epoch);
+            assert_eq!((recovered.head, recovered.first_held), (2, 1));
+            assert_eq!(recovered.publish_ids.len(), 1);
+            let (participant, id, stamp) = &recovered.publish_ids[0];
+            assert_eq!((&**participant, &**id), ("alice", "id-1"));
+            assert_eq!(*stamp, Stamp { lamport: 5, seq: 2 });
+            let txn = store.db.begin_read().unwrap();
+            let meta = txn.open_table(META).unwrap();
+            assert_eq!(
+                meta.get(META_FORMAT).unwrap().unwrap().value(),
+                FORMAT_VERSION
+            );
+            assert!(
+                txn.open_table(OLD_PUBLISH_IDS).is_err(),
+                "the old table is gone"
+            );
+        }
     }
 
     #[test]

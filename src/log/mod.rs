@@ -204,8 +204,9 @@ pub struct Recovered {
     pub last_lamport: LamportTime,
     /// Participants who joined and never left: present when the server stopped.
     pub present: Vec<Arc<str>>,
-    /// The publish ids of the chat messages held: (participant, id, stamp).
-    pub publish_ids: Vec<(Arc<str>, Box<str>, Stamp)>,
+    /// The publish ids of the chat messages held: (participant, id, stamp), in
+    /// sequence order.
+    pub publish_ids: Vec<(Arc<str>, Arc<str>, Stamp)>,
     /// The newest events, oldest first, at most [`CACHE_EVENTS`].
     pub recent: Vec<Arc<Entry>>,
 }
