@@ -40,3 +40,9 @@ async fn main() -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// The server's allocator (see `chittychat-server`): the load generator shares the
+/// machine with the server it measures, so the less CPU it spends, the more the
+/// server has.
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
