@@ -280,13 +280,18 @@ impl Progress {
     /// none after it will be) and answers the requests that waited for it.
     fn advance(&self, seq: Option<u64>, failed: Option<LogError>) {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
-        self.durable.send_modify(|durable| {
+        // Readers see the new mark at once, but are woken only after the requests
+        // below: a Join or Publish answered first is scheduled ahead of the fan-out
+        // to every feed, so a newcomer's history and a publisher's reply do not
+        // wait behind a thousand deliveries.
+        self.durable.send_if_modified(|durable| {
             if let Some(seq) = seq {
                 durable.seq = seq;
             }
             if failed.is_some() {
                 durable.failed.clone_from(&failed);
             }
+            false
         });
         let answered = match (&failed, seq) {
             (Some(_), _) => std::mem::take(&mut *waiters),
@@ -307,6 +312,8 @@ impl Progress {
                 let _ = sender.send(answer);
             }
         }
+        // Now the feeds: the mark moved (or the log failed), so each must look.
+        self.durable.send_modify(|_| {});
     }
 }
 
