@@ -19,4 +19,5 @@ run idle --participants 50
 run join-storm --participants 200 --json
 run resume --participants 2 --missed 500
 run restart --participants 2 --publishers 2 --events 2000
+run history-join --participants 20 --history 50 --joins 20
 echo "== chittychat-bench smoke passed"

@@ -81,6 +81,36 @@ fn idle_and_join_storm_report_memory_and_join_times() {
     assert!(report["joins"]["all_notices_seen_s"].as_f64().unwrap() > 0.0);
 }
 
+#[test]
+fn newcomers_that_ask_for_history_get_all_of_it_and_are_timed() {
+    let (status, report) = bench(&[
+        "history-join",
+        "--server-bin",
+        SERVER,
+        "--participants",
+        "10",
+        "--history",
+        "40",
+        "--joins",
+        "5",
+    ]);
+    assert!(status.success(), "{report}");
+    let joined = &report["history_join"];
+    assert_eq!(joined["history"], 40, "{report}");
+    assert_eq!(joined["latency"]["samples"], 5, "{report}");
+    assert!(
+        joined["latency"]["p50_us"].as_f64().unwrap() > 0.0,
+        "{report}"
+    );
+    // The ten present heard each newcomer join and leave.
+    assert!(
+        report["deliveries"].as_u64().unwrap() >= 10 * 5 * 2,
+        "{report}"
+    );
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drives_a_server_given_by_url_at_a_fixed_rate() {
     // 200 messages a second would trip the default per-participant publish limit.

@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 
 pub use load::MIN_MESSAGE_CHARS;
 pub use process::{BENCH_JOIN_RATE, BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib};
-pub use report::{Joins, Latency, Report, Restarted, Resumed, ServerUsage};
+pub use report::{HistoryJoined, Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 
 /// How long, after publishing stops, every participant has to receive everything;
 /// what has not arrived by then counts as lost.
@@ -58,6 +58,10 @@ pub enum Mode {
     /// --events are published, the server is killed (SIGKILL) and started again
     /// on its data directory: the time until it serves again.
     Restart,
+    /// --history events are published, then --joins newcomers join one after
+    /// another, each asking for --history past events: the time until each has
+    /// them and its own join notice.
+    HistoryJoin,
 }
 
 impl Mode {
@@ -69,6 +73,7 @@ impl Mode {
             Mode::JoinStorm => "join-storm",
             Mode::Resume => "resume",
             Mode::Restart => "restart",
+            Mode::HistoryJoin => "history-join",
         }
     }
 }
@@ -138,6 +143,14 @@ pub struct BenchConfig {
     /// server keeps at least this many).
     #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events: u64,
+    /// History-join mode: past events each newcomer asks for (and the log is
+    /// filled with first).
+    #[arg(long, default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::transport::MAX_HISTORY_PAGE)))]
+    pub history: u32,
+    /// History-join mode: newcomers that join, one after another.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
+    pub joins: u64,
     /// Print the report as one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -205,6 +218,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         Mode::Saturate | Mode::Rate => bench.publish_and_drain(&mut report).await,
         Mode::Resume => bench.resume(&mut report).await?,
         Mode::Restart => bench.restart(&mut report).await?,
+        Mode::HistoryJoin => bench.history_join(&mut report).await?,
     }
     bench.finish(&mut report);
     Ok(report)
@@ -320,6 +334,7 @@ fn first_report(config: &BenchConfig, joins: Joins) -> Report {
         publish_latency: None,
         resume: None,
         restart: None,
+        history_join: None,
         lost: 0,
         duplicated: 0,
         failures: 0,
@@ -540,6 +555,37 @@ impl<'a> Bench<'a> {
         Ok(())
     }
 
+    /// History-join mode, timed by [`time_history_joins`].
+    async fn history_join(&self, report: &mut Report) -> Result<(), BenchError> {
+        self.progress.message("filling the history");
+        let chars = self.config.message_chars as usize;
+        fill_log(&self.sessions[..1], u64::from(self.config.history), chars).await?;
+        let window = Window::open(&self.target, &self.shared);
+        self.progress.message("newcomers joining");
+        // The newcomers run on a thread of their own, as on a machine of their own:
+        // on the bench's runtime their feeds would wait behind the deliveries to
+        // everyone already present, and the bench would time itself.
+        let (access, config, shared) = (
+            Arc::clone(&self.target.access),
+            self.config.clone(),
+            Arc::clone(&self.shared),
+        );
+        let newcomers = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| BenchError::Config(format!("cannot start a runtime: {err}")))?
+                .block_on(time_history_joins(&access, &config, &shared))
+        });
+        let joined = tokio::task::spawn_blocking(move || newcomers.join())
+            .await
+            .map_err(|err| BenchError::Config(format!("the newcomers' thread failed: {err}")))?
+            .map_err(|_| BenchError::Config("the newcomers' thread panicked".into()))??;
+        report.history_join = Some(joined);
+        self.close_window(&window, report);
+        Ok(())
+    }
+
     /// Closes the window of a mode that measures no publishing of its own: a gap
     /// any participant saw counts as lost.
     fn close_window(&self, window: &Window, report: &mut Report) {
@@ -690,6 +736,68 @@ async fn time_resume(
         missed: received.saturating_sub(1),
         seconds,
         gapless: session.joined().resumed == Some(true),
+    })
+}
+
+/// Joins `config.joins` newcomers one after another, each over a connection opened
+/// before its clock starts and asking for `config.history` past events, and times
+/// each from sending its Join until it has them all and its own join notice. Each
+/// leaves, and everyone present has heard that before the next comes, so every
+/// newcomer finds the same quiet room of `--participants`.
+async fn time_history_joins(
+    access: &Access,
+    config: &BenchConfig,
+    shared: &Shared,
+) -> Result<HistoryJoined, BenchError> {
+    use crate::client::connect_with;
+    let mut samples = Vec::new();
+    for i in 0..config.joins {
+        let name = format!("newcomer-{i}");
+        let failed = |source| BenchError::Client {
+            what: name.clone(),
+            source,
+        };
+        let channel = connect_with(&access.url, &access.connect)
+            .await
+            .map_err(failed)?;
+        let mut options = access.join_options(None);
+        options.history = Some(config.history);
+        let started = Instant::now();
+        let (session, mut events) = Session::join_with(channel, &name, options)
+            .await
+            .map_err(failed)?;
+        let mut history = 0u32;
+        let joined_seq = loop {
+            let Some(received) = events.next().await.map_err(failed)? else {
+                return Err(BenchError::Server(format!("{name}'s feed ended")));
+            };
+            if received.history {
+                history += 1;
+            } else if received.event.kind == crate::event::EventKind::Joined
+                && *received.event.participant == *name
+            {
+                break received.event.seq;
+            }
+        };
+        samples.push(u32::try_from(started.elapsed().as_nanos()).unwrap_or(u32::MAX));
+        if history != config.history {
+            return Err(BenchError::Server(format!(
+                "{name} asked for {} past events and got {history}",
+                config.history
+            )));
+        }
+        session.leave().await.map_err(failed)?;
+        // The leave is the event after the join: the room is quiet again once
+        // everyone has it.
+        wait_until("everyone to hear a newcomer leave", DRAIN_TIMEOUT, || {
+            shared.min_last_seq() > joined_seq
+        })
+        .await?;
+    }
+    Ok(HistoryJoined {
+        history: config.history,
+        joins: config.joins,
+        latency: latency(samples).ok_or_else(|| BenchError::Config("no joins".into()))?,
     })
 }
 

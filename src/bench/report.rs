@@ -36,6 +36,8 @@ pub struct Report {
     pub resume: Option<Resumed>,
     /// Restart mode: how long a restart on a full log took.
     pub restart: Option<Restarted>,
+    /// History-join mode: how long newcomers took to get their history.
+    pub history_join: Option<HistoryJoined>,
     /// Sequence numbers a participant never received.
     pub lost: u64,
     /// Events a participant received twice or out of order.
@@ -91,6 +93,18 @@ pub struct Resumed {
     pub seconds: f64,
     /// Whether the server resumed the feed exactly (no gap).
     pub gapless: bool,
+}
+
+/// How newcomers that asked for history got it (history-join mode).
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryJoined {
+    /// Past events each newcomer asked for, and got.
+    pub history: u32,
+    /// Newcomers that joined, one after another.
+    pub joins: u64,
+    /// From sending each Join until its history and its own join notice had
+    /// arrived.
+    pub latency: Latency,
 }
 
 /// How a server restarted on a log of many events (restart mode).
@@ -193,6 +207,18 @@ impl fmt::Display for Report {
                     thousands(r.missed as f64),
                     r.seconds,
                     if r.gapless { "no gap" } else { "with a gap" }
+                ),
+            )?;
+        }
+        if let Some(h) = &self.history_join {
+            row(
+                f,
+                "join with history",
+                format!(
+                    "{} newcomers, {} past events each: {}",
+                    h.joins,
+                    h.history,
+                    h.latency.describe("joins")
                 ),
             )?;
         }
