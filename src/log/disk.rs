@@ -25,7 +25,7 @@ use redb::{
     TableDefinition,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -326,17 +326,17 @@ impl Store for DiskStore {
             usize::try_from(ids.len().map_err(|e| self.failed(e))?).unwrap_or(0),
         );
         // A participant publishes many messages: one shared copy of each name.
-        let mut interned: HashMap<String, Arc<str>> = HashMap::new();
+        let mut interned: HashSet<Arc<str>> = HashSet::new();
         for item in ids.iter().map_err(|e| self.failed(e))? {
             let (seq, value) = item.map_err(|e| self.failed(e))?;
             let (participant, id, lamport) = value.value();
             let participant = match interned.get(participant) {
                 Some(name) => Arc::clone(name),
-                None => Arc::clone(
-                    interned
-                        .entry(participant.to_owned())
-                        .or_insert_with(|| Arc::from(participant)),
-                ),
+                None => {
+                    let name: Arc<str> = Arc::from(participant);
+                    interned.insert(Arc::clone(&name));
+                    name
+                }
             };
             publish_ids.push((
                 participant,
