@@ -89,6 +89,10 @@ pub enum ChatError {
     /// The server cannot store events, so it takes none.
     #[error("the Chitty-Chat server cannot store events: {0}")]
     LogUnavailable(LogError),
+    /// This node of a cluster cannot reach the cluster's log, so it takes no
+    /// request that would change the room.
+    #[error("this Chitty-Chat node cannot reach its cluster: {0}; try another node")]
+    ClusterUnavailable(String),
     /// The publish id breaks the rule for ids.
     #[error(
         "invalid publish id: an id is at most {max} ASCII letters, digits and punctuation, without spaces (found {found} bytes)"

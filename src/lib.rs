@@ -48,6 +48,7 @@ pub mod cli;
 pub mod client;
 #[cfg(feature = "programs")]
 pub mod client_app;
+pub mod cluster;
 pub mod connection;
 #[cfg(feature = "programs")]
 pub mod demo;

@@ -86,6 +86,9 @@ pub enum LeaveCause {
     TooSlow,
     /// It was present when the server stopped; announced when the server came back.
     ServerRestart,
+    /// Its node in a cluster stopped, was restarted, or was no longer heard from;
+    /// announced by the cluster.
+    NodeDown,
 }
 
 impl LeaveCause {
@@ -96,6 +99,7 @@ impl LeaveCause {
             LeaveCause::Disconnected => "disconnected",
             LeaveCause::TooSlow => "too_slow",
             LeaveCause::ServerRestart => "server_restart",
+            LeaveCause::NodeDown => "node_down",
         }
     }
 
@@ -165,6 +169,7 @@ impl FromStr for LeaveCause {
             LeaveCause::Disconnected,
             LeaveCause::TooSlow,
             LeaveCause::ServerRestart,
+            LeaveCause::NodeDown,
         ]
         .into_iter()
         .find(|cause| cause.as_str() == text)
@@ -295,6 +300,7 @@ mod tests {
             BroadcastCause::Leave(LeaveCause::Disconnected),
             BroadcastCause::Leave(LeaveCause::TooSlow),
             BroadcastCause::Leave(LeaveCause::ServerRestart),
+            BroadcastCause::Leave(LeaveCause::NodeDown),
         ] {
             assert_eq!(cause.as_str().parse(), Ok(cause));
         }

@@ -5,6 +5,7 @@
 //! `status`).
 //! Accepted calls are logged by the room, one line per event.
 
+use crate::cluster::{self, ClusterConfig, ClusterError};
 use crate::connection::{self, ConnectionHandle, ConnectionLimits, ParticipantFeed};
 use crate::error::ChatError;
 use crate::feed::Feed;
@@ -89,6 +90,9 @@ pub struct ServerConfig {
     /// How many connections, for how long without a participant, and how long a
     /// socket may take nothing.
     pub connections: ConnectionLimits,
+    /// Serve as one node of a cluster whose log is a NATS JetStream stream; `None`
+    /// serves alone, over the log `log` describes.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +106,7 @@ impl Default for ServerConfig {
             join_secret: None,
             join_rate: Some(JoinRate::default()),
             connections: ConnectionLimits::default(),
+            cluster: None,
         }
     }
 }
@@ -115,12 +120,16 @@ pub enum ServerError {
     /// Serving failed.
     #[error("cannot serve: {0}")]
     Transport(#[from] tonic::transport::Error),
+    /// The node cannot join its cluster, or lost it for good.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 /// Serves Chitty-Chat on `listener` until `shutdown` completes.
 ///
 /// It opens the event log `config.log` describes first, and stops with an error
-/// when the log can no longer be written.
+/// when the log can no longer be written. With `config.cluster` it joins that
+/// cluster instead (and keeps its copy of the cluster's log in memory).
 ///
 /// Beside the chat service it serves the gRPC health service and server reflection
 /// (see [`health`]). On shutdown health turns `NOT_SERVING` and every participant's
@@ -132,6 +141,10 @@ pub async fn run(
     config: ServerConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    if let Some(cluster) = &config.cluster {
+        let node = cluster::start(cluster, config.room.clone(), config.log.retention).await?;
+        return run_node(listener, config, node, shutdown).await;
+    }
     let (log, recovered) = Log::open(&config.log)?;
     run_with_log(listener, config, log, recovered, shutdown).await
 }
@@ -153,7 +166,51 @@ pub async fn run_with_log(
         lamport = recovered.last_lamport,
         "event log open"
     );
-    let room = Room::open(config.room, Arc::clone(&log), recovered);
+    let room = Room::open(config.room.clone(), Arc::clone(&log), recovered);
+    let fatal =
+        async move {
+            log.failed().await;
+            ServerError::Log(log.failure().unwrap_or_else(|| {
+                LogError::WriteFailed("the log stopped taking events".to_owned())
+            }))
+        };
+    serve(listener, config, room, fatal, shutdown).await
+}
+
+/// Serves as [`run`] does, as a node of a cluster the caller joined
+/// ([`cluster::start`]). `config.log` and `config.cluster` are not used.
+pub async fn run_node(
+    listener: TcpListener,
+    config: ServerConfig,
+    node: cluster::Node,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let room = Arc::clone(node.room());
+    let fatal = async move {
+        let mut node = node;
+        let log = Arc::clone(node.room().log());
+        tokio::select! {
+            err = node.failed() => ServerError::Cluster(err),
+            () = log.failed() => ServerError::Log(log.failure().unwrap_or_else(|| {
+                LogError::WriteFailed("the log stopped taking events".to_owned())
+            })),
+        }
+    };
+    serve(listener, config, room, fatal, shutdown).await
+}
+
+/// How long a stopping node waits for the cluster to take the news that its
+/// participants left.
+pub const CLUSTER_LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves `room` until `shutdown` completes or `fatal` says why it cannot go on.
+async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    room: Arc<Room>,
+    fatal: impl Future<Output = ServerError> + Send,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let sweeper = tokio::spawn(cut_off_trimmed(Arc::clone(&room)));
     let service = ChatService::new(Arc::clone(&room))
         .with_join_secret(config.join_secret)
@@ -183,18 +240,23 @@ pub async fn run_with_log(
     }
     let incoming = connection::accept(listener, config.connections);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-    let log_failed = {
-        let log = Arc::clone(&log);
-        async move { log.failed().await }
-    };
+    let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<ServerError>();
     let signal = async move {
         tokio::select! {
             () = shutdown => {}
-            () = log_failed => tracing::error!("the event log failed; stopping"),
+            err = fatal => {
+                tracing::error!(error = %err, "stopping");
+                let _ = fatal_tx.send(err);
+            }
         }
         health::shutting_down(&health_reporter).await;
         let present = room.shutdown();
         tracing::info!(present, "shutting down: told every participant");
+        match tokio::time::timeout(CLUSTER_LEAVE_TIMEOUT, room.leave_cluster()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::warn!(error = %err, "could not tell the cluster"),
+            Err(_) => tracing::warn!("the cluster did not take the news in time"),
+        }
         let _ = stopped_tx.send(());
     };
     let serve = builder
@@ -228,9 +290,9 @@ pub async fn run_with_log(
         }
     }
     sweeper.abort();
-    match log.failure() {
-        Some(err) => Err(err.into()),
-        None => Ok(()),
+    match fatal_rx.try_recv() {
+        Ok(err) => Err(err),
+        Err(_) => Ok(()),
     }
 }
 
@@ -339,6 +401,7 @@ impl ChittyChat for ChatService {
         let joined = self
             .room
             .join(&request.name, request.lamport, options)
+            .await
             .inspect_err(refused)?;
         // Answered once the join notice is stored; dropping the feed on failure
         // announces the leave.

@@ -19,7 +19,9 @@ pub(crate) fn code(err: &ChatError) -> Code {
         ChatError::UnknownSession | ChatError::JoinSecretMissing | ChatError::JoinSecretWrong => {
             Code::Unauthenticated
         }
-        ChatError::ShuttingDown | ChatError::LogUnavailable(_) => Code::Unavailable,
+        ChatError::ShuttingDown
+        | ChatError::LogUnavailable(_)
+        | ChatError::ClusterUnavailable(_) => Code::Unavailable,
         ChatError::TooSlow { .. }
         | ChatError::ServerFull { .. }
         | ChatError::RateLimited { .. }

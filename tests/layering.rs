@@ -9,6 +9,7 @@ use std::path::Path;
 /// The server's modules.
 const SERVER: &[&str] = &[
     "server",
+    "cluster",
     "room",
     "feed",
     "pace",

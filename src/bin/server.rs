@@ -4,12 +4,13 @@
 
 use anyhow::Context;
 use chittychat::cli::KeepaliveArgs;
+use chittychat::cluster::{self, ClusterConfig};
 use chittychat::connection::{
     ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION,
     DEFAULT_SEND_TIMEOUT,
 };
 use chittychat::health_probe::{self, Probed};
-use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Retention, Storage};
+use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Recovered, Retention, Storage};
 use chittychat::log_schema::{field, message};
 use chittychat::logging::{self, LogFormat};
 use chittychat::pace::{DEFAULT_JOIN_BURST, DEFAULT_JOIN_RATE, JoinRate};
@@ -23,6 +24,7 @@ use clap::Parser;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Run a Chitty-Chat server: it holds the participants and a Lamport clock, keeps
@@ -142,6 +144,26 @@ struct Args {
     /// who joins.
     #[arg(long, env = "CHITTYCHAT_JOIN_SECRET_FILE", value_name = "FILE")]
     join_secret_file: Option<PathBuf>,
+    /// Serve as a node of a cluster whose log is a NATS JetStream stream on these
+    /// servers (comma-separated, nats://HOST:PORT); the node's own log is then in
+    /// memory, rebuilt from the stream. Needs --node.
+    #[arg(long, env = "CHITTYCHAT_NATS", value_name = "URLS", value_delimiter = ',',
+          requires = "node", conflicts_with_all = ["data_dir", "ephemeral"])]
+    nats: Vec<String>,
+    /// This node's name in the cluster, unique among its nodes (letters, digits,
+    /// '-', '_'); a node restarted under its name retires its earlier run.
+    #[arg(long, env = "CHITTYCHAT_NODE", value_name = "NAME", requires = "nats",
+          value_parser = parse_node_name)]
+    node: Option<String>,
+    /// The JetStream stream that holds the cluster's log.
+    #[arg(long, env = "CHITTYCHAT_NATS_STREAM", value_name = "NAME", default_value = cluster::DEFAULT_STREAM,
+          value_parser = parse_node_name)]
+    nats_stream: String,
+    /// How many NATS servers keep a copy of the stream, when this node is the one
+    /// that creates it (3 on a three-server NATS cluster).
+    #[arg(long, env = "CHITTYCHAT_NATS_REPLICAS", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=5))]
+    nats_replicas: u8,
     /// Log format: text for people, json for tools (one object per line).
     #[arg(long, env = "CHITTYCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -184,12 +206,20 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let _log = logging::init(args.log_format, args.log_file.as_deref(), "info")
         .with_context(|| format!("cannot open the log file {:?}", args.log_file))?;
     let config = server_config(&args)?;
-    if let Storage::Disk(dir) = &config.log.storage {
-        tracing::info!(data_dir = %dir.display(), "event log on disk");
-    }
-    // The log first: a data directory that cannot be used is refused before the
-    // server takes its port.
-    let (log, recovered) = Log::open(&config.log)?;
+    // The log first: a data directory that cannot be used, or a cluster that
+    // cannot be reached, is refused before the server takes its port.
+    let log = match &config.cluster {
+        Some(cluster) => {
+            Opened::Node(cluster::start(cluster, config.room.clone(), config.log.retention).await?)
+        }
+        None => {
+            if let Storage::Disk(dir) = &config.log.storage {
+                tracing::info!(data_dir = %dir.display(), "event log on disk");
+            }
+            let (log, recovered) = Log::open(&config.log)?;
+            Opened::Alone(log, recovered)
+        }
+    };
     let listener = bind(&args.listen).await?;
     // Every participant holds a connection, so lift the soft descriptor limit
     // (often 1024) to the hard one; 10,000 participants need about 10,000.
@@ -206,13 +236,38 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
     };
-    let served = server::run_with_log(listener, config, log, recovered, shutdown).await;
+    let served = match log {
+        Opened::Alone(log, recovered) => {
+            server::run_with_log(listener, config, log, recovered, shutdown).await
+        }
+        Opened::Node(node) => server::run_node(listener, config, node, shutdown).await,
+    };
     if let Err(err) = &served {
         tracing::error!(error = %err, "Chitty-Chat server stopped");
     } else {
         tracing::info!("Chitty-Chat server stopped");
     }
     Ok(served?)
+}
+
+/// The log the server serves: its own, or its cluster's.
+enum Opened {
+    Alone(Arc<Log>, Recovered),
+    Node(cluster::Node),
+}
+
+/// A node's or a stream's name: what NATS accepts in a stream name and a subject.
+fn parse_node_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(text.to_owned())
+    } else {
+        Err("1 to 64 ASCII letters, digits, '-' or '_'".to_owned())
+    }
 }
 
 /// Probes the server at `listen`; logs nothing, so a probe never writes into the
@@ -287,6 +342,12 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
             send_timeout: args.send_timeout.0,
             max_streams: args.max_streams,
         },
+        cluster: args.node.as_ref().map(|node| ClusterConfig {
+            servers: args.nats.clone(),
+            node: node.clone(),
+            stream: args.nats_stream.clone(),
+            replicas: usize::from(args.nats_replicas),
+        }),
     })
 }
 

@@ -14,8 +14,14 @@ pub struct MemoryStore {
 impl MemoryStore {
     /// An empty store with a new epoch.
     pub fn new() -> Self {
+        Self::with_epoch(Epoch::random())
+    }
+
+    /// An empty store for a log whose epoch is already decided (a cluster node's
+    /// copy of the cluster's log).
+    pub fn with_epoch(epoch: Epoch) -> Self {
         Self {
-            epoch: Epoch::random(),
+            epoch,
             events: Mutex::new(VecDeque::new()),
         }
     }

@@ -7,6 +7,10 @@
 //! sequence numbers, and every reader of the log sees one order. The lock is never
 //! held across an `.await`. A request is answered once its event is durable
 //! ([`Log::durable`]), outside the lock.
+//!
+//! In a cluster the room is one node's view of a room shared by several: a request
+//! becomes a [`Record`] proposed to the cluster's log, and events are made when the
+//! records come back, in the log's one order, by [`Room::apply`] under the same lock.
 
 use crate::error::ChatError;
 use crate::event::{EventKind, Stamp, joined_sentence, left_sentence};
@@ -17,12 +21,19 @@ use crate::log_schema::{BroadcastCause, LeaveCause, field, message, rpc};
 use crate::validate::{validate_lamport, validate_message, validate_name, validate_publish_id};
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 use subtle::ConstantTimeEq;
+use tokio::sync::oneshot;
+
+mod record;
+
+use record::leave_cause;
+pub use record::{Incarnation, Owner, ProposalId, Propose, Record};
 
 /// How many participants may be present at once.
 ///
@@ -191,21 +202,52 @@ pub struct Room {
     config: RoomConfig,
     clock: LamportClock,
     log: Arc<Log>,
+    mode: Mode,
+    /// This node's name in a cluster (empty when alone).
+    node: Arc<str>,
+    /// This run of the room, which owns the sessions it holds.
+    incarnation: Incarnation,
     state: Mutex<State>,
+}
+
+/// Who decides what becomes an event.
+#[derive(Debug)]
+enum Mode {
+    /// The room decides and appends each event itself, under its lock.
+    Alone,
+    /// The room proposes a [`Record`] to the cluster's log for each request; events
+    /// are made when the records are applied ([`Room::apply`]), in the log's order,
+    /// the same way on every node.
+    Cluster(Arc<dyn Propose>),
 }
 
 #[derive(Debug, Default)]
 struct State {
     next_session: u64,
+    /// The sessions this room holds.
     sessions: HashMap<u64, Session>,
-    /// The sessions by name, folded to lower case: names are unique regardless of
-    /// case, and each is shown as its participant chose it.
-    names: HashMap<Box<str>, u64>,
+    /// Everyone present (in a cluster, on every node), by name folded to lower case:
+    /// names are unique regardless of case, and each is shown as its participant
+    /// chose it.
+    names: HashMap<Box<str>, Member>,
     shutting_down: bool,
     /// The stamps of the chat messages the log holds, by (participant, publish id).
     published: HashMap<(Arc<str>, Arc<str>), Stamp>,
     /// The same keys in sequence order, to forget those the log trimmed.
     published_order: VecDeque<(u64, Arc<str>, Arc<str>)>,
+    /// In a cluster: the number of this room's next proposal.
+    next_proposal: ProposalId,
+    /// In a cluster: the requests waiting for their record to be applied.
+    pending: HashMap<ProposalId, Pending>,
+    /// How many of `pending` are joins, which count against the room's size.
+    joining: usize,
+}
+
+/// A participant who is present, and who holds its session.
+#[derive(Debug)]
+struct Member {
+    name: Arc<str>,
+    owner: Owner,
 }
 
 #[derive(Debug)]
@@ -217,7 +259,46 @@ struct Session {
     position: Arc<AtomicU64>,
     /// The publish rate limit's bucket; `None` when publishing is not limited.
     limiter: Option<DefaultDirectRateLimiter>,
+    /// In a cluster: its leave is proposed, so it is not proposed again.
+    leaving: bool,
 }
+
+/// What a Join brings that only the room holding the session keeps.
+#[derive(Debug)]
+struct NewSession {
+    secret: [u8; SECRET_BYTES],
+    end: Arc<FeedEnd>,
+    position: Arc<AtomicU64>,
+    /// How many past events to replay before the join notice.
+    history: u64,
+    resume: Option<ResumePoint>,
+}
+
+/// A request waiting for its record to be applied.
+#[derive(Debug)]
+struct Pending {
+    reply: oneshot::Sender<Result<Outcome, ChatError>>,
+    join: Option<NewSession>,
+}
+
+/// What became of an applied record, for the request that proposed it.
+#[derive(Debug)]
+enum Outcome {
+    /// The join notice, where the feed starts, and how the resume turned out.
+    Joined(Arc<Entry>, u64, Resume),
+    /// The event made.
+    Stamped(Stamp),
+    /// A repeated publish id: the original's stamp.
+    Repeated(Stamp),
+}
+
+/// How long a request waits for its record to come back from the cluster's log
+/// once the log has stored it.
+pub const CLUSTER_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// In a cluster, how many events back publish ids are remembered. A fixed count,
+/// not the local retention: every node must decide a repeat the same way.
+pub const CLUSTER_PUBLISH_ID_WINDOW: u64 = 100_000;
 
 /// An event appended under the lock, logged after it is released.
 struct Logged {
@@ -235,8 +316,6 @@ impl Room {
     /// remembered, and everyone who was present when the server stopped is announced
     /// as having left.
     pub fn open(config: RoomConfig, log: Arc<Log>, recovered: Recovered) -> Arc<Self> {
-        let mut config = config;
-        config.max_participants = config.max_participants.max(1);
         let mut state = State::default();
         state.published.reserve(recovered.publish_ids.len());
         state.published_order.reserve(recovered.publish_ids.len());
@@ -247,12 +326,14 @@ impl Room {
                 .push_back((stamp.seq, Arc::clone(&participant), Arc::clone(&id)));
             state.published.insert((participant, id), stamp);
         }
-        let room = Arc::new(Self {
+        let room = Self::new(
             config,
-            clock: LamportClock::starting_at(recovered.last_lamport),
             log,
-            state: Mutex::new(state),
-        });
+            Mode::Alone,
+            Arc::from(""),
+            recovered.last_lamport,
+            state,
+        );
         let mut logged = Vec::new();
         for name in recovered.present {
             let lamport = room.clock.tick();
@@ -270,9 +351,54 @@ impl Room {
         room
     }
 
+    /// A room that is one node, `node`, of a cluster: it hands each request to the
+    /// cluster's log through `propose`, and makes events only as the records come
+    /// back ([`Room::apply`]). `log` starts empty and the cluster's records are
+    /// applied from the first on, so every node numbers the events alike.
+    pub fn open_in_cluster(
+        config: RoomConfig,
+        log: Arc<Log>,
+        propose: Arc<dyn Propose>,
+        node: &str,
+    ) -> Arc<Self> {
+        Self::new(
+            config,
+            log,
+            Mode::Cluster(propose),
+            Arc::from(node),
+            0,
+            State::default(),
+        )
+    }
+
+    fn new(
+        mut config: RoomConfig,
+        log: Arc<Log>,
+        mode: Mode,
+        node: Arc<str>,
+        lamport: LamportTime,
+        state: State,
+    ) -> Arc<Self> {
+        config.max_participants = config.max_participants.max(1);
+        Arc::new(Self {
+            config,
+            clock: LamportClock::starting_at(lamport),
+            log,
+            mode,
+            node,
+            incarnation: Incarnation::random(),
+            state: Mutex::new(state),
+        })
+    }
+
     /// The log the room appends to.
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// This run of the room: in a cluster, the owner of the sessions it holds.
+    pub fn incarnation(&self) -> Incarnation {
+        self.incarnation
     }
 
     /// The server's Lamport time of its latest event.
@@ -281,13 +407,13 @@ impl Room {
     }
 
     /// The names of the participants present, as they chose them, sorted
-    /// regardless of case.
+    /// regardless of case. In a cluster, those present on every node.
     pub fn present(&self) -> Vec<String> {
         let mut names: Vec<String> = self
             .lock()
-            .sessions
+            .names
             .values()
-            .map(|session| session.name.to_string())
+            .map(|member| member.name.to_string())
             .collect();
         names.sort_by_cached_key(|name| name.to_ascii_lowercase());
         names
@@ -313,7 +439,7 @@ impl Room {
     /// the newcomer's feed holds every event from its position on, its own join
     /// notice included. Answer the Join only once [`Room::durable`] says the join
     /// notice is stored.
-    pub fn join(
+    pub async fn join(
         self: &Arc<Self>,
         name: &[u8],
         client_lamport: LamportTime,
@@ -327,11 +453,16 @@ impl Room {
                 .unwrap_or(self.config.join_history)
                 .min(MAX_HISTORY_PAGE),
         );
-        let secret: [u8; SECRET_BYTES] = rand::random();
-        let end = Arc::new(FeedEnd::default());
-        let position = Arc::new(AtomicU64::new(0));
+        let new = NewSession {
+            secret: rand::random(),
+            end: Arc::new(FeedEnd::default()),
+            position: Arc::new(AtomicU64::new(0)),
+            history,
+            resume: options.resume,
+        };
+        let (secret, end, position) = (new.secret, Arc::clone(&new.end), Arc::clone(&new.position));
         let mut logged = Vec::new();
-        let (id, entry, cursor, resume) = {
+        let (id, proposed) = {
             let mut state = self.lock();
             if state.shutting_down {
                 return Err(ChatError::ShuttingDown);
@@ -343,54 +474,50 @@ impl Room {
                     name: name.to_string(),
                 });
             }
-            if state.sessions.len() >= self.config.max_participants {
+            if state.sessions.len() + state.joining >= self.config.max_participants {
                 return Err(ChatError::ServerFull {
                     max: self.config.max_participants,
                 });
             }
             state.next_session += 1;
             let id = state.next_session;
-            state.names.insert(key, id);
-            state.sessions.insert(
-                id,
-                Session {
-                    name: Arc::clone(&name),
-                    secret,
-                    end: Arc::clone(&end),
-                    position: Arc::clone(&position),
-                    limiter: self.config.publish_rate.map(PublishRate::limiter),
-                },
-            );
-            // What the log holds as this request finds it: the writer may trim more
-            // as soon as the join notice is appended, and a feed that finds its
-            // position trimmed is cut off and can resume again.
-            let first_held = self.log.first_held();
             let lamport = self.clock.observe(client_lamport);
-            let text = joined_sentence(&name, lamport);
-            let entry = self
-                .log
-                .append(EventKind::Joined, name, text, lamport, None);
-            let (cursor, resume) = start_position(
-                options.resume,
-                self.log.epoch(),
-                entry.seq,
-                first_held,
-                history,
-            );
-            let mut line = Logged::new(
-                Arc::clone(&entry),
-                BroadcastCause::Join,
-                Some(client_lamport),
-                &state,
-            );
-            if resume == Resume::Resumed {
-                line.resumed_after = Some(cursor - 1);
+            let owner = self.owner(id);
+            match &self.mode {
+                Mode::Alone => {
+                    let outcome = self.admit(
+                        &mut state,
+                        (key, name, owner),
+                        lamport,
+                        client_lamport,
+                        Some(new),
+                        &mut logged,
+                    );
+                    (id, Err(outcome))
+                }
+                Mode::Cluster(propose) => {
+                    let (proposal, reply) = expect(&mut state, Some(new));
+                    let record = Record::Join {
+                        owner,
+                        name: name.to_string(),
+                        lamport,
+                        client_lamport,
+                        proposal,
+                    };
+                    (id, Ok((Arc::clone(propose), record, proposal, reply)))
+                }
             }
-            logged.push(line);
-            position.store(cursor, Ordering::Release);
-            (id, entry, cursor, resume)
         };
         log_events(&logged);
+        let outcome = match proposed {
+            Err(outcome) => outcome,
+            Ok((propose, record, proposal, reply)) => {
+                self.propose(propose, record, proposal, reply).await?
+            }
+        };
+        let Outcome::Joined(entry, cursor, resume) = outcome else {
+            return Err(cluster_confused());
+        };
         // Replayed events before the join notice are history unless they are what a
         // resuming client missed.
         let history_before = match resume {
@@ -432,47 +559,70 @@ impl Room {
         };
         let mut logged = Vec::new();
         // Either the stamp of the message first published under this id, or of the
-        // one appended now.
-        let (stamp, repeated) = {
+        // one appended now, or the record to propose.
+        let (decided, name) = {
             let mut state = self.lock();
             let id = authenticate(&state, token)?;
             let session = &state.sessions[&id];
             let name = Arc::clone(&session.name);
             let key = publish_id.map(|id| (Arc::clone(&name), id));
             if let Some(stamp) = key.as_ref().and_then(|key| state.published.get(key)) {
-                (*stamp, Some(name))
+                (Err(Outcome::Repeated(*stamp)), name)
             } else {
                 if let (Some(rate), Some(limiter)) = (self.config.publish_rate, &session.limiter) {
                     rate.check(limiter)?;
                 }
                 self.check_log()?;
                 let lamport = self.clock.observe(client_lamport);
-                let publish_id = key.as_ref().map(|(_, id)| Box::from(&**id));
-                let entry = self
-                    .log
-                    .append(EventKind::Chat, name, text, lamport, publish_id);
-                let stamp = entry.stamp();
-                if let Some((name, id)) = key {
-                    remember_publish_id(&mut state, name, id, stamp, self.log.first_held());
+                match &self.mode {
+                    Mode::Alone => {
+                        let stamp = self.append_chat(
+                            &mut state,
+                            Arc::clone(&name),
+                            text,
+                            lamport,
+                            client_lamport,
+                            key.map(|(_, id)| id),
+                            &mut logged,
+                        );
+                        (Err(Outcome::Stamped(stamp)), name)
+                    }
+                    Mode::Cluster(propose) => {
+                        let (proposal, reply) = expect(&mut state, None);
+                        let record = Record::Chat {
+                            owner: self.owner(id),
+                            name: name.to_string(),
+                            text,
+                            lamport,
+                            client_lamport,
+                            publish_id: key.map(|(_, id)| id.to_string()),
+                            proposal,
+                        };
+                        (Ok((Arc::clone(propose), record, proposal, reply)), name)
+                    }
                 }
-                logged.push(Logged::new(
-                    entry,
-                    BroadcastCause::Publish,
-                    Some(client_lamport),
-                    &state,
-                ));
-                (stamp, None)
             }
         };
-        if let Some(name) = repeated {
-            tracing::info!(
-                { field::RPC } = rpc::PUBLISH,
-                participant = %name,
-                seq = stamp.seq,
-                "repeated publish id: answered with the original"
-            );
-        }
         log_events(&logged);
+        let outcome = match decided {
+            Err(outcome) => outcome,
+            Ok((propose, record, proposal, reply)) => {
+                self.propose(propose, record, proposal, reply).await?
+            }
+        };
+        let stamp = match outcome {
+            Outcome::Stamped(stamp) => stamp,
+            Outcome::Repeated(stamp) => {
+                tracing::info!(
+                    { field::RPC } = rpc::PUBLISH,
+                    participant = %name,
+                    seq = stamp.seq,
+                    "repeated publish id: answered with the original"
+                );
+                stamp
+            }
+            Outcome::Joined(..) => return Err(cluster_confused()),
+        };
         self.durable(stamp.seq).await?;
         Ok(stamp)
     }
@@ -486,25 +636,54 @@ impl Room {
         client_lamport: LamportTime,
     ) -> Result<Stamp, ChatError> {
         validate_lamport(client_lamport, self.clock.now())?;
-        let entry = {
+        let mut logged = Vec::new();
+        let decided = {
             let mut state = self.lock();
             let id = authenticate(&state, token)?;
             let lamport = self.clock.observe(client_lamport);
-            let entry = self.remove_and_announce(&mut state, id, lamport);
-            entry.map(|entry| {
-                Logged::new(
-                    entry,
-                    LeaveCause::Requested.into(),
-                    Some(client_lamport),
-                    &state,
-                )
-            })
+            match &self.mode {
+                Mode::Alone => {
+                    let Some(entry) = self.remove_and_announce(&mut state, id, lamport) else {
+                        return Err(ChatError::UnknownSession);
+                    };
+                    let stamp = entry.stamp();
+                    logged.push(Logged::new(
+                        entry,
+                        LeaveCause::Requested.into(),
+                        Some(client_lamport),
+                        &state,
+                    ));
+                    Err(Outcome::Stamped(stamp))
+                }
+                Mode::Cluster(propose) => {
+                    let (proposal, reply) = expect(&mut state, None);
+                    let session = state
+                        .sessions
+                        .get_mut(&id)
+                        .ok_or(ChatError::UnknownSession)?;
+                    session.leaving = true;
+                    let record = Record::Leave {
+                        owner: self.owner(id),
+                        name: session.name.to_string(),
+                        lamport,
+                        client_lamport: Some(client_lamport),
+                        cause: LeaveCause::Requested.as_str().to_owned(),
+                        proposal: Some(proposal),
+                    };
+                    Ok((Arc::clone(propose), record, proposal, reply))
+                }
+            }
         };
-        let Some(logged) = entry else {
-            return Err(ChatError::UnknownSession);
+        log_events(&logged);
+        let outcome = match decided {
+            Err(outcome) => outcome,
+            Ok((propose, record, proposal, reply)) => {
+                self.propose(propose, record, proposal, reply).await?
+            }
         };
-        let stamp = logged.entry.stamp();
-        log_events(std::slice::from_ref(&logged));
+        let Outcome::Stamped(stamp) = outcome else {
+            return Err(cluster_confused());
+        };
         self.durable(stamp.seq).await?;
         Ok(stamp)
     }
@@ -538,7 +717,8 @@ impl Room {
 
     /// Stops the room: every feed delivers what was appended, then ends with
     /// [`ChatError::ShuttingDown`], and Join is refused from now on. Those present
-    /// stay present in the log; the next server announces that they left. Returns
+    /// stay present in the log; the next server announces that they left (in a
+    /// cluster, [`Room::leave_cluster`] has the others announce it now). Returns
     /// how many were present.
     pub fn shutdown(&self) -> usize {
         let mut state = self.lock();
@@ -548,10 +728,55 @@ impl Room {
         for (_, session) in state.sessions.drain() {
             session.end.set(end, Some(ChatError::ShuttingDown));
         }
-        state.names.clear();
+        if matches!(self.mode, Mode::Alone) {
+            state.names.clear();
+        }
         drop(state);
         self.log.wake_readers();
         present
+    }
+
+    /// In a cluster, after [`Room::shutdown`]: has the cluster announce that this
+    /// room's participants left. Does nothing when the room is alone.
+    pub async fn leave_cluster(&self) -> Result<(), ChatError> {
+        let Mode::Cluster(propose) = &self.mode else {
+            return Ok(());
+        };
+        propose.propose(self.node_down(self.incarnation)).await
+    }
+
+    /// In a cluster, once the log is applied up to where it stood when the room
+    /// opened: has the cluster announce that the participants of this node's
+    /// earlier runs left (it was killed, or stopped while cut off). Returns how many
+    /// earlier runs held participants.
+    pub async fn retire_earlier_runs(&self) -> Result<usize, ChatError> {
+        let Mode::Cluster(propose) = &self.mode else {
+            return Ok(0);
+        };
+        let earlier: HashSet<Incarnation> = self
+            .lock()
+            .names
+            .values()
+            .filter(|member| {
+                member.owner.node == self.node && member.owner.incarnation != self.incarnation
+            })
+            .map(|member| member.owner.incarnation)
+            .collect();
+        for &incarnation in &earlier {
+            propose.propose(self.node_down(incarnation)).await?;
+        }
+        Ok(earlier.len())
+    }
+
+    /// A record saying that the participants of `incarnation` of this node left.
+    fn node_down(&self, incarnation: Incarnation) -> Record {
+        Record::NodeDown {
+            node: self.node.to_string(),
+            incarnation,
+            lamport: self.clock.tick(),
+            cause: LeaveCause::NodeDown.as_str().to_owned(),
+            proposer: self.incarnation,
+        }
     }
 
     /// Cuts off every participant whose feed stands before the oldest event the log
@@ -562,11 +787,13 @@ impl Room {
     pub fn cut_off_trimmed(&self) -> usize {
         let first_held = self.log.first_held();
         let mut logged = Vec::new();
+        let mut records = Vec::new();
         {
             let mut state = self.lock();
             let behind: Vec<(u64, u64)> = state
                 .sessions
                 .iter()
+                .filter(|(_, session)| !session.leaving)
                 .map(|(id, session)| (*id, session.position.load(Ordering::Acquire)))
                 .filter(|(_, position)| *position < first_held)
                 .collect();
@@ -578,32 +805,382 @@ impl Room {
                     };
                     session.end.set(position, Some(err));
                 }
-                let lamport = self.clock.tick();
-                if let Some(entry) = self.remove_and_announce(&mut state, id, lamport) {
-                    logged.push(Logged::new(entry, LeaveCause::TooSlow.into(), None, &state));
-                }
+                self.depart(
+                    &mut state,
+                    id,
+                    LeaveCause::TooSlow,
+                    &mut logged,
+                    &mut records,
+                );
             }
         }
         if !logged.is_empty() {
             self.log.wake_readers();
         }
         log_events(&logged);
-        logged.len()
+        let cut = logged.len() + records.len();
+        self.propose_in_background(records);
+        cut
     }
 
     /// Removes `session`, if it is still present, and announces that it left for
     /// `cause`: its feed was dropped, or fell behind what the log holds.
     pub(crate) fn disconnect(&self, session: u64, cause: LeaveCause) {
-        let logged = {
+        let mut logged = Vec::new();
+        let mut records = Vec::new();
+        {
             let mut state = self.lock();
-            if !state.sessions.contains_key(&session) {
+            if state.sessions.get(&session).is_none_or(|s| s.leaving) {
                 return;
             }
-            let lamport = self.clock.tick();
-            self.remove_and_announce(&mut state, session, lamport)
-                .map(|entry| Logged::new(entry, cause.into(), None, &state))
+            self.depart(&mut state, session, cause, &mut logged, &mut records);
+        }
+        log_events(&logged);
+        self.propose_in_background(records);
+    }
+
+    /// A session leaves without a request: alone, it is removed and announced at
+    /// once; in a cluster, its leave is proposed (by the caller, outside the lock).
+    fn depart(
+        &self,
+        state: &mut State,
+        id: u64,
+        cause: LeaveCause,
+        logged: &mut Vec<Logged>,
+        records: &mut Vec<Record>,
+    ) {
+        let lamport = self.clock.tick();
+        match &self.mode {
+            Mode::Alone => {
+                if let Some(entry) = self.remove_and_announce(state, id, lamport) {
+                    logged.push(Logged::new(entry, cause.into(), None, state));
+                }
+            }
+            Mode::Cluster(_) => {
+                let owner = self.owner(id);
+                if let Some(session) = state.sessions.get_mut(&id) {
+                    session.leaving = true;
+                    records.push(Record::Leave {
+                        owner,
+                        name: session.name.to_string(),
+                        lamport,
+                        client_lamport: None,
+                        cause: cause.as_str().to_owned(),
+                        proposal: None,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Proposes `records` without waiting for them (a leave noticed where nobody
+    /// waits for an answer). Needs a Tokio runtime; without one (a room dropped
+    /// outside it) the records are dropped and the node's departure covers them.
+    fn propose_in_background(&self, records: Vec<Record>) {
+        let Mode::Cluster(propose) = &self.mode else {
+            return;
         };
-        log_events(logged.as_slice());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        for record in records {
+            let proposing = propose.propose(record);
+            runtime.spawn(async move {
+                if let Err(err) = proposing.await {
+                    tracing::warn!(error = %err, "could not propose a leave to the cluster");
+                }
+            });
+        }
+    }
+
+    /// Applies one record of the cluster's log, in the log's order: the same
+    /// records applied in the same order make the same events on every node.
+    /// Answers the request that proposed it, when it is this room's.
+    pub fn apply(&self, record: Record) {
+        let ours = record.proposer() == Some(self.incarnation);
+        let mut logged = Vec::new();
+        let mut orphans = Vec::new();
+        {
+            let mut state = self.lock();
+            match record {
+                Record::Genesis { .. } => {}
+                Record::Join {
+                    owner,
+                    name,
+                    lamport,
+                    client_lamport,
+                    proposal,
+                } => {
+                    if !ours {
+                        self.clock.observe(lamport);
+                    }
+                    let pending = ours.then(|| take_pending(&mut state, proposal)).flatten();
+                    let key = name_key(&name);
+                    let (reply, new) = match pending {
+                        Some(Pending { reply, join }) => (Some(reply), join),
+                        None => (None, None),
+                    };
+                    if state.names.contains_key(&key) {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(ChatError::NameTaken { name }));
+                        }
+                    } else {
+                        if ours && new.is_none() {
+                            // Its request gave up waiting: nobody holds the session.
+                            orphans.push(Record::Leave {
+                                owner: owner.clone(),
+                                name: name.clone(),
+                                lamport: self.clock.tick(),
+                                client_lamport: None,
+                                cause: LeaveCause::Disconnected.as_str().to_owned(),
+                                proposal: None,
+                            });
+                        }
+                        let outcome = self.admit(
+                            &mut state,
+                            (key, Arc::from(name), owner),
+                            lamport,
+                            client_lamport,
+                            new,
+                            &mut logged,
+                        );
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
+                }
+                Record::Chat {
+                    owner,
+                    name,
+                    text,
+                    lamport,
+                    client_lamport,
+                    publish_id,
+                    proposal,
+                } => {
+                    if !ours {
+                        self.clock.observe(lamport);
+                    }
+                    let outcome = match present_as(&state, &name, &owner) {
+                        None => Err(ChatError::UnknownSession),
+                        Some(name) => {
+                            let id: Option<Arc<str>> = publish_id.map(Arc::from);
+                            let original = id.as_ref().and_then(|id| {
+                                state.published.get(&(Arc::clone(&name), Arc::clone(id)))
+                            });
+                            match original {
+                                Some(stamp) => Ok(Outcome::Repeated(*stamp)),
+                                None => Ok(Outcome::Stamped(self.append_chat(
+                                    &mut state,
+                                    name,
+                                    text,
+                                    lamport,
+                                    client_lamport,
+                                    id,
+                                    &mut logged,
+                                ))),
+                            }
+                        }
+                    };
+                    if ours {
+                        answer(&mut state, proposal, outcome);
+                    }
+                }
+                Record::Leave {
+                    owner,
+                    name,
+                    lamport,
+                    client_lamport,
+                    cause,
+                    proposal,
+                } => {
+                    if !ours {
+                        self.clock.observe(lamport);
+                    }
+                    let outcome = match present_as(&state, &name, &owner) {
+                        None => Err(ChatError::UnknownSession),
+                        Some(name) => {
+                            let entry = self.announce_leave(&mut state, name, &owner, lamport);
+                            let stamp = entry.stamp();
+                            logged.push(Logged::new(
+                                entry,
+                                leave_cause(&cause).into(),
+                                client_lamport,
+                                &state,
+                            ));
+                            Ok(Outcome::Stamped(stamp))
+                        }
+                    };
+                    if let (true, Some(proposal)) = (ours, proposal) {
+                        answer(&mut state, proposal, outcome);
+                    }
+                }
+                Record::NodeDown {
+                    incarnation,
+                    lamport,
+                    cause,
+                    ..
+                } => {
+                    let mut leaving: Vec<(Box<str>, Arc<str>, Owner)> = state
+                        .names
+                        .iter()
+                        .filter(|(_, member)| member.owner.incarnation == incarnation)
+                        .map(|(key, member)| {
+                            (key.clone(), Arc::clone(&member.name), member.owner.clone())
+                        })
+                        .collect();
+                    leaving.sort_by(|a, b| a.0.cmp(&b.0));
+                    let cause = leave_cause(&cause);
+                    for (lamport, (_, name, owner)) in (lamport..).zip(leaving) {
+                        self.clock.observe(lamport);
+                        let entry = self.announce_leave(&mut state, name, &owner, lamport);
+                        logged.push(Logged::new(entry, cause.into(), None, &state));
+                    }
+                }
+            }
+        }
+        log_events(&logged);
+        self.propose_in_background(orphans);
+    }
+
+    /// Waits for the record this room proposed as `proposal` to be applied.
+    async fn propose(
+        &self,
+        propose: Arc<dyn Propose>,
+        record: Record,
+        proposal: ProposalId,
+        reply: oneshot::Receiver<Result<Outcome, ChatError>>,
+    ) -> Result<Outcome, ChatError> {
+        if let Err(err) = propose.propose(record).await {
+            take_pending(&mut self.lock(), proposal);
+            return Err(err);
+        }
+        match tokio::time::timeout(CLUSTER_APPLY_TIMEOUT, reply).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(cluster_confused()),
+            Err(_) => {
+                take_pending(&mut self.lock(), proposal);
+                Err(ChatError::ClusterUnavailable(format!(
+                    "the cluster's log stored the request but did not come back with it within {} s",
+                    CLUSTER_APPLY_TIMEOUT.as_secs()
+                )))
+            }
+        }
+    }
+
+    /// Makes `name` present, held by `owner`, and appends its join notice at
+    /// `lamport`. `new` is the session when this room holds it: its feed starts
+    /// where its history or resume says.
+    fn admit(
+        &self,
+        state: &mut State,
+        (key, name, owner): (Box<str>, Arc<str>, Owner),
+        lamport: LamportTime,
+        client_lamport: LamportTime,
+        new: Option<NewSession>,
+        logged: &mut Vec<Logged>,
+    ) -> Outcome {
+        let id = owner.session;
+        state.names.insert(
+            key,
+            Member {
+                name: Arc::clone(&name),
+                owner,
+            },
+        );
+        if let Some(new) = &new {
+            state.sessions.insert(
+                id,
+                Session {
+                    name: Arc::clone(&name),
+                    secret: new.secret,
+                    end: Arc::clone(&new.end),
+                    position: Arc::clone(&new.position),
+                    limiter: self.config.publish_rate.map(PublishRate::limiter),
+                    leaving: false,
+                },
+            );
+        }
+        // What the log holds as this request finds it: the writer may trim more
+        // as soon as the join notice is appended, and a feed that finds its
+        // position trimmed is cut off and can resume again.
+        let first_held = self.log.first_held();
+        let text = joined_sentence(&name, lamport);
+        let entry = self
+            .log
+            .append(EventKind::Joined, name, text, lamport, None);
+        let mut line = Logged::new(
+            Arc::clone(&entry),
+            BroadcastCause::Join,
+            Some(client_lamport),
+            state,
+        );
+        let (cursor, resume) = match new {
+            Some(new) => {
+                let (cursor, resume) = start_position(
+                    new.resume,
+                    self.log.epoch(),
+                    entry.seq,
+                    first_held,
+                    new.history,
+                );
+                if resume == Resume::Resumed {
+                    line.resumed_after = Some(cursor - 1);
+                }
+                new.position.store(cursor, Ordering::Release);
+                (cursor, resume)
+            }
+            None => (entry.seq, Resume::NotAsked),
+        };
+        logged.push(line);
+        Outcome::Joined(entry, cursor, resume)
+    }
+
+    /// Appends a chat message of `name` and remembers its publish id.
+    #[allow(clippy::too_many_arguments)]
+    fn append_chat(
+        &self,
+        state: &mut State,
+        name: Arc<str>,
+        text: String,
+        lamport: LamportTime,
+        client_lamport: LamportTime,
+        publish_id: Option<Arc<str>>,
+        logged: &mut Vec<Logged>,
+    ) -> Stamp {
+        let entry = self.log.append(
+            EventKind::Chat,
+            Arc::clone(&name),
+            text,
+            lamport,
+            publish_id.as_ref().map(|id| Box::from(&**id)),
+        );
+        let stamp = entry.stamp();
+        if let Some(id) = publish_id {
+            // Alone, the ids of the events the log holds; in a cluster, a window
+            // every node keeps alike.
+            let keep_from = match self.mode {
+                Mode::Alone => self.log.first_held(),
+                Mode::Cluster(_) => stamp.seq.saturating_sub(CLUSTER_PUBLISH_ID_WINDOW),
+            };
+            remember_publish_id(state, name, id, stamp, keep_from);
+        }
+        logged.push(Logged::new(
+            entry,
+            BroadcastCause::Publish,
+            Some(client_lamport),
+            state,
+        ));
+        stamp
+    }
+
+    /// The owner of this room's session `id`.
+    fn owner(&self, session: u64) -> Owner {
+        Owner {
+            node: Arc::clone(&self.node),
+            incarnation: self.incarnation,
+            session,
+        }
     }
 
     fn check_log(&self) -> Result<(), ChatError> {
@@ -621,27 +1198,88 @@ impl Room {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Removes a session and appends its leave notice at `lamport`; its feed ends
-    /// before the notice.
+    /// Removes a session of this room and appends its leave notice at `lamport`;
+    /// its feed ends before the notice.
     fn remove_and_announce(
         &self,
         state: &mut State,
         id: u64,
         lamport: LamportTime,
     ) -> Option<Arc<Entry>> {
-        let session = state.sessions.remove(&id)?;
-        state.names.remove(&name_key(&session.name));
+        let name = Arc::clone(&state.sessions.get(&id)?.name);
+        Some(self.announce_leave(state, name, &self.owner(id), lamport))
+    }
+
+    /// Makes `name`, held by `owner`, absent and appends its leave notice at
+    /// `lamport`. When this room holds the session, the session goes too, and its
+    /// feed ends before the notice.
+    fn announce_leave(
+        &self,
+        state: &mut State,
+        name: Arc<str>,
+        owner: &Owner,
+        lamport: LamportTime,
+    ) -> Arc<Entry> {
+        state.names.remove(&name_key(&name));
         // The feed's end is set before the notice is appended: the writer may make
         // the notice durable at once, and the feed must never deliver it.
         let seq = self.log.head() + 1;
-        session.end.set(seq, None);
-        let text = left_sentence(&session.name, lamport);
-        let entry = self
-            .log
-            .append(EventKind::Left, session.name, text, lamport, None);
+        if owner.incarnation == self.incarnation
+            && let Some(session) = state.sessions.remove(&owner.session)
+        {
+            session.end.set(seq, None);
+        }
+        let text = left_sentence(&name, lamport);
+        let entry = self.log.append(EventKind::Left, name, text, lamport, None);
         debug_assert_eq!(entry.seq, seq, "appends are serialised by the room's lock");
-        Some(entry)
+        entry
     }
+}
+
+/// Registers a request waiting for its record; returns the proposal's number and
+/// where its outcome arrives.
+fn expect(
+    state: &mut State,
+    join: Option<NewSession>,
+) -> (ProposalId, oneshot::Receiver<Result<Outcome, ChatError>>) {
+    state.next_proposal += 1;
+    let proposal = state.next_proposal;
+    let (reply, outcome) = oneshot::channel();
+    if join.is_some() {
+        state.joining += 1;
+    }
+    state.pending.insert(proposal, Pending { reply, join });
+    (proposal, outcome)
+}
+
+/// Takes the request waiting for `proposal`, if it still waits.
+fn take_pending(state: &mut State, proposal: ProposalId) -> Option<Pending> {
+    let pending = state.pending.remove(&proposal)?;
+    if pending.join.is_some() {
+        state.joining -= 1;
+    }
+    Some(pending)
+}
+
+/// Answers the request waiting for `proposal`, if it still waits.
+fn answer(state: &mut State, proposal: ProposalId, outcome: Result<Outcome, ChatError>) {
+    if let Some(pending) = take_pending(state, proposal) {
+        let _ = pending.reply.send(outcome);
+    }
+}
+
+/// The name as present, when `name` is present and held by `owner`.
+fn present_as(state: &State, name: &str, owner: &Owner) -> Option<Arc<str>> {
+    state
+        .names
+        .get(&name_key(name))
+        .filter(|member| member.owner == *owner)
+        .map(|member| Arc::clone(&member.name))
+}
+
+/// A record came back with an outcome of the wrong kind: never, short of a bug.
+fn cluster_confused() -> ChatError {
+    ChatError::ClusterUnavailable("the request's outcome was lost".to_owned())
 }
 
 /// Where a newcomer's feed starts, and what became of the resume it asked for: its
@@ -806,8 +1444,9 @@ mod tests {
         )
     }
 
-    fn join(room: &Arc<Room>, name: &str) -> Joined {
+    async fn join(room: &Arc<Room>, name: &str) -> Joined {
         room.join(name.as_bytes(), 0, JoinOptions::default())
+            .await
             .unwrap()
     }
 
@@ -818,7 +1457,7 @@ mod tests {
     #[tokio::test]
     async fn newcomer_gets_its_own_join_notice_first() {
         let room = room();
-        let mut alice = join(&room, "alice");
+        let mut alice = join(&room, "alice").await;
         let event = next(&mut alice.feed).await;
         assert_eq!(event.entry.kind, EventKind::Joined);
         assert_eq!(event.entry.seq, 1);
@@ -832,7 +1471,10 @@ mod tests {
     #[tokio::test]
     async fn stamps_merge_the_client_clock_and_rise_with_seq() {
         let room = room();
-        let alice = room.join(b"alice", 10, JoinOptions::default()).unwrap();
+        let alice = room
+            .join(b"alice", 10, JoinOptions::default())
+            .await
+            .unwrap();
         assert_eq!(
             alice.stamp,
             Stamp {
@@ -861,7 +1503,7 @@ mod tests {
     #[tokio::test]
     async fn a_newcomer_sees_recent_history_marked_as_such_before_its_join() {
         let room = room();
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let token = alice.token.expose().to_owned();
         for i in 0..5 {
             room.publish(&token, format!("m{i}").as_bytes(), 0, "")
@@ -872,7 +1514,7 @@ mod tests {
             history: Some(3),
             resume: None,
         };
-        let mut bob = room.join(b"bob", 0, options).unwrap();
+        let mut bob = room.join(b"bob", 0, options).await.unwrap();
         assert_eq!(bob.history, 3);
         let mut seen = Vec::new();
         for _ in 0..4 {
@@ -885,8 +1527,8 @@ mod tests {
     #[tokio::test]
     async fn a_resumed_feed_replays_exactly_what_was_missed() {
         let room = room();
-        let alice = join(&room, "alice");
-        let mut bob = join(&room, "bob");
+        let alice = join(&room, "alice").await;
+        let mut bob = join(&room, "bob").await;
         let token = alice.token.expose().to_owned();
         let seen = next(&mut bob.feed).await.entry.seq;
         drop(bob.feed);
@@ -904,6 +1546,7 @@ mod tests {
                     resume: Some(resume),
                 },
             )
+            .await
             .unwrap();
         assert_eq!(again.resume, Resume::Resumed);
         let mut texts = Vec::new();
@@ -935,7 +1578,7 @@ mod tests {
             },
             4,
         );
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let token = alice.token.expose().to_owned();
         for i in 0..6 {
             room.publish(&token, format!("m{i}").as_bytes(), 0, "")
@@ -955,6 +1598,7 @@ mod tests {
                     }),
                 },
             )
+            .await
             .unwrap();
         room.durable(gap.stamp.seq).await.unwrap();
         assert_eq!(gap.resume, Resume::Gap { missed: 2 });
@@ -971,6 +1615,7 @@ mod tests {
                     }),
                 },
             )
+            .await
             .unwrap();
         assert_eq!(other.resume, Resume::OtherLog);
     }
@@ -985,8 +1630,8 @@ mod tests {
             },
             4,
         );
-        let mut slow = join(&room, "slow");
-        let mut fast = join(&room, "fast");
+        let mut slow = join(&room, "slow").await;
+        let mut fast = join(&room, "fast").await;
         let token = fast.token.expose().to_owned();
         next(&mut fast.feed).await;
         // fast keeps up; slow reads nothing while the log moves past its position.
@@ -1016,7 +1661,7 @@ mod tests {
     #[tokio::test]
     async fn a_repeated_publish_id_is_answered_with_the_original() {
         let room = room();
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let token = alice.token.expose().to_owned();
         let first = room.publish(&token, b"once", 0, "id-1").await.unwrap();
         let again = room.publish(&token, b"once", 0, "id-1").await.unwrap();
@@ -1032,7 +1677,7 @@ mod tests {
     #[tokio::test]
     async fn a_time_far_ahead_is_refused_so_the_clock_keeps_rising() {
         let room = room();
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let token = alice.token.expose().to_owned();
         let before = room.lamport_now();
         assert!(matches!(
@@ -1040,7 +1685,7 @@ mod tests {
             Err(ChatError::LamportTooFarAhead { .. })
         ));
         assert!(matches!(
-            room.join(b"bob", u64::MAX, JoinOptions::default()),
+            room.join(b"bob", u64::MAX, JoinOptions::default()).await,
             Err(ChatError::LamportTooFarAhead { .. })
         ));
         assert!(matches!(
@@ -1061,7 +1706,7 @@ mod tests {
     #[tokio::test]
     async fn a_wrong_token_is_refused_and_changes_nothing() {
         let room = room();
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let real = alice.token.expose().to_owned();
         let (id, secret) = real.split_once('.').unwrap();
         let mut flipped = secret.to_owned();
@@ -1094,8 +1739,8 @@ mod tests {
     #[tokio::test]
     async fn dropping_a_feed_announces_a_leave_exactly_once() {
         let room = room();
-        let alice = join(&room, "alice");
-        let mut bob = join(&room, "bob");
+        let alice = join(&room, "alice").await;
+        let mut bob = join(&room, "bob").await;
         drop(alice.feed);
         // A late Leave with the old token is refused; the leave was already announced.
         assert_eq!(
@@ -1115,13 +1760,13 @@ mod tests {
         );
         assert_eq!(room.present(), ["bob"]);
         // The name is free again.
-        join(&room, "alice");
+        join(&room, "alice").await;
     }
 
     #[tokio::test]
     async fn leave_ends_the_leavers_feed_without_its_own_notice() {
         let room = room();
-        let mut alice = join(&room, "alice");
+        let mut alice = join(&room, "alice").await;
         room.leave(alice.token.expose(), 0).await.unwrap();
         assert_eq!(next(&mut alice.feed).await.entry.kind, EventKind::Joined);
         assert!(alice.feed.next().await.is_none());
@@ -1130,7 +1775,7 @@ mod tests {
     #[tokio::test]
     async fn shutdown_ends_every_feed_with_a_reason_and_refuses_joins() {
         let room = room();
-        let mut alice = join(&room, "alice");
+        let mut alice = join(&room, "alice").await;
         assert_eq!(room.shutdown(), 1);
         assert_eq!(next(&mut alice.feed).await.entry.kind, EventKind::Joined);
         assert_eq!(
@@ -1138,7 +1783,9 @@ mod tests {
             ChatError::ShuttingDown
         );
         assert_eq!(
-            room.join(b"bob", 0, JoinOptions::default()).unwrap_err(),
+            room.join(b"bob", 0, JoinOptions::default())
+                .await
+                .unwrap_err(),
             ChatError::ShuttingDown
         );
     }
@@ -1146,15 +1793,18 @@ mod tests {
     #[tokio::test]
     async fn duplicate_names_and_bad_input_are_refused() {
         let room = room();
-        let _alice = join(&room, "alice");
+        let _alice = join(&room, "alice").await;
         assert_eq!(
-            room.join(b"alice", 0, JoinOptions::default()).unwrap_err(),
+            room.join(b"alice", 0, JoinOptions::default())
+                .await
+                .unwrap_err(),
             ChatError::NameTaken {
                 name: "alice".into()
             }
         );
         assert!(matches!(
             room.join(b"no spaces", 0, JoinOptions::default())
+                .await
                 .unwrap_err(),
             ChatError::InvalidName { .. }
         ));
@@ -1163,18 +1813,20 @@ mod tests {
     #[tokio::test]
     async fn names_are_unique_regardless_of_case_and_shown_as_chosen() {
         let room = room();
-        let alice = join(&room, "Alice");
+        let alice = join(&room, "Alice").await;
         assert_eq!(
-            room.join(b"aLICE", 0, JoinOptions::default()).unwrap_err(),
+            room.join(b"aLICE", 0, JoinOptions::default())
+                .await
+                .unwrap_err(),
             ChatError::NameTaken {
                 name: "aLICE".into()
             }
         );
-        let _bob = join(&room, "bob");
+        let _bob = join(&room, "bob").await;
         assert_eq!(room.who(alice.token.expose()).unwrap(), ["Alice", "bob"]);
         assert_eq!(room.who("nobody").unwrap_err(), ChatError::UnknownSession);
         room.leave(alice.token.expose(), 0).await.unwrap();
-        join(&room, "alice");
+        join(&room, "alice").await;
     }
 
     #[tokio::test]
@@ -1186,14 +1838,16 @@ mod tests {
             },
             100,
         );
-        let alice = join(&room, "alice");
-        let _bob = join(&room, "bob");
+        let alice = join(&room, "alice").await;
+        let _bob = join(&room, "bob").await;
         assert_eq!(
-            room.join(b"carol", 0, JoinOptions::default()).unwrap_err(),
+            room.join(b"carol", 0, JoinOptions::default())
+                .await
+                .unwrap_err(),
             ChatError::ServerFull { max: 2 }
         );
         room.leave(alice.token.expose(), 0).await.unwrap();
-        join(&room, "carol");
+        join(&room, "carol").await;
     }
 
     #[tokio::test]
@@ -1209,8 +1863,8 @@ mod tests {
             },
             100,
         );
-        let flooder = join(&room, "flooder");
-        let other = join(&room, "other");
+        let flooder = join(&room, "flooder").await;
+        let other = join(&room, "other").await;
         let flooder = flooder.token.expose();
         for i in 0..3 {
             room.publish(flooder, b"spam", 0, &format!("s{i}"))
@@ -1238,7 +1892,7 @@ mod tests {
     #[tokio::test]
     async fn history_pages_back_through_the_log() {
         let room = room();
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let token = alice.token.expose().to_owned();
         for i in 0..10 {
             room.publish(&token, format!("m{i}").as_bytes(), 0, "")
@@ -1253,10 +1907,10 @@ mod tests {
         assert_eq!(page[0].seq, 1);
     }
 
-    #[test]
-    fn token_debug_is_redacted() {
+    #[tokio::test]
+    async fn token_debug_is_redacted() {
         let room = room();
-        let alice = join(&room, "alice");
+        let alice = join(&room, "alice").await;
         let shown = format!("{:?}", alice.token);
         assert!(!shown.contains(alice.token.expose()));
     }

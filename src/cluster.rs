@@ -1,0 +1,364 @@
+//! A node of a Chitty-Chat cluster: several servers serve one room, and the room's
+//! records go through one NATS JetStream stream, whose order is the one order
+//! every node delivers.
+//!
+//! Each node proposes a [`Record`] for each request ([`NatsLog`]) and applies every
+//! record of the stream, from the first, in the stream's order ([`Room::apply`]).
+//! Applying the same records in the same order, every node makes the same events
+//! with the same sequence numbers and agrees on who is present, without the nodes
+//! talking to each other. The stream's first record is the genesis record, which
+//! carries the cluster's epoch; a node's own log is in memory, rebuilt from the
+//! stream when the node starts.
+
+use crate::error::ChatError;
+use crate::log::{Epoch, Log, LogError, MemoryStore, Retention};
+use crate::room::{Propose, Record, Room, RoomConfig};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// The stream a cluster shares when none is named.
+pub const DEFAULT_STREAM: &str = "chittychat";
+
+/// How long a node waits to reach NATS when it starts.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long JetStream de-duplicates a repeated record (its `Nats-Msg-Id`).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How a node joins its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS servers to connect to (`nats://host:port`); any one will do.
+    pub servers: Vec<String>,
+    /// This node's name, unique in the cluster.
+    pub node: String,
+    /// The JetStream stream that holds the cluster's log.
+    pub stream: String,
+    /// How many NATS servers keep a copy of the stream, when this node creates it.
+    pub replicas: usize,
+}
+
+impl ClusterConfig {
+    /// A node named `node` of the cluster on `servers`, with the default stream.
+    pub fn new(servers: Vec<String>, node: impl Into<String>) -> Self {
+        Self {
+            servers,
+            node: node.into(),
+            stream: DEFAULT_STREAM.to_owned(),
+            replicas: 1,
+        }
+    }
+
+    /// The subject the stream's records are published on.
+    pub fn subject(&self) -> String {
+        format!("chittychat.{}.records", self.stream)
+    }
+}
+
+/// Why a node cannot join its cluster, or had to stop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// No NATS server could be reached.
+    #[error("cannot reach NATS at {servers}: {reason}")]
+    Connect {
+        /// The servers tried.
+        servers: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream cannot be made or read.
+    #[error("cannot use the JetStream stream \"{stream}\": {reason}")]
+    Stream {
+        /// The stream's name.
+        stream: String,
+        /// Why.
+        reason: String,
+    },
+    /// The stream no longer starts with its genesis record, so a node cannot
+    /// rebuild the room from it.
+    #[error(
+        "the JetStream stream \"{stream}\" no longer holds its first record (it starts at \
+         {first}); a node cannot rebuild the room from it"
+    )]
+    Trimmed {
+        /// The stream's name.
+        stream: String,
+        /// The oldest record it holds.
+        first: u64,
+    },
+    /// The stream's first record is not a Chitty-Chat genesis record.
+    #[error("the JetStream stream \"{stream}\" is not a Chitty-Chat log: {reason}")]
+    NotOurs {
+        /// The stream's name.
+        stream: String,
+        /// What is wrong with its first record.
+        reason: String,
+    },
+    /// The stream skipped records this node had not applied.
+    #[error("the cluster's log skipped from record {expected} to {found}; this node stops")]
+    Gap {
+        /// The record the node expected next.
+        expected: u64,
+        /// The record that came.
+        found: u64,
+    },
+    /// The node's own copy of the log failed.
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// A running node: its room and the task applying the cluster's log to it.
+#[derive(Debug)]
+pub struct Node {
+    room: Arc<Room>,
+    applier: JoinHandle<ClusterError>,
+}
+
+impl Node {
+    /// The node's room.
+    pub fn room(&self) -> &Arc<Room> {
+        &self.room
+    }
+
+    /// Completes when the node can no longer follow the cluster's log, with why.
+    pub async fn failed(&mut self) -> ClusterError {
+        match (&mut self.applier).await {
+            Ok(err) => err,
+            Err(err) => ClusterError::Stream {
+                stream: String::new(),
+                reason: format!("the task applying the log stopped: {err}"),
+            },
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.applier.abort();
+    }
+}
+
+/// Joins the cluster `config` names: connects to NATS, opens (or makes) the
+/// stream, applies every record it holds, has the participants of this node's
+/// earlier runs announced as left, and returns the node, ready to serve.
+pub async fn start(
+    config: &ClusterConfig,
+    room: RoomConfig,
+    retention: Retention,
+) -> Result<Node, ClusterError> {
+    let servers = config.servers.join(",");
+    let connect_error = |reason: String| ClusterError::Connect {
+        servers: servers.clone(),
+        reason,
+    };
+    let addresses = config
+        .servers
+        .iter()
+        .map(|server| {
+            server
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|err| connect_error(format!("\"{server}\" is not a NATS address: {err}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let client = async_nats::ConnectOptions::new()
+        .name(format!("chittychat-server {}", config.node))
+        .connection_timeout(CONNECT_TIMEOUT)
+        .connect(addresses)
+        .await
+        .map_err(|err| connect_error(err.to_string()))?;
+    let jetstream = jetstream::new(client);
+    let stream_error = |reason: String| ClusterError::Stream {
+        stream: config.stream.clone(),
+        reason,
+    };
+    let subject = config.subject();
+    let mut stream = jetstream
+        .get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: vec![subject.clone()],
+            storage: stream::StorageType::File,
+            num_replicas: config.replicas.max(1),
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(|err| stream_error(err.to_string()))?;
+    let epoch = genesis(&jetstream, &stream, config).await?;
+    let caught_up_to = stream
+        .info()
+        .await
+        .map_err(|err| stream_error(err.to_string()))?
+        .state
+        .last_sequence;
+    let (log, _) = Log::with_store(Arc::new(MemoryStore::with_epoch(epoch)), retention)?;
+    let propose = Arc::new(NatsLog { jetstream, subject });
+    let room = Room::open_in_cluster(room, log, propose, &config.node);
+    let (caught_up, applied) = oneshot::channel();
+    let applier = tokio::spawn(apply_records(
+        stream,
+        config.stream.clone(),
+        Arc::clone(&room),
+        (caught_up_to, caught_up),
+    ));
+    let mut node = Node { room, applier };
+    tokio::select! {
+        _ = applied => {}
+        err = node.failed() => return Err(err),
+    }
+    let retired = node
+        .room
+        .retire_earlier_runs()
+        .await
+        .map_err(|err| stream_error(err.to_string()))?;
+    tracing::info!(
+        node = %config.node,
+        incarnation = %node.room.incarnation(),
+        stream = %config.stream,
+        %epoch,
+        applied = caught_up_to,
+        earlier_runs_retired = retired,
+        "joined the cluster"
+    );
+    Ok(node)
+}
+
+/// The cluster's epoch: read from the stream's genesis record, which the first
+/// node to find the stream empty writes (only one can: it is written on the
+/// condition that the stream is empty).
+async fn genesis(
+    jetstream: &jetstream::Context,
+    stream: &stream::Stream,
+    config: &ClusterConfig,
+) -> Result<Epoch, ClusterError> {
+    let record = Record::Genesis {
+        epoch: Epoch::random().to_string(),
+    };
+    let first_only = PublishMessage::build()
+        .payload(record.to_bytes().into())
+        .expected_last_sequence(0);
+    // Refused when the stream already holds records: another node wrote it first.
+    if let Ok(ack) = jetstream.send_publish(config.subject(), first_only).await {
+        let _ = ack.await;
+    }
+    let first = stream.get_raw_message(1).await.map_err(|err| {
+        let first = stream.cached_info().state.first_sequence.max(2);
+        tracing::debug!(error = %err, "reading the genesis record");
+        ClusterError::Trimmed {
+            stream: config.stream.clone(),
+            first,
+        }
+    })?;
+    let not_ours = |reason: String| ClusterError::NotOurs {
+        stream: config.stream.clone(),
+        reason,
+    };
+    match Record::from_bytes(&first.payload).map_err(not_ours)? {
+        Record::Genesis { epoch } => epoch
+            .parse()
+            .map_err(|_| not_ours(format!("its epoch \"{epoch}\" is not 32 hex digits"))),
+        other => Err(not_ours(format!(
+            "its first record is not a genesis record but {other:?}"
+        ))),
+    }
+}
+
+/// Applies the stream's records to `room`, from the one after the genesis record
+/// on, in order, for as long as the node runs; says when it has applied up to
+/// `caught_up.0`. Returns why it stopped.
+async fn apply_records(
+    stream: stream::Stream,
+    name: String,
+    room: Arc<Room>,
+    caught_up: (u64, oneshot::Sender<()>),
+) -> ClusterError {
+    let stream_error = |reason: String| ClusterError::Stream {
+        stream: name.clone(),
+        reason,
+    };
+    let (target, caught_up) = caught_up;
+    let mut caught_up = Some(caught_up);
+    let mut next = 2;
+    if target < next
+        && let Some(tell) = caught_up.take()
+    {
+        let _ = tell.send(());
+    }
+    let consumer = match stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            },
+            ..Default::default()
+        })
+        .await
+    {
+        Ok(consumer) => consumer,
+        Err(err) => return stream_error(err.to_string()),
+    };
+    let mut messages = match consumer.messages().await {
+        Ok(messages) => messages,
+        Err(err) => return stream_error(err.to_string()),
+    };
+    while let Some(message) = messages.next().await {
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(error = %err, "reading the cluster's log; retrying");
+                continue;
+            }
+        };
+        let seq = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(err) => return stream_error(err.to_string()),
+        };
+        if seq != next {
+            return ClusterError::Gap {
+                expected: next,
+                found: seq,
+            };
+        }
+        match Record::from_bytes(&message.payload) {
+            Ok(record) => room.apply(record),
+            // Every node skips it alike, so they still agree.
+            Err(err) => {
+                tracing::warn!(seq, error = %err, "skipped a record that is not Chitty-Chat's")
+            }
+        }
+        next += 1;
+        if seq >= target
+            && let Some(tell) = caught_up.take()
+        {
+            let _ = tell.send(());
+        }
+    }
+    stream_error("the stream's consumer ended".to_owned())
+}
+
+/// Proposes records by publishing them to the stream.
+#[derive(Debug)]
+pub struct NatsLog {
+    jetstream: jetstream::Context,
+    subject: String,
+}
+
+impl Propose for NatsLog {
+    fn propose(&self, record: Record) -> BoxFuture<'static, Result<(), ChatError>> {
+        let jetstream = self.jetstream.clone();
+        let subject = self.subject.clone();
+        Box::pin(async move {
+            let unavailable = |err: String| ChatError::ClusterUnavailable(err);
+            jetstream
+                .publish(subject, record.to_bytes().into())
+                .await
+                .map_err(|err| unavailable(format!("cannot send to NATS: {err}")))?
+                .await
+                .map_err(|err| unavailable(format!("NATS did not store the request: {err}")))?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! Several Chitty-Chat servers as one cluster, on a NATS JetStream stream: one
+//! order on every node, names unique across nodes, and every participant of a node
+//! that stops or is killed announced as left exactly once.
+//!
+//! Each test starts its own `nats-server -js` on a free loopback port.
+
+mod fixture;
+
+use chittychat::client::{Events, JoinOptions, Session, connect};
+use chittychat::cluster::ClusterConfig;
+use chittychat::event::EventKind;
+use chittychat::server::ServerConfig;
+use fixture::nats::NatsServer;
+use fixture::{DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within};
+use std::collections::BTreeMap;
+use tonic::Code;
+
+/// A node of the cluster on `nats`, named `node`, without a publish rate limit.
+async fn node(nats: &NatsServer, node: &str) -> TestServer {
+    TestServer::start(ServerConfig {
+        cluster: Some(ClusterConfig::new(vec![nats.url()], node)),
+        ..fixture::unlimited_with_history_limit(10_000)
+    })
+    .await
+}
+
+/// What a participant received: (sequence number, Lamport time, kind, participant,
+/// text), by sequence number.
+type Seen = BTreeMap<u64, (u64, EventKind, String, String)>;
+
+/// Reads `events` until `done` holds for what was seen.
+async fn read_until(events: &mut Events, seen: &mut Seen, done: impl Fn(&Seen) -> bool) {
+    while !done(seen) {
+        let received = next_event(events).await;
+        let event = received.event;
+        let previous = seen.insert(
+            event.seq,
+            (
+                event.lamport,
+                event.kind,
+                event.participant.to_string(),
+                event.text.to_string(),
+            ),
+        );
+        assert!(previous.is_none(), "event {} delivered twice", event.seq);
+    }
+}
+
+fn chats(seen: &Seen) -> usize {
+    seen.values()
+        .filter(|(_, kind, ..)| *kind == EventKind::Chat)
+        .count()
+}
+
+#[tokio::test]
+async fn three_nodes_deliver_every_event_in_one_order_to_everyone() {
+    let nats = NatsServer::start().await;
+    let nodes = [
+        node(&nats, "n1").await,
+        node(&nats, "n2").await,
+        node(&nats, "n3").await,
+    ];
+    let mut participants = Vec::new();
+    for (i, server) in nodes.iter().enumerate() {
+        participants.push(join(&server.url(), &format!("p{i}")).await);
+    }
+    // Everyone has seen those after them join before anyone publishes.
+    for (i, (_, events)) in participants.iter_mut().enumerate() {
+        for later in i + 1..nodes.len() {
+            let _ = await_notice(events, EventKind::Joined, &format!("p{later}"), DEADLINE).await;
+        }
+    }
+    const EACH: usize = 20;
+    let publishing = participants
+        .iter()
+        .enumerate()
+        .map(|(i, (session, _))| async move {
+            for n in 0..EACH {
+                session.publish(&format!("p{i} says {n}")).await.unwrap();
+            }
+        });
+    within(
+        DEADLINE,
+        "every publish",
+        futures::future::join_all(publishing),
+    )
+    .await;
+    let mut views = Vec::new();
+    for (_, events) in &mut participants {
+        let mut seen = Seen::new();
+        read_until(events, &mut seen, |seen| chats(seen) == EACH * nodes.len()).await;
+        views.push(seen);
+    }
+    // The same events, with the same numbers and times, everywhere; numbers gapless.
+    for view in &views[1..] {
+        assert_eq!(view, &views[0]);
+    }
+    let numbers: Vec<u64> = views[0].keys().copied().collect();
+    let first = numbers[0];
+    assert_eq!(
+        numbers,
+        (first..first + numbers.len() as u64).collect::<Vec<_>>()
+    );
+    // Each node stamped its own participant's messages in the order they were sent.
+    for i in 0..nodes.len() {
+        let own: Vec<(u64, &str)> = views[0]
+            .values()
+            .filter(|(_, _, who, _)| *who == format!("p{i}"))
+            .filter(|(_, kind, ..)| *kind == EventKind::Chat)
+            .map(|(lamport, _, _, text)| (*lamport, text.as_str()))
+            .collect();
+        let texts: Vec<String> = (0..EACH).map(|n| format!("p{i} says {n}")).collect();
+        assert_eq!(
+            own.iter()
+                .map(|(_, text)| text.to_string())
+                .collect::<Vec<_>>(),
+            texts
+        );
+        assert!(own.windows(2).all(|pair| pair[0].0 < pair[1].0), "{own:?}");
+    }
+    for server in nodes {
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_name_asked_on_two_nodes_at_once_is_given_once() {
+    let nats = NatsServer::start().await;
+    let (one, two) = (node(&nats, "one").await, node(&nats, "two").await);
+    for round in 0..10 {
+        let name = format!("same{round}");
+        let ask = |url: String| {
+            let name = name.clone();
+            async move {
+                let channel = connect(&url).await.unwrap();
+                Session::join_with(channel, &name, JoinOptions::default()).await
+            }
+        };
+        let (a, b) = within(DEADLINE, "two joins", async {
+            tokio::join!(ask(one.url()), ask(two.url()))
+        })
+        .await;
+        match (&a, &b) {
+            (Ok(_), Err(err)) | (Err(err), Ok(_)) => {
+                assert_eq!(err.code(), Some(Code::AlreadyExists), "{err}");
+                assert!(err.to_string().contains("is taken"), "{err}");
+            }
+            _ => panic!(
+                "round {round}: one join must win and one be refused: {:?} / {:?}",
+                a.as_ref().map(|_| "joined").map_err(ToString::to_string),
+                b.as_ref().map(|_| "joined").map_err(ToString::to_string),
+            ),
+        }
+        // Both nodes agree on who is present.
+        let (session, _) = a.or(b).unwrap();
+        let mut who = session.who().await.unwrap();
+        who.sort();
+        assert!(who.contains(&name), "{who:?}");
+    }
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_stops_has_its_participants_announced_as_left_once() {
+    let nats = NatsServer::start().await;
+    let (mut leaving, staying) = (node(&nats, "leaving").await, node(&nats, "staying").await);
+    let (_carol, _carol_events) = join(&leaving.url(), "carol").await;
+    let (_dave, _dave_events) = join(&leaving.url(), "dave").await;
+    let (bob, mut bob_events) = join(&staying.url(), "bob").await;
+    leaving.begin_stop();
+    let left = [
+        await_notice(&mut bob_events, EventKind::Left, "carol", DEADLINE).await,
+        await_notice(&mut bob_events, EventKind::Left, "dave", DEADLINE).await,
+    ];
+    assert_eq!(left[1].event.seq, left[0].event.seq + 1);
+    leaving.stop().await;
+    // Nothing more about them: bob's next event is his own message.
+    bob.publish("still here").await.unwrap();
+    let next = next_event(&mut bob_events).await;
+    assert_eq!(&*next.event.text, "still here");
+    assert_eq!(next.event.seq, left[1].event.seq + 1);
+    assert_eq!(bob.who().await.unwrap(), ["bob"]);
+    staying.stop().await;
+}
+
+#[tokio::test]
+async fn a_killed_node_that_comes_back_retires_its_participants_once_and_resumes_them() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let args = ["--nats", url.as_str(), "--node", "phoenix"];
+    let phoenix = ServerProcess::start(&args).await;
+    let other = ServerProcess::start(&["--nats", url.as_str(), "--node", "other"]).await;
+    let (carol, mut carol_events) = join(&phoenix.url(), "carol").await;
+    let (bob, mut bob_events) = join(&other.url(), "bob").await;
+    let _ = await_notice(&mut carol_events, EventKind::Joined, "bob", DEADLINE).await;
+    let resume = carol.resume_point().expect("carol saw events");
+    let port = phoenix.addr.port();
+    phoenix.kill().await;
+    bob.publish("while phoenix is down").await.unwrap();
+    // Back under its name, on its old port: its earlier run's participants leave.
+    let phoenix = ServerProcess::start_on(&format!("127.0.0.1:{port}"), &args).await;
+    let left = await_notice(&mut bob_events, EventKind::Left, "carol", DEADLINE).await;
+    // Carol comes back to the same node and misses nothing.
+    let channel = connect(&phoenix.url()).await.unwrap();
+    let options = JoinOptions {
+        resume: Some(resume),
+        ..JoinOptions::default()
+    };
+    let (again, mut again_events) = within(
+        DEADLINE,
+        "carol's rejoin",
+        Session::join_with(channel, "carol", options),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.joined().resumed, Some(true));
+    let mut missed = Vec::new();
+    loop {
+        let received = next_event(&mut again_events).await;
+        missed.push(received.event.text.to_string());
+        if received.event.kind == EventKind::Joined && &*received.event.participant == "carol" {
+            break;
+        }
+    }
+    assert_eq!(
+        missed,
+        [
+            "while phoenix is down".to_owned(),
+            left.event.text.to_string(),
+            missed.last().cloned().unwrap(),
+        ]
+    );
+    // One leave for her first session, however many nodes saw the old run go.
+    let rejoined = await_notice(&mut bob_events, EventKind::Joined, "carol", DEADLINE).await;
+    assert_eq!(rejoined.event.seq, left.event.seq + 1);
+    drop(carol_events);
+    drop(again);
+}
