@@ -12,13 +12,14 @@
 
 use crate::error::ChatError;
 use crate::log::{Epoch, Log, LogError, MemoryStore, Retention};
-use crate::room::{Propose, Record, Room, RoomConfig};
+use crate::room::{Incarnation, Propose, Record, Room, RoomConfig};
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::sync::oneshot;
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// The stream a cluster shares when none is named.
@@ -29,6 +30,22 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long JetStream de-duplicates a repeated record (its `Nats-Msg-Id`).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// How often a node tells the others it is alive.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a node may go unheard, while this node hears NATS, before this node
+/// has the cluster announce that its participants left. With
+/// [`HEARTBEAT_INTERVAL`] and the time a record takes, a dead node's participants
+/// are announced as left within 15 s.
+pub const NODE_SILENCE_LIMIT: Duration = Duration::from_secs(10);
+
+/// How often the NATS client pings its server: two unanswered pings and it
+/// counts the connection lost.
+pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The longest wait between two attempts to reach NATS again.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// How a node joins its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +74,11 @@ impl ClusterConfig {
     /// The subject the stream's records are published on.
     pub fn subject(&self) -> String {
         format!("chittychat.{}.records", self.stream)
+    }
+
+    /// The subject the nodes' heartbeats go on (plain NATS, not stored).
+    pub fn heartbeat_subject(&self) -> String {
+        format!("chittychat.{}.alive", self.stream)
     }
 }
 
@@ -112,17 +134,25 @@ pub enum ClusterError {
     Log(#[from] LogError),
 }
 
-/// A running node: its room and the task applying the cluster's log to it.
+/// A running node: its room, the task applying the cluster's log to it, and the
+/// task that watches NATS and the other nodes.
 #[derive(Debug)]
 pub struct Node {
     room: Arc<Room>,
     applier: JoinHandle<ClusterError>,
+    watcher: Option<JoinHandle<()>>,
+    reachable: watch::Receiver<bool>,
 }
 
 impl Node {
     /// The node's room.
     pub fn room(&self) -> &Arc<Room> {
         &self.room
+    }
+
+    /// Whether the node reaches NATS now; changes as it loses and regains it.
+    pub fn reachable(&self) -> watch::Receiver<bool> {
+        self.reachable.clone()
     }
 
     /// Completes when the node can no longer follow the cluster's log, with why.
@@ -140,6 +170,9 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.applier.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
     }
 }
 
@@ -165,13 +198,33 @@ pub async fn start(
                 .map_err(|err| connect_error(format!("\"{server}\" is not a NATS address: {err}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let (reachable_tx, reachable) = watch::channel(true);
     let client = async_nats::ConnectOptions::new()
         .name(format!("chittychat-server {}", config.node))
         .connection_timeout(CONNECT_TIMEOUT)
+        .ping_interval(NATS_PING_INTERVAL)
+        .reconnect_delay_callback(|attempts| {
+            let attempts = u32::try_from(attempts).unwrap_or(u32::MAX);
+            (Duration::from_millis(100) * attempts).min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(move |event| {
+            let reachable = reachable_tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Connected => {
+                        reachable.send_replace(true);
+                    }
+                    async_nats::Event::Disconnected => {
+                        reachable.send_replace(false);
+                    }
+                    _ => {}
+                }
+            }
+        })
         .connect(addresses)
         .await
         .map_err(|err| connect_error(err.to_string()))?;
-    let jetstream = jetstream::new(client);
+    let jetstream = jetstream::new(client.clone());
     let stream_error = |reason: String| ClusterError::Stream {
         stream: config.stream.clone(),
         reason,
@@ -204,8 +257,14 @@ pub async fn start(
         config.stream.clone(),
         Arc::clone(&room),
         (caught_up_to, caught_up),
+        reachable.clone(),
     ));
-    let mut node = Node { room, applier };
+    let mut node = Node {
+        room,
+        applier,
+        watcher: None,
+        reachable: reachable.clone(),
+    };
     tokio::select! {
         _ = applied => {}
         err = node.failed() => return Err(err),
@@ -215,6 +274,12 @@ pub async fn start(
         .retire_earlier_runs()
         .await
         .map_err(|err| stream_error(err.to_string()))?;
+    node.watcher = Some(tokio::spawn(watch_cluster(
+        client,
+        config.heartbeat_subject(),
+        Arc::clone(&node.room),
+        reachable,
+    )));
     tracing::info!(
         node = %config.node,
         incarnation = %node.room.incarnation(),
@@ -267,19 +332,24 @@ async fn genesis(
     }
 }
 
+/// How long the applier waits before it reads the stream anew after an error.
+pub const REREAD_DELAY: Duration = Duration::from_millis(250);
+
 /// Applies the stream's records to `room`, from the one after the genesis record
 /// on, in order, for as long as the node runs; says when it has applied up to
 /// `caught_up.0`. Returns why it stopped.
+///
+/// It reads through an ordered consumer, and makes a new one, from the next
+/// record it needs, whenever reading fails or the node reaches NATS again (a
+/// restarted NATS server has forgotten the old one). Any record other than the
+/// next one stops the node: the stream skipped what it no longer holds.
 async fn apply_records(
     stream: stream::Stream,
     name: String,
     room: Arc<Room>,
     caught_up: (u64, oneshot::Sender<()>),
+    mut reachable: watch::Receiver<bool>,
 ) -> ClusterError {
-    let stream_error = |reason: String| ClusterError::Stream {
-        stream: name.clone(),
-        reason,
-    };
     let (target, caught_up) = caught_up;
     let mut caught_up = Some(caught_up);
     let mut next = 2;
@@ -288,55 +358,166 @@ async fn apply_records(
     {
         let _ = tell.send(());
     }
-    let consumer = match stream
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: next,
-            },
-            ..Default::default()
-        })
-        .await
-    {
-        Ok(consumer) => consumer,
-        Err(err) => return stream_error(err.to_string()),
-    };
-    let mut messages = match consumer.messages().await {
-        Ok(messages) => messages,
-        Err(err) => return stream_error(err.to_string()),
-    };
-    while let Some(message) = messages.next().await {
-        let message = match message {
-            Ok(message) => message,
+    loop {
+        let reading = async {
+            let consumer = stream
+                .create_consumer(consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                        start_sequence: next,
+                    },
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| err.to_string())?;
+            consumer.messages().await.map_err(|err| err.to_string())
+        };
+        let mut messages = match reading.await {
+            Ok(messages) => messages,
             Err(err) => {
-                tracing::warn!(error = %err, "reading the cluster's log; retrying");
+                tracing::warn!(error = %err, stream = %name, "cannot read the cluster's log; retrying");
+                tokio::time::sleep(REREAD_DELAY).await;
                 continue;
             }
         };
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(err) => return stream_error(err.to_string()),
-        };
-        if seq != next {
-            return ClusterError::Gap {
-                expected: next,
-                found: seq,
+        reachable.borrow_and_update();
+        loop {
+            let message = tokio::select! {
+                message = messages.next() => message,
+                changed = reachable.changed() => {
+                    if changed.is_err() {
+                        return ClusterError::Stream {
+                            stream: name,
+                            reason: "the connection to NATS is closed".to_owned(),
+                        };
+                    }
+                    if *reachable.borrow_and_update() {
+                        // NATS is back: read from a consumer it knows.
+                        break;
+                    }
+                    continue;
+                }
             };
-        }
-        match Record::from_bytes(&message.payload) {
-            Ok(record) => room.apply(record),
-            // Every node skips it alike, so they still agree.
-            Err(err) => {
-                tracing::warn!(seq, error = %err, "skipped a record that is not Chitty-Chat's")
+            let message = match message {
+                Some(Ok(message)) => message,
+                Some(Err(err)) => {
+                    tracing::warn!(error = %err, "reading the cluster's log; reading anew");
+                    tokio::time::sleep(REREAD_DELAY).await;
+                    break;
+                }
+                None => break,
+            };
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(err) => {
+                    tracing::warn!(error = %err, "a record without its place in the log; reading anew");
+                    break;
+                }
+            };
+            if seq != next {
+                return ClusterError::Gap {
+                    expected: next,
+                    found: seq,
+                };
+            }
+            match Record::from_bytes(&message.payload) {
+                Ok(record) => room.apply(record),
+                // Every node skips it alike, so they still agree.
+                Err(err) => {
+                    tracing::warn!(seq, error = %err, "skipped a record that is not Chitty-Chat's")
+                }
+            }
+            next += 1;
+            if seq >= target
+                && let Some(tell) = caught_up.take()
+            {
+                let _ = tell.send(());
             }
         }
-        next += 1;
-        if seq >= target
-            && let Some(tell) = caught_up.take()
-        {
-            let _ = tell.send(());
+    }
+}
+
+/// Follows the node's connection to NATS and the other nodes' heartbeats, for as
+/// long as the node runs. Says this node is alive every [`HEARTBEAT_INTERVAL`];
+/// tells the room when NATS is lost and back; and has the cluster announce the
+/// participants of a node unheard for [`NODE_SILENCE_LIMIT`] as left. Silence is
+/// counted only while this node hears NATS, from the moment it last reached it,
+/// so a node cut off itself accuses nobody.
+async fn watch_cluster(
+    client: async_nats::Client,
+    subject: String,
+    room: Arc<Room>,
+    mut reachable: watch::Receiver<bool>,
+) {
+    let me = room.incarnation();
+    let mut subscription = match client.subscribe(subject.clone()).await {
+        Ok(subscription) => Some(subscription),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot hear the other nodes; no node will be found dead");
+            None
+        }
+    };
+    let mut heard: HashMap<Incarnation, Instant> = HashMap::new();
+    let mut accused: HashMap<Incarnation, Instant> = HashMap::new();
+    let mut reachable_since = Some(Instant::now());
+    let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            changed = reachable.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                if *reachable.borrow_and_update() {
+                    reachable_since = Some(Instant::now());
+                    room.cluster_back();
+                    tracing::info!("NATS is back: taking requests again");
+                } else {
+                    reachable_since = None;
+                    let ended = room.cluster_lost("it lost its connection to NATS");
+                    tracing::warn!(feeds_ended = ended, "lost NATS: refusing requests until it is back");
+                }
+            }
+            Some(message) = async {
+                match &mut subscription {
+                    Some(subscription) => subscription.next().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(incarnation) = std::str::from_utf8(&message.payload)
+                    .ok()
+                    .and_then(|text| u64::from_str_radix(text, 16).ok())
+                {
+                    heard.insert(Incarnation(incarnation), Instant::now());
+                }
+            }
+            _ = tick.tick() => {
+                let _ = client.publish(subject.clone(), me.to_string().into()).await;
+                // Runs long gone are forgotten.
+                heard.retain(|_, at| at.elapsed() < 10 * NODE_SILENCE_LIMIT);
+                accused.retain(|_, at| at.elapsed() < 10 * NODE_SILENCE_LIMIT);
+                let Some(since) = reachable_since else {
+                    continue;
+                };
+                for (incarnation, node) in room.other_runs() {
+                    let last = heard.get(&incarnation).map_or(since, |at| (*at).max(since));
+                    let silent = last.elapsed() >= NODE_SILENCE_LIMIT;
+                    let accused_lately = accused
+                        .get(&incarnation)
+                        .is_some_and(|at| at.elapsed() < NODE_SILENCE_LIMIT);
+                    if silent && !accused_lately {
+                        accused.insert(incarnation, Instant::now());
+                        tracing::warn!(
+                            %node,
+                            %incarnation,
+                            silent_secs = last.elapsed().as_secs(),
+                            "a node went silent: announcing its participants as left"
+                        );
+                        room.retire(incarnation, &node);
+                    }
+                }
+            }
         }
     }
-    stream_error("the stream's consumer ended".to_owned())
 }
 
 /// Proposes records by publishing them to the stream.

@@ -6,6 +6,7 @@
 //! Health reports `SERVING` for the whole server (service `""`) and for
 //! [`CHAT_SERVICE`] while the server is up, and `NOT_SERVING` for both from the moment
 //! shutdown begins, so a load balancer or an orchestrator stops sending newcomers.
+//! A cluster's node also reports `NOT_SERVING` while it cannot reach NATS.
 
 use crate::pb;
 use tonic_health::ServingStatus;
@@ -27,6 +28,25 @@ pub(crate) async fn serving() -> (HealthReporter, HealthServer<impl Health>) {
 /// Reports `NOT_SERVING` for the server and the chat service.
 pub(crate) async fn shutting_down(reporter: &HealthReporter) {
     set_all(reporter, ServingStatus::NotServing).await;
+}
+
+/// Reports `SERVING` while `reachable` holds and `NOT_SERVING` while it does not
+/// (a cluster's node that cannot reach NATS), until the sender is gone.
+pub(crate) async fn follow(
+    reporter: HealthReporter,
+    mut reachable: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let status = if *reachable.borrow_and_update() {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        set_all(&reporter, status).await;
+        if reachable.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn set_all(reporter: &HealthReporter, status: ServingStatus) {

@@ -174,7 +174,7 @@ pub async fn run_with_log(
                 LogError::WriteFailed("the log stopped taking events".to_owned())
             }))
         };
-    serve(listener, config, room, fatal, shutdown).await
+    serve(listener, config, room, None, fatal, shutdown).await
 }
 
 /// Serves as [`run`] does, as a node of a cluster the caller joined
@@ -186,6 +186,7 @@ pub async fn run_node(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let room = Arc::clone(node.room());
+    let reachable = node.reachable();
     let fatal = async move {
         let mut node = node;
         let log = Arc::clone(node.room().log());
@@ -196,7 +197,7 @@ pub async fn run_node(
             })),
         }
     };
-    serve(listener, config, room, fatal, shutdown).await
+    serve(listener, config, room, Some(reachable), fatal, shutdown).await
 }
 
 /// How long a stopping node waits for the cluster to take the news that its
@@ -204,10 +205,13 @@ pub async fn run_node(
 pub const CLUSTER_LEAVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Serves `room` until `shutdown` completes or `fatal` says why it cannot go on.
+/// Health follows `reachable`, when there is one: a node that cannot reach its
+/// cluster is `NOT_SERVING` until it can again.
 async fn serve(
     listener: TcpListener,
     config: ServerConfig,
     room: Arc<Room>,
+    reachable: Option<tokio::sync::watch::Receiver<bool>>,
     fatal: impl Future<Output = ServerError> + Send,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
@@ -238,6 +242,8 @@ async fn serve(
             .timeout(TLS_HANDSHAKE_TIMEOUT);
         builder = builder.tls_config(tls)?;
     }
+    let health_follower =
+        reachable.map(|reachable| tokio::spawn(health::follow(health_reporter.clone(), reachable)));
     let incoming = connection::accept(listener, config.connections);
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<ServerError>();
@@ -248,6 +254,9 @@ async fn serve(
                 tracing::error!(error = %err, "stopping");
                 let _ = fatal_tx.send(err);
             }
+        }
+        if let Some(follower) = health_follower {
+            follower.abort();
         }
         health::shutting_down(&health_reporter).await;
         let present = room.shutdown();

@@ -14,6 +14,9 @@ use fixture::nats::NatsServer;
 use fixture::{DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within};
 use std::collections::BTreeMap;
 use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 /// A node of the cluster on `nats`, named `node`, without a publish rate limit.
 async fn node(nats: &NatsServer, node: &str) -> TestServer {
@@ -236,4 +239,142 @@ async fn a_killed_node_that_comes_back_retires_its_participants_once_and_resumes
     assert_eq!(rejoined.event.seq, left.event.seq + 1);
     drop(carol_events);
     drop(again);
+}
+
+#[tokio::test]
+async fn a_killed_node_that_stays_down_has_its_participants_announced_as_left_once() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let doomed = ServerProcess::start(&["--nats", url.as_str(), "--node", "doomed"]).await;
+    let (one, two) = (node(&nats, "one").await, node(&nats, "two").await);
+    let (_erin, _erin_events) = join(&doomed.url(), "erin").await;
+    let (bob, mut bob_events) = join(&one.url(), "bob").await;
+    let (carol, mut carol_events) = join(&two.url(), "carol").await;
+    let _ = await_notice(&mut bob_events, EventKind::Joined, "carol", DEADLINE).await;
+    doomed.kill().await;
+    // Both survivors notice; the cluster announces her leave once, within the
+    // stated bound.
+    let bound = cluster_bound();
+    let left = await_notice(&mut bob_events, EventKind::Left, "erin", bound).await;
+    let seen_by_carol = await_notice(&mut carol_events, EventKind::Left, "erin", bound).await;
+    assert_eq!(left.event, seen_by_carol.event);
+    // Past the time a second survivor's announcement would take: nothing more.
+    bob.publish("marker").await.unwrap();
+    for events in [&mut bob_events, &mut carol_events] {
+        let next = next_event(events).await;
+        assert_eq!(&*next.event.text, "marker", "{next:?}");
+    }
+    assert_eq!(carol.who().await.unwrap(), ["bob", "carol"]);
+    one.stop().await;
+    two.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_refuses_while_nats_is_gone_and_serves_again_losing_nothing() {
+    let mut nats = NatsServer::start().await;
+    let server = node(&nats, "steady").await;
+    let (alice, mut alice_events) = join(&server.url(), "alice").await;
+    for n in 0..5 {
+        alice.publish(&format!("answered {n}")).await.unwrap();
+    }
+    nats.kill();
+    // Her feed ends, saying why, so that her client goes to another node.
+    let ended = within(DEADLINE, "alice's feed to end", async {
+        loop {
+            match alice_events.next().await {
+                Ok(Some(_)) => continue,
+                Err(err) => return err,
+                Ok(None) => panic!("her feed ended without saying why"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
+    assert!(ended.to_string().contains("NATS"), "{ended}");
+    // Meanwhile the node refuses newcomers, saying why, and reports NOT_SERVING.
+    let channel = connect(&server.url()).await.unwrap();
+    let refused = Session::join_with(channel, "early", JoinOptions::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unavailable), "{refused}");
+    assert!(
+        refused.to_string().contains("cannot reach its cluster"),
+        "{refused}"
+    );
+    await_health(&server, ServingStatus::NotServing).await;
+    nats.start_again().await;
+    // The node takes newcomers again once NATS is back, and they see every
+    // message that was answered, and alice's leave, once.
+    let (_, mut newcomer) = within(DEADLINE, "a join once NATS is back", async {
+        loop {
+            let channel = connect(&server.url()).await.unwrap();
+            let options = JoinOptions {
+                history: Some(20),
+                ..JoinOptions::default()
+            };
+            match Session::join_with(channel, "newcomer", options).await {
+                Ok(joined) => return joined,
+                Err(err) => {
+                    assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+        }
+    })
+    .await;
+    let mut texts = Vec::new();
+    loop {
+        let received = next_event(&mut newcomer).await;
+        if received.event.participant.as_ref() == "newcomer" {
+            break;
+        }
+        texts.push(received.event.text.to_string());
+    }
+    let answered: Vec<String> = (0..5).map(|n| format!("answered {n}")).collect();
+    assert_eq!(
+        texts
+            .iter()
+            .filter(|text| text.starts_with("answered"))
+            .cloned()
+            .collect::<Vec<_>>(),
+        answered
+    );
+    let leaves = texts
+        .iter()
+        .filter(|text| text.starts_with("Participant alice left"))
+        .count();
+    assert!(leaves <= 1, "{texts:?}");
+    if leaves == 0 {
+        let _ = await_notice(&mut newcomer, EventKind::Left, "alice", DEADLINE).await;
+    }
+    await_health(&server, ServingStatus::Serving).await;
+    server.stop().await;
+}
+
+/// Waits until the server's health service says `wanted` of the whole server
+/// (the health service follows the node's connection to NATS as it changes).
+async fn await_health(server: &TestServer, wanted: ServingStatus) {
+    let mut health = HealthClient::new(server.channel().await);
+    within(DEADLINE, &format!("health {wanted:?}"), async {
+        loop {
+            let response = health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .unwrap();
+            if response.into_inner().status == wanted as i32 {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// How long the cluster may take to announce that a dead node's participants left,
+/// at the defaults (README: "within 15 s").
+fn cluster_bound() -> std::time::Duration {
+    std::time::Duration::from_secs(15)
 }

@@ -241,6 +241,8 @@ struct State {
     pending: HashMap<ProposalId, Pending>,
     /// How many of `pending` are joins, which count against the room's size.
     joining: usize,
+    /// In a cluster: set while the node cannot reach the cluster's log.
+    cluster_down: bool,
 }
 
 /// A participant who is present, and who holds its session.
@@ -468,6 +470,7 @@ impl Room {
                 return Err(ChatError::ShuttingDown);
             }
             self.check_log()?;
+            check_cluster(&state)?;
             let key = name_key(&name);
             if state.names.contains_key(&key) {
                 return Err(ChatError::NameTaken {
@@ -569,6 +572,7 @@ impl Room {
             if let Some(stamp) = key.as_ref().and_then(|key| state.published.get(key)) {
                 (Err(Outcome::Repeated(*stamp)), name)
             } else {
+                check_cluster(&state)?;
                 if let (Some(rate), Some(limiter)) = (self.config.publish_rate, &session.limiter) {
                     rate.check(limiter)?;
                 }
@@ -640,6 +644,7 @@ impl Room {
         let decided = {
             let mut state = self.lock();
             let id = authenticate(&state, token)?;
+            check_cluster(&state)?;
             let lamport = self.clock.observe(client_lamport);
             match &self.mode {
                 Mode::Alone => {
@@ -742,7 +747,9 @@ impl Room {
         let Mode::Cluster(propose) = &self.mode else {
             return Ok(());
         };
-        propose.propose(self.node_down(self.incarnation)).await
+        propose
+            .propose(self.node_down(self.incarnation, &self.node))
+            .await
     }
 
     /// In a cluster, once the log is applied up to where it stood when the room
@@ -763,15 +770,94 @@ impl Room {
             .map(|member| member.owner.incarnation)
             .collect();
         for &incarnation in &earlier {
-            propose.propose(self.node_down(incarnation)).await?;
+            propose
+                .propose(self.node_down(incarnation, &self.node))
+                .await?;
         }
         Ok(earlier.len())
     }
 
-    /// A record saying that the participants of `incarnation` of this node left.
-    fn node_down(&self, incarnation: Incarnation) -> Record {
+    /// In a cluster: the other nodes' runs that hold participants, with their
+    /// nodes' names.
+    pub fn other_runs(&self) -> Vec<(Incarnation, Arc<str>)> {
+        let state = self.lock();
+        let mut runs: HashMap<Incarnation, Arc<str>> = HashMap::new();
+        for member in state.names.values() {
+            if member.owner.incarnation != self.incarnation {
+                runs.entry(member.owner.incarnation)
+                    .or_insert_with(|| Arc::clone(&member.owner.node));
+            }
+        }
+        runs.into_iter().collect()
+    }
+
+    /// In a cluster: has the cluster announce that the participants of run
+    /// `incarnation` of node `node` left (it was not heard from for too long).
+    /// Proposed without waiting; repeated, it comes to nothing.
+    pub fn retire(&self, incarnation: Incarnation, node: &str) {
+        self.propose_in_background(vec![self.node_down(incarnation, node)]);
+    }
+
+    /// In a cluster: the node lost the cluster's log. Requests that would change
+    /// the room are refused until it is back, and every feed of this node ends
+    /// with [`ChatError::ClusterUnavailable`], so that clients go to another node.
+    /// Returns how many feeds were ended.
+    pub fn cluster_lost(&self, why: &str) -> usize {
+        let mut state = self.lock();
+        state.cluster_down = true;
+        let end = self.log.head() + 1;
+        let mut ended = 0;
+        for session in state.sessions.values_mut() {
+            session
+                .end
+                .set(end, Some(ChatError::ClusterUnavailable(why.to_owned())));
+            if !session.leaving {
+                session.leaving = true;
+                ended += 1;
+            }
+        }
+        drop(state);
+        self.log.wake_readers();
+        ended
+    }
+
+    /// In a cluster: the node reaches the cluster's log again. Takes requests
+    /// again, and proposes the leave of every participant this node holds in the
+    /// cluster's eyes but no longer serves (its feed ended meanwhile).
+    pub fn cluster_back(&self) {
+        let records: Vec<Record> = {
+            let mut state = self.lock();
+            state.cluster_down = false;
+            let gone: Vec<(Arc<str>, Owner)> = state
+                .names
+                .values()
+                .filter(|member| member.owner.incarnation == self.incarnation)
+                .filter(|member| {
+                    state
+                        .sessions
+                        .get(&member.owner.session)
+                        .is_none_or(|session| session.leaving)
+                })
+                .map(|member| (Arc::clone(&member.name), member.owner.clone()))
+                .collect();
+            gone.into_iter()
+                .map(|(name, owner)| Record::Leave {
+                    owner,
+                    name: name.to_string(),
+                    lamport: self.clock.tick(),
+                    client_lamport: None,
+                    cause: LeaveCause::Disconnected.as_str().to_owned(),
+                    proposal: None,
+                })
+                .collect()
+        };
+        self.propose_in_background(records);
+    }
+
+    /// A record saying that the participants of run `incarnation` of `node` left.
+    fn node_down(&self, incarnation: Incarnation, node: &str) -> Record {
         Record::NodeDown {
-            node: self.node.to_string(),
+            node: node.to_owned(),
             incarnation,
             lamport: self.clock.tick(),
             cause: LeaveCause::NodeDown.as_str().to_owned(),
@@ -1000,7 +1086,8 @@ impl Room {
                     let outcome = match present_as(&state, &name, &owner) {
                         None => Err(ChatError::UnknownSession),
                         Some(name) => {
-                            let entry = self.announce_leave(&mut state, name, &owner, lamport);
+                            let entry =
+                                self.announce_leave(&mut state, name, &owner, lamport, None);
                             let stamp = entry.stamp();
                             logged.push(Logged::new(
                                 entry,
@@ -1031,9 +1118,19 @@ impl Room {
                         .collect();
                     leaving.sort_by(|a, b| a.0.cmp(&b.0));
                     let cause = leave_cause(&cause);
+                    // This node's own run declared gone while it still serves (it was
+                    // cut off too long): its participants must join again.
+                    let reason = (incarnation == self.incarnation).then(|| {
+                        ChatError::ClusterUnavailable(
+                            "the cluster stopped hearing from this node and announced its \
+                             participants as left"
+                                .to_owned(),
+                        )
+                    });
                     for (lamport, (_, name, owner)) in (lamport..).zip(leaving) {
                         self.clock.observe(lamport);
-                        let entry = self.announce_leave(&mut state, name, &owner, lamport);
+                        let entry =
+                            self.announce_leave(&mut state, name, &owner, lamport, reason.clone());
                         logged.push(Logged::new(entry, cause.into(), None, &state));
                     }
                 }
@@ -1207,7 +1304,7 @@ impl Room {
         lamport: LamportTime,
     ) -> Option<Arc<Entry>> {
         let name = Arc::clone(&state.sessions.get(&id)?.name);
-        Some(self.announce_leave(state, name, &self.owner(id), lamport))
+        Some(self.announce_leave(state, name, &self.owner(id), lamport, None))
     }
 
     /// Makes `name`, held by `owner`, absent and appends its leave notice at
@@ -1219,6 +1316,7 @@ impl Room {
         name: Arc<str>,
         owner: &Owner,
         lamport: LamportTime,
+        reason: Option<ChatError>,
     ) -> Arc<Entry> {
         state.names.remove(&name_key(&name));
         // The feed's end is set before the notice is appended: the writer may make
@@ -1227,12 +1325,24 @@ impl Room {
         if owner.incarnation == self.incarnation
             && let Some(session) = state.sessions.remove(&owner.session)
         {
-            session.end.set(seq, None);
+            session.end.set(seq, reason);
         }
         let text = left_sentence(&name, lamport);
         let entry = self.log.append(EventKind::Left, name, text, lamport, None);
         debug_assert_eq!(entry.seq, seq, "appends are serialised by the room's lock");
         entry
+    }
+}
+
+/// Refuses a request that would change the room while the node cannot reach the
+/// cluster's log.
+fn check_cluster(state: &State) -> Result<(), ChatError> {
+    if state.cluster_down {
+        Err(ChatError::ClusterUnavailable(
+            "it lost its connection to NATS".to_owned(),
+        ))
+    } else {
+        Ok(())
     }
 }
 
