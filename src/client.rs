@@ -278,6 +278,20 @@ pub struct JoinOptions {
     pub history: Option<u32>,
     /// Resume a previous feed from where it stopped.
     pub resume: Option<ResumePoint>,
+    /// When rejoining: the previous session, which the new one replaces if the
+    /// server still counts it present, so that the name is free at once.
+    pub replaces: Option<PreviousSession>,
+}
+
+/// A session this client had, to be replaced by the next Join of the same name.
+/// `Debug` leaves out its token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreviousSession(String);
+
+impl fmt::Debug for PreviousSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PreviousSession(<redacted>)")
+    }
 }
 
 /// One event as the client received it.
@@ -333,6 +347,11 @@ impl Session {
                 epoch: point.epoch.clone(),
                 after_seq: point.after_seq,
             }),
+            replaces_session: options
+                .replaces
+                .as_ref()
+                .map(|previous| previous.0.clone())
+                .unwrap_or_default(),
         });
         if let Some(secret) = &options.join_secret {
             // JoinSecret holds printable ASCII only, always a valid metadata value.
@@ -396,6 +415,12 @@ impl Session {
     /// What the server said about this Join.
     pub fn joined(&self) -> &JoinInfo {
         &self.joined
+    }
+
+    /// This session, for the next Join of the same name to replace (after the
+    /// connection is lost, the server may still count it present for a while).
+    pub fn previous(&self) -> PreviousSession {
+        PreviousSession(self.token.clone())
     }
 
     /// Where this session's feed stands, to resume it after the connection is lost;

@@ -86,6 +86,12 @@ pub enum ChatError {
         /// The oldest sequence number the log still holds.
         first_held: u64,
     },
+    /// A newer session of the same participant took this one's place.
+    #[error(
+        "this session was replaced by a newer one of the same name (the participant joined \
+         again, from this client or another)"
+    )]
+    Replaced,
     /// The server cannot store events, so it takes none.
     #[error("the Chitty-Chat server cannot store events: {0}")]
     LogUnavailable(LogError),

@@ -89,6 +89,9 @@ pub enum LeaveCause {
     /// Its node in a cluster stopped, was restarted, or was no longer heard from;
     /// announced by the cluster.
     NodeDown,
+    /// It joined again (after a lost connection, or on another node) while this
+    /// session was still present, and the new session took its place.
+    Replaced,
 }
 
 impl LeaveCause {
@@ -100,13 +103,20 @@ impl LeaveCause {
             LeaveCause::TooSlow => "too_slow",
             LeaveCause::ServerRestart => "server_restart",
             LeaveCause::NodeDown => "node_down",
+            LeaveCause::Replaced => "replaced",
         }
     }
 
     /// Whether the participant went without saying so: its feed was dropped or cut
     /// off, rather than it calling Leave or the server restarting.
     pub fn is_dropout(self) -> bool {
-        matches!(self, LeaveCause::Disconnected | LeaveCause::TooSlow)
+        matches!(
+            self,
+            LeaveCause::Disconnected
+                | LeaveCause::TooSlow
+                | LeaveCause::NodeDown
+                | LeaveCause::Replaced
+        )
     }
 }
 
@@ -170,6 +180,7 @@ impl FromStr for LeaveCause {
             LeaveCause::TooSlow,
             LeaveCause::ServerRestart,
             LeaveCause::NodeDown,
+            LeaveCause::Replaced,
         ]
         .into_iter()
         .find(|cause| cause.as_str() == text)
@@ -301,6 +312,7 @@ mod tests {
             BroadcastCause::Leave(LeaveCause::TooSlow),
             BroadcastCause::Leave(LeaveCause::ServerRestart),
             BroadcastCause::Leave(LeaveCause::NodeDown),
+            BroadcastCause::Leave(LeaveCause::Replaced),
         ] {
             assert_eq!(cause.as_str().parse(), Ok(cause));
         }

@@ -215,7 +215,7 @@ pub async fn run(options: ScriptOptions) -> ExitCode {
         Ok(steps) => steps,
         Err(message) => return fail(EXIT_BAD_SCRIPT, &message),
     };
-    let (session, events) = match client_app::join(&options.client, None, None).await {
+    let (session, events) = match client_app::join(&options.client, None, None, None).await {
         Ok(joined) => joined,
         Err(err) => return fail(join_failed_status(&err), &err),
     };

@@ -15,7 +15,7 @@ use crate::log_schema::{field, rpc};
 use crate::pace::{JoinPace, JoinRate};
 use crate::pb;
 use crate::pb::encoded_server::chitty_chat_server::{ChittyChat, ChittyChatServer};
-use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig};
+use crate::room::{JoinOptions, Resume, ResumePoint, Room, RoomConfig, SessionToken};
 use crate::status;
 use crate::transport::{
     DEFAULT_MAX_REQUEST_BYTES, HISTORY_METADATA, JOIN_SECRET_METADATA, JoinSecret, Keepalive,
@@ -402,6 +402,8 @@ impl ChittyChat for ChatService {
         let options = JoinOptions {
             history: request.history,
             resume,
+            replaces: (!request.replaces_session.is_empty())
+                .then(|| SessionToken::new(request.replaces_session)),
         };
         secret_checked.inspect_err(refused)?;
         // The turn comes before anything the join costs (and so does the secret: a

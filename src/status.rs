@@ -16,6 +16,7 @@ pub(crate) fn code(err: &ChatError) -> Code {
         | ChatError::LamportTooFarAhead { .. }
         | ChatError::InvalidPublishId { .. } => Code::InvalidArgument,
         ChatError::NameTaken { .. } => Code::AlreadyExists,
+        ChatError::Replaced => Code::Aborted,
         ChatError::UnknownSession | ChatError::JoinSecretMissing | ChatError::JoinSecretWrong => {
             Code::Unauthenticated
         }

@@ -11,7 +11,9 @@ use chittychat::cluster::ClusterConfig;
 use chittychat::event::EventKind;
 use chittychat::server::ServerConfig;
 use fixture::nats::NatsServer;
-use fixture::{DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within};
+use fixture::{
+    ClientProcess, DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within,
+};
 use std::collections::BTreeMap;
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
@@ -377,4 +379,51 @@ async fn await_health(server: &TestServer, wanted: ServingStatus) {
 /// at the defaults (README: "within 15 s").
 fn cluster_bound() -> std::time::Duration {
     std::time::Duration::from_secs(15)
+}
+
+#[tokio::test]
+async fn a_client_whose_node_is_killed_moves_to_another_and_misses_nothing() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let doomed = ServerProcess::start(&["--nats", url.as_str(), "--node", "doomed"]).await;
+    let survivor = node(&nats, "survivor").await;
+    let servers = format!("{},{}", doomed.url(), survivor.url());
+    let mut carol = ClientProcess::start_plain(&servers, "carol", &[]);
+    carol.await_joined("carol").await;
+    let (bob, mut bob_events) = join(&survivor.url(), "bob").await;
+    carol
+        .stdout
+        .await_line("bob's join notice", |line| {
+            line.starts_with("Participant bob joined")
+        })
+        .await;
+    doomed.kill().await;
+    bob.publish("while carol moves").await.unwrap();
+    // Her client goes to the surviving node and takes her name back at once (not
+    // when the cluster finds her node dead), resuming where her feed stopped.
+    carol
+        .stderr
+        .await_line("carol's client to move", |line| {
+            line.contains(&format!("reconnected to {}", survivor.url()))
+        })
+        .await;
+    let left = await_notice(&mut bob_events, EventKind::Left, "carol", DEADLINE).await;
+    let back = await_notice(&mut bob_events, EventKind::Joined, "carol", DEADLINE).await;
+    assert_eq!(back.event.seq, left.event.seq + 1);
+    bob.publish("welcome back").await.unwrap();
+    carol
+        .stdout
+        .await_line("bob's welcome", |line| line.ends_with("bob: welcome back"))
+        .await;
+    carol.say("thanks");
+    let _ = await_notice(&mut bob_events, EventKind::Chat, "carol", DEADLINE).await;
+    let (status, stdout, _) = carol.finish().await;
+    assert!(status.success(), "{status:?}");
+    let moved: Vec<&String> = stdout
+        .seen
+        .iter()
+        .filter(|line| line.ends_with("bob: while carol moves"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{:#?}", stdout.seen);
+    survivor.stop().await;
 }

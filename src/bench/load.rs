@@ -44,6 +44,7 @@ impl Access {
             history: Some(0),
             resume,
             clock: None,
+            replaces: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use chittychat::cli::{AccessArgs, KeepaliveArgs};
 use chittychat::client::{ConnectOptions, DEFAULT_SERVER_URL};
-use chittychat::client_app::{self, ClientOptions, DEFAULT_RECONNECT_TIMEOUT};
+use chittychat::client_app::{self, ClientOptions, DEFAULT_RECONNECT_TIMEOUT, Servers};
 use chittychat::logging::{self, LogFormat};
 use chittychat::script::{self, ScriptOptions};
 use chittychat::transport::Seconds;
@@ -22,9 +22,12 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_NAME")]
     name: String,
     /// The server's URL: http://HOST:PORT, or https://HOST:PORT for a server that
-    /// serves TLS.
-    #[arg(long, env = "CHITTYCHAT_SERVER", default_value = DEFAULT_SERVER_URL)]
-    server: String,
+    /// serves TLS. For a cluster, several nodes (repeat the flag, or separate them
+    /// with commas): the client joins the first it can, and when its node goes
+    /// away or is cut off from the cluster it moves to another and resumes there.
+    #[arg(long, env = "CHITTYCHAT_SERVER", default_value = DEFAULT_SERVER_URL,
+          value_delimiter = ',', value_name = "URL")]
+    server: Vec<String>,
     #[command(flatten)]
     access: AccessArgs,
     /// Exit when the connection drops, instead of reconnecting and rejoining.
@@ -123,7 +126,7 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
     };
     let options = ClientOptions {
         name: args.name,
-        server: args.server,
+        servers: Servers::new(args.server),
         connect: ConnectOptions {
             keepalive: args.keepalive.keepalive(),
             tls_ca,

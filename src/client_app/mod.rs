@@ -25,8 +25,8 @@ pub use command::{COMMANDS, DEFAULT_HISTORY_COMMAND_COUNT};
 pub use input::MAX_INPUT_LINE_BYTES;
 
 use crate::client::{
-    self, ClientError, ConnectOptions, Events, JoinOptions, PublishId, Published, ResumePoint,
-    Session,
+    self, ClientError, ConnectOptions, Events, JoinOptions, PreviousSession, PublishId, Published,
+    ResumePoint, Session,
 };
 use crate::display::{Style, colour_wanted, sanitize, wall_clock_in};
 use crate::error::ChatError;
@@ -90,8 +90,8 @@ pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct ClientOptions {
     /// The participant's name.
     pub name: String,
-    /// The server URL.
-    pub server: String,
+    /// The servers: one, or the nodes of a cluster, tried in turn.
+    pub servers: Servers,
     /// Keepalive and TLS.
     pub connect: ConnectOptions,
     /// The server's join secret, if it needs one.
@@ -109,6 +109,53 @@ pub struct ClientOptions {
     pub clock: Option<UtcOffset>,
 }
 
+/// The servers a client may join: one, or several nodes of a cluster. It joins
+/// the one it used last, and moves on to the next when that one cannot be reached
+/// or cannot serve (a node cut off from its cluster, or shutting down).
+#[derive(Debug, Clone)]
+pub struct Servers {
+    urls: Arc<[String]>,
+    current: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Servers {
+    /// The servers `urls`, in the order they are tried; at least one.
+    pub fn new(urls: Vec<String>) -> Self {
+        Self {
+            urls: urls.into(),
+            current: Arc::default(),
+        }
+    }
+
+    /// The server joined last (or to join first).
+    pub fn current(&self) -> &str {
+        let index = self.current.load(Ordering::Acquire) % self.urls.len().max(1);
+        self.urls.get(index).map_or("", String::as_str)
+    }
+
+    /// The servers from the current one on, round, with their places.
+    fn in_turn(&self) -> impl Iterator<Item = (usize, &str)> {
+        let first = self.current.load(Ordering::Acquire);
+        let count = self.urls.len();
+        (0..count).map(move |k| {
+            let index = (first + k) % count;
+            (index, self.urls[index].as_str())
+        })
+    }
+}
+
+impl std::fmt::Display for Servers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.current())
+    }
+}
+
+/// Whether a failed join may succeed at another server of the list: this one
+/// cannot be reached, or cannot serve now.
+fn worth_another_server(err: &ClientError) -> bool {
+    err.connection_failed() || err.code() == Some(Code::Unavailable)
+}
+
 /// Joins for the first time. A server that paces joins may say "too many joins at
 /// once, retry in …"; then the client says so on stderr, waits that long (and a
 /// little more at random, so that a crowd does not come back in lockstep) and tries
@@ -116,7 +163,7 @@ pub struct ClientOptions {
 async fn first_join(options: &ClientOptions) -> Result<(Session, Events), ClientError> {
     let started = Instant::now();
     loop {
-        match join(options, None, None).await {
+        match join(options, None, None, None).await {
             Err(err) if err.code() == Some(Code::ResourceExhausted) => {
                 let Some(wait) = err.retry_after() else {
                     return Err(err);
@@ -189,7 +236,7 @@ pub async fn run(options: ClientOptions) -> ExitCode {
         };
         screen.notice(&format!(
             "Joined Chitty-Chat at {} as {}. Type a message and press Enter; /help lists the commands; /quit or Ctrl-D leaves.{log}",
-            options.server, options.name
+            options.servers, options.name
         ));
         show_who(&session, &screen).await;
     }
@@ -380,7 +427,7 @@ impl Chat {
                 Happened::Rejoined(Ok(Ok((session, events)))) => {
                     self.screen.notice(&format!(
                         "reconnected to {}; rejoined Chitty-Chat as {}",
-                        self.options.server, self.options.name
+                        self.options.servers, self.options.name
                     ));
                     self.rejoined_notice(&session);
                     self.up(session, events).await;
@@ -593,7 +640,7 @@ impl Chat {
         let rejoin = tokio::spawn(rejoin(
             self.options.clone(),
             Arc::clone(&self.clock),
-            session.resume_point(),
+            (session.resume_point(), session.previous()),
             self.screen.clone(),
             reason,
         ));
@@ -711,21 +758,41 @@ async fn show_history(
     }
 }
 
-/// Connects and joins as `options` say, keeping `clock` and resuming from `resume`
-/// when rejoining, through [`client::join`]: the prompt, piped input and scripted
-/// participants alike.
+/// Connects and joins as `options` say, keeping `clock`, resuming from `resume`
+/// and replacing the session `replaces` when rejoining, through [`client::join`]:
+/// the prompt, piped input and scripted participants alike. Tries each server in
+/// turn, from the one joined last.
 pub(crate) async fn join(
     options: &ClientOptions,
     clock: Option<Arc<LamportClock>>,
     resume: Option<ResumePoint>,
+    replaces: Option<PreviousSession>,
 ) -> Result<(Session, Events), ClientError> {
     let join = JoinOptions {
         join_secret: options.join_secret.clone(),
         clock,
         history: options.history,
         resume,
+        replaces,
     };
-    client::join(&options.server, &options.name, &options.connect, join).await
+    let mut failed = None;
+    for (index, url) in options.servers.in_turn() {
+        match client::join(url, &options.name, &options.connect, join.clone()).await {
+            Ok(joined) => {
+                options.servers.current.store(index, Ordering::Release);
+                return Ok(joined);
+            }
+            Err(err) if worth_another_server(&err) => {
+                tracing::info!(server = url, error = %err, "cannot join here; trying the next server");
+                failed = Some(err);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(failed.unwrap_or_else(|| ClientError::InvalidUrl {
+        url: String::new(),
+        reason: "no server given".to_owned(),
+    }))
 }
 
 /// Whether a lost feed may come back by joining again: the connection failed, the
@@ -748,7 +815,7 @@ fn worth_retrying_join(err: &ClientError) -> bool {
 async fn rejoin(
     options: ClientOptions,
     clock: Arc<LamportClock>,
-    resume: Option<ResumePoint>,
+    (resume, previous): (Option<ResumePoint>, PreviousSession),
     screen: Screen,
     reason: String,
 ) -> Result<(Session, Events), ClientError> {
@@ -774,7 +841,8 @@ async fn rejoin(
             Some(_) => {}
         }
         tokio::time::sleep(wait).await;
-        match join(&options, Some(Arc::clone(&clock)), resume.clone()).await {
+        let replaces = Some(previous.clone());
+        match join(&options, Some(Arc::clone(&clock)), resume.clone(), replaces).await {
             Ok(joined) => return Ok(joined),
             Err(err)
                 if worth_retrying_join(&err) && started.elapsed() < options.reconnect_timeout =>

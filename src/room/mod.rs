@@ -129,6 +129,11 @@ impl PublishRate {
 pub struct SessionToken(String);
 
 impl SessionToken {
+    /// A token as a client presented it.
+    pub fn new(text: impl Into<String>) -> Self {
+        Self(text.into())
+    }
+
     /// The token's text, to hand to the client.
     pub fn expose(&self) -> &str {
         &self.0
@@ -151,13 +156,16 @@ pub struct ResumePoint {
 }
 
 /// What a Join asks for beyond its name and time.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JoinOptions {
     /// How many past events to replay before the join notice; the room's default
     /// when `None`. Capped at [`MAX_HISTORY_PAGE`].
     pub history: Option<u32>,
     /// Continue a previous feed from where it stopped.
     pub resume: Option<ResumePoint>,
+    /// The token of this participant's previous session: if that session is still
+    /// present, it is ended and announced as left, and this Join takes its name.
+    pub replaces: Option<SessionToken>,
 }
 
 /// How a Join's request to resume turned out.
@@ -250,6 +258,28 @@ struct State {
 struct Member {
     name: Arc<str>,
     owner: Owner,
+    /// The SHA-256 of its session's secret: whoever holds the token may replace
+    /// the session, on whichever node.
+    proof: Proof,
+}
+
+/// The SHA-256 of a session's secret.
+type Proof = [u8; 32];
+
+/// The proof of `secret`.
+fn proof_of(secret: &[u8; SECRET_BYTES]) -> Proof {
+    let digest = ring::digest::digest(&ring::digest::SHA256, secret);
+    let mut proof = [0; 32];
+    proof.copy_from_slice(digest.as_ref());
+    proof
+}
+
+/// The proof of the secret in `token`, when it is a well-formed token.
+fn proof_of_token(token: &SessionToken) -> Option<Proof> {
+    let (_, secret) = token.0.split_once('.')?;
+    let mut bytes = [0u8; SECRET_BYTES];
+    hex::decode_to_slice(secret, &mut bytes).ok()?;
+    Some(proof_of(&bytes))
 }
 
 #[derive(Debug)]
@@ -472,11 +502,18 @@ impl Room {
             self.check_log()?;
             check_cluster(&state)?;
             let key = name_key(&name);
-            if state.names.contains_key(&key) {
-                return Err(ChatError::NameTaken {
-                    name: name.to_string(),
-                });
-            }
+            // A name present is taken, unless this Join holds its session's token.
+            let replaces = match state.names.get(&key) {
+                None => None,
+                Some(member) => match options.replaces.as_ref().and_then(proof_of_token) {
+                    Some(proof) if proof == member.proof => Some(proof),
+                    _ => {
+                        return Err(ChatError::NameTaken {
+                            name: name.to_string(),
+                        });
+                    }
+                },
+            };
             if state.sessions.len() + state.joining >= self.config.max_participants {
                 return Err(ChatError::ServerFull {
                     max: self.config.max_participants,
@@ -484,13 +521,21 @@ impl Room {
             }
             state.next_session += 1;
             let id = state.next_session;
-            let lamport = self.clock.observe(client_lamport);
+            // The replaced session's leave notice comes first, one tick before.
+            let mut lamport = self.clock.observe(client_lamport);
+            if replaces.is_some() {
+                lamport = self.clock.tick();
+            }
             let owner = self.owner(id);
+            let proof = proof_of(&new.secret);
             match &self.mode {
                 Mode::Alone => {
+                    if replaces.is_some() {
+                        self.replace(&mut state, &key, lamport - 1, &mut logged);
+                    }
                     let outcome = self.admit(
                         &mut state,
-                        (key, name, owner),
+                        (key, name, owner, proof),
                         lamport,
                         client_lamport,
                         Some(new),
@@ -506,6 +551,8 @@ impl Room {
                         lamport,
                         client_lamport,
                         proposal,
+                        proof: hex::encode(proof),
+                        replaces: replaces.map(hex::encode),
                     };
                     (id, Ok((Arc::clone(propose), record, proposal, reply)))
                 }
@@ -996,6 +1043,8 @@ impl Room {
                     lamport,
                     client_lamport,
                     proposal,
+                    proof,
+                    replaces,
                 } => {
                     if !ours {
                         self.clock.observe(lamport);
@@ -1006,7 +1055,21 @@ impl Room {
                         Some(Pending { reply, join }) => (Some(reply), join),
                         None => (None, None),
                     };
-                    if state.names.contains_key(&key) {
+                    let mut proof_bytes = [0u8; 32];
+                    let proof_ok = hex::decode_to_slice(&proof, &mut proof_bytes).is_ok();
+                    let taken = state
+                        .names
+                        .get(&key)
+                        .map(|member| hex::encode(member.proof));
+                    let admitted = match (&taken, &replaces) {
+                        (None, _) => true,
+                        (Some(held), Some(replaces)) if held == replaces => {
+                            self.replace(&mut state, &key, lamport.saturating_sub(1), &mut logged);
+                            true
+                        }
+                        (Some(_), _) => false,
+                    };
+                    if !admitted || !proof_ok {
                         if let Some(reply) = reply {
                             let _ = reply.send(Err(ChatError::NameTaken { name }));
                         }
@@ -1024,7 +1087,7 @@ impl Room {
                         }
                         let outcome = self.admit(
                             &mut state,
-                            (key, Arc::from(name), owner),
+                            (key, Arc::from(name), owner, proof_bytes),
                             lamport,
                             client_lamport,
                             new,
@@ -1171,7 +1234,7 @@ impl Room {
     fn admit(
         &self,
         state: &mut State,
-        (key, name, owner): (Box<str>, Arc<str>, Owner),
+        (key, name, owner, proof): (Box<str>, Arc<str>, Owner, Proof),
         lamport: LamportTime,
         client_lamport: LamportTime,
         new: Option<NewSession>,
@@ -1183,6 +1246,7 @@ impl Room {
             Member {
                 name: Arc::clone(&name),
                 owner,
+                proof,
             },
         );
         if let Some(new) = &new {
@@ -1231,6 +1295,23 @@ impl Room {
         };
         logged.push(line);
         Outcome::Joined(entry, cursor, resume)
+    }
+
+    /// Ends the session present under `key`, which a newer one of the same
+    /// participant replaces, and appends its leave notice at `lamport`.
+    fn replace(
+        &self,
+        state: &mut State,
+        key: &str,
+        lamport: LamportTime,
+        logged: &mut Vec<Logged>,
+    ) {
+        let Some(member) = state.names.get(key) else {
+            return;
+        };
+        let (name, owner) = (Arc::clone(&member.name), member.owner.clone());
+        let entry = self.announce_leave(state, name, &owner, lamport, Some(ChatError::Replaced));
+        logged.push(Logged::new(entry, LeaveCause::Replaced.into(), None, state));
     }
 
     /// Appends a chat message of `name` and remembers its publish id.
@@ -1622,6 +1703,7 @@ mod tests {
         }
         let options = JoinOptions {
             history: Some(3),
+            replaces: None,
             resume: None,
         };
         let mut bob = room.join(b"bob", 0, options).await.unwrap();
@@ -1653,6 +1735,7 @@ mod tests {
                 0,
                 JoinOptions {
                     history: None,
+                    replaces: None,
                     resume: Some(resume),
                 },
             )
@@ -1702,6 +1785,7 @@ mod tests {
                 0,
                 JoinOptions {
                     history: None,
+                    replaces: None,
                     resume: Some(ResumePoint {
                         epoch: alice.epoch,
                         after_seq: 1,
@@ -1719,6 +1803,7 @@ mod tests {
                 0,
                 JoinOptions {
                     history: None,
+                    replaces: None,
                     resume: Some(ResumePoint {
                         epoch: Epoch::random(),
                         after_seq: 3,
@@ -1898,6 +1983,56 @@ mod tests {
                 .unwrap_err(),
             ChatError::ShuttingDown
         );
+    }
+
+    #[tokio::test]
+    async fn a_rejoin_with_the_previous_token_replaces_the_session_at_once() {
+        let room = room();
+        let mut alice = join(&room, "alice").await;
+        let mut bob = join(&room, "bob").await;
+        let _ = next(&mut alice.feed).await;
+        let _ = next(&mut bob.feed).await;
+        // Without the token, or with another's, the name is taken.
+        for replaces in [
+            None,
+            Some(bob.token.clone()),
+            Some(SessionToken::new("1.zz")),
+        ] {
+            let options = JoinOptions {
+                replaces,
+                ..JoinOptions::default()
+            };
+            assert!(matches!(
+                room.join(b"alice", 0, options).await,
+                Err(ChatError::NameTaken { .. })
+            ));
+        }
+        let options = JoinOptions {
+            replaces: Some(alice.token.clone()),
+            ..JoinOptions::default()
+        };
+        let again = room.join(b"ALICE", 0, options).await.unwrap();
+        // The old session is gone, told why; the others see it leave, then come back.
+        let bob_joined = next(&mut alice.feed).await;
+        assert_eq!(&*bob_joined.entry.participant, "bob");
+        let ended = alice.feed.next().await.expect("a last word");
+        assert_eq!(ended.unwrap_err(), ChatError::Replaced);
+        let left = next(&mut bob.feed).await;
+        let back = next(&mut bob.feed).await;
+        assert_eq!(left.entry.kind, EventKind::Left);
+        assert_eq!(&*left.entry.participant, "alice");
+        assert_eq!(back.entry.kind, EventKind::Joined);
+        assert_eq!(&*back.entry.participant, "ALICE");
+        assert_eq!(back.entry.lamport, left.entry.lamport + 1);
+        assert!(
+            room.publish(alice.token.expose(), b"old", 0, "")
+                .await
+                .is_err()
+        );
+        room.publish(again.token.expose(), b"new", 0, "")
+            .await
+            .unwrap();
+        assert_eq!(room.present(), ["ALICE", "bob"]);
     }
 
     #[tokio::test]

@@ -71,6 +71,13 @@ pub enum Record {
         client_lamport: LamportTime,
         /// Its proposal.
         proposal: ProposalId,
+        /// The SHA-256 of the new session's secret, in hex: whoever holds the
+        /// session's token may replace it later, on any node.
+        proof: String,
+        /// The proof of the session this Join replaces, if the name is present
+        /// under it: that session leaves (one Lamport tick before the join).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replaces: Option<String>,
     },
     /// A participant publishes a message.
     Chat {
@@ -181,6 +188,8 @@ mod tests {
                 lamport: 3,
                 client_lamport: 2,
                 proposal: 1,
+                proof: "ab".repeat(32),
+                replaces: Some("cd".repeat(32)),
             },
             Record::Chat {
                 owner: owner.clone(),
