@@ -230,17 +230,31 @@ pub async fn start(
         reason,
     };
     let subject = config.subject();
-    let mut stream = jetstream
-        .get_or_create_stream(stream::Config {
-            name: config.stream.clone(),
-            subjects: vec![subject.clone()],
-            storage: stream::StorageType::File,
-            num_replicas: config.replicas.max(1),
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map_err(|err| stream_error(err.to_string()))?;
+    let config_of_stream = stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![subject.clone()],
+        storage: stream::StorageType::File,
+        num_replicas: config.replicas.max(1),
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    // Nodes starting together may race to make the stream: a second look finds
+    // the one another node made.
+    let mut attempts = 0;
+    let mut stream = loop {
+        match jetstream
+            .get_or_create_stream(config_of_stream.clone())
+            .await
+        {
+            Ok(stream) => break stream,
+            Err(err) if attempts < 3 => {
+                attempts += 1;
+                tracing::debug!(error = %err, "making the stream; looking again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(err) => return Err(stream_error(err.to_string())),
+        }
+    };
     let epoch = genesis(&jetstream, &stream, config).await?;
     let caught_up_to = stream
         .info()
@@ -259,6 +273,7 @@ pub async fn start(
         (caught_up_to, caught_up),
         reachable.clone(),
     ));
+    room.set_replaying(true);
     let mut node = Node {
         room,
         applier,
@@ -269,6 +284,7 @@ pub async fn start(
         _ = applied => {}
         err = node.failed() => return Err(err),
     }
+    node.room.set_replaying(false);
     let retired = node
         .room
         .retire_earlier_runs()

@@ -12,7 +12,8 @@ use chittychat::event::EventKind;
 use chittychat::server::ServerConfig;
 use fixture::nats::NatsServer;
 use fixture::{
-    ClientProcess, DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within,
+    ClientProcess, DEADLINE, Relay, ServerProcess, TestServer, await_notice, join, next_event,
+    within,
 };
 use std::collections::BTreeMap;
 use tonic::Code;
@@ -20,13 +21,16 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-/// A node of the cluster on `nats`, named `node`, without a publish rate limit.
+/// A node of the cluster on `nats`, named `node`, without a publish rate limit,
+/// once it serves (it has joined the cluster and applied the log).
 async fn node(nats: &NatsServer, node: &str) -> TestServer {
-    TestServer::start(ServerConfig {
+    let server = TestServer::start(ServerConfig {
         cluster: Some(ClusterConfig::new(vec![nats.url()], node)),
         ..fixture::unlimited_with_history_limit(10_000)
     })
-    .await
+    .await;
+    await_health(&server, ServingStatus::Serving).await;
+    server
 }
 
 /// What a participant received: (sequence number, Lamport time, kind, participant,
@@ -426,4 +430,79 @@ async fn a_client_whose_node_is_killed_moves_to_another_and_misses_nothing() {
         .collect();
     assert_eq!(moved.len(), 1, "{:#?}", stdout.seen);
     survivor.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_cut_off_from_nats_by_a_stalled_network_refuses_then_recovers() {
+    let nats = NatsServer::start().await;
+    let relay = Relay::start(format!("127.0.0.1:{}", nats.port).parse().unwrap()).await;
+    let cut_off = TestServer::start(ServerConfig {
+        cluster: Some(ClusterConfig::new(
+            vec![relay.url().replace("http://", "nats://")],
+            "behind-relay",
+        )),
+        ..fixture::unlimited_with_history_limit(10_000)
+    })
+    .await;
+    let steady = node(&nats, "steady").await;
+    let (alice, mut alice_events) = join(&cut_off.url(), "alice").await;
+    alice.publish("before the stall").await.unwrap();
+    let (bob, mut bob_events) = join(&steady.url(), "bob").await;
+    // The network between the node and NATS stops carrying anything; nothing
+    // closes. The node notices by its pings, ends alice's feed and refuses.
+    relay.stall();
+    let ended = within(DEADLINE, "alice's feed to end", async {
+        loop {
+            match alice_events.next().await {
+                Ok(Some(_)) => continue,
+                Err(err) => return err,
+                Ok(None) => panic!("her feed ended without saying why"),
+            }
+        }
+    })
+    .await;
+    assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
+    let channel = connect(&cut_off.url()).await.unwrap();
+    let refused = Session::join_with(channel, "early", JoinOptions::default())
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(refused.code(), Some(Code::Unavailable), "{refused}");
+    await_health(&cut_off, ServingStatus::NotServing).await;
+    // The rest of the cluster carries on meanwhile.
+    bob.publish("during the stall").await.unwrap();
+    relay.resume();
+    await_health(&cut_off, ServingStatus::Serving).await;
+    // Alice comes back to the same node, takes her name back and misses nothing.
+    let channel = connect(&cut_off.url()).await.unwrap();
+    let options = JoinOptions {
+        resume: alice.resume_point(),
+        replaces: Some(alice.previous()),
+        ..JoinOptions::default()
+    };
+    let (again, mut again_events) = within(
+        DEADLINE,
+        "alice's rejoin",
+        Session::join_with(channel, "alice", options),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.joined().resumed, Some(true));
+    let mut texts = Vec::new();
+    loop {
+        let received = next_event(&mut again_events).await;
+        texts.push(received.event.text.to_string());
+        if received.event.kind == EventKind::Joined && &*received.event.participant == "alice" {
+            break;
+        }
+    }
+    assert!(texts.contains(&"during the stall".to_owned()), "{texts:?}");
+    let leaves = texts
+        .iter()
+        .filter(|t| t.starts_with("Participant alice left"))
+        .count();
+    assert_eq!(leaves, 1, "{texts:?}");
+    let _ = await_notice(&mut bob_events, EventKind::Joined, "alice", DEADLINE).await;
+    cut_off.stop().await;
+    steady.stop().await;
 }

@@ -215,6 +215,9 @@ pub struct Room {
     node: Arc<str>,
     /// This run of the room, which owns the sessions it holds.
     incarnation: Incarnation,
+    /// In a cluster: set while the node applies the records that were in the log
+    /// when it started, whose events it does not log one by one.
+    replaying: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
 }
 
@@ -419,6 +422,7 @@ impl Room {
             mode,
             node,
             incarnation: Incarnation::random(),
+            replaying: std::sync::atomic::AtomicBool::new(false),
             state: Mutex::new(state),
         })
     }
@@ -426,6 +430,13 @@ impl Room {
     /// The log the room appends to.
     pub fn log(&self) -> &Arc<Log> {
         &self.log
+    }
+
+    /// In a cluster: whether the records applied now are those the log held when
+    /// the node started (their events are not logged one by one: a node joining
+    /// a long-lived cluster would write the whole conversation to its log).
+    pub fn set_replaying(&self, replaying: bool) {
+        self.replaying.store(replaying, Ordering::Release);
     }
 
     /// This run of the room: in a cluster, the owner of the sessions it holds.
@@ -1199,7 +1210,9 @@ impl Room {
                 }
             }
         }
-        log_events(&logged);
+        if !self.replaying.load(Ordering::Acquire) {
+            log_events(&logged);
+        }
         self.propose_in_background(orphans);
     }
 
