@@ -506,3 +506,43 @@ async fn a_node_cut_off_from_nats_by_a_stalled_network_refuses_then_recovers() {
     cut_off.stop().await;
     steady.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_drives_a_cluster_spread_over_its_nodes_losing_nothing() {
+    let nats = NatsServer::start().await;
+    let nodes = [
+        node(&nats, "b1").await,
+        node(&nats, "b2").await,
+        node(&nats, "b3").await,
+    ];
+    let servers = nodes
+        .iter()
+        .map(TestServer::url)
+        .collect::<Vec<_>>()
+        .join(",");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chittychat-bench"))
+            .args(["saturate", "--server", &servers, "--json"])
+            .args(["--participants", "9", "--publishers", "3"])
+            .args(["--warmup", "0.2", "--duration", "1"])
+            .env_remove("CHITTYCHAT_JOIN_SECRET")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "no report ({err}): {stdout} {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert!(output.status.success(), "{report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    assert_eq!(report["duplicated"], 0, "{report}");
+    assert!(report["deliveries"].as_u64().unwrap() > 0, "{report}");
+    for server in nodes {
+        server.stop().await;
+    }
+}

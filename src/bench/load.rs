@@ -17,11 +17,16 @@ const MARK: char = 'b';
 /// The shortest message that holds the mark and the send time.
 pub const MIN_MESSAGE_CHARS: usize = 17;
 
-/// How the bench reaches the server: its URL, and TLS and the join secret for one
-/// that needs them.
-#[derive(Debug, Clone)]
+/// How the bench reaches the server: its URL (or the URLs of a cluster's nodes),
+/// and TLS and the join secret for one that needs them.
+#[derive(Debug)]
 pub(super) struct Access {
+    /// The first server; the one the single-session modes use.
     pub(super) url: String,
+    /// Every server, the first included: participants are spread over them in turn.
+    pub(super) urls: Vec<String>,
+    /// Which server the next participant joins.
+    next: std::sync::atomic::AtomicUsize,
     pub(super) connect: ConnectOptions,
     pub(super) join_secret: Option<JoinSecret>,
 }
@@ -29,10 +34,21 @@ pub(super) struct Access {
 impl Access {
     /// A server at `url` that needs neither TLS nor a join secret: the bench's own.
     pub(super) fn plain(url: String) -> Self {
+        Self::new(vec![url], ConnectOptions::default(), None)
+    }
+
+    /// The servers `urls` (at least one), reached with `connect` and `join_secret`.
+    pub(super) fn new(
+        urls: Vec<String>,
+        connect: ConnectOptions,
+        join_secret: Option<JoinSecret>,
+    ) -> Self {
         Self {
-            url,
-            connect: ConnectOptions::default(),
-            join_secret: None,
+            url: urls.first().cloned().unwrap_or_default(),
+            urls,
+            next: Default::default(),
+            connect,
+            join_secret,
         }
     }
 
@@ -48,9 +64,12 @@ impl Access {
         }
     }
 
-    /// Connects over a new HTTP/2 connection and joins as `name`.
+    /// Connects over a new HTTP/2 connection and joins as `name`: at the next
+    /// server in turn, so that participants spread evenly over a cluster's nodes.
     pub(super) async fn join(&self, name: &str) -> Result<(Session, Events), ClientError> {
-        client::join(&self.url, name, &self.connect, self.join_options(None)).await
+        let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = &self.urls[turn % self.urls.len().max(1)];
+        client::join(url, name, &self.connect, self.join_options(None)).await
     }
 }
 

@@ -91,10 +91,11 @@ pub struct BenchConfig {
     #[arg(value_enum)]
     pub mode: Mode,
     /// The server to drive: http://host:port, or https://host:port for one that
-    /// serves TLS (--tls-ca and --join-secret-file apply to it). Without it the
-    /// bench starts chittychat-server at its defaults and also reports its CPU and
-    /// memory.
-    #[arg(long)]
+    /// serves TLS (--tls-ca and --join-secret-file apply to it); for a cluster,
+    /// several nodes, comma-separated, over which the participants are spread in
+    /// turn. Without it the bench starts chittychat-server at its defaults and
+    /// also reports its CPU and memory.
+    #[arg(long, value_name = "URL[,URL…]")]
     pub server: Option<String>,
     /// How to get into the server given by --server.
     #[command(flatten)]
@@ -258,19 +259,27 @@ impl Target {
 
 /// How to reach the server at `url` that the bench is pointed at: with the TLS
 /// authority and join secret `args` name, each read now.
-fn external(url: &str, args: &AccessArgs) -> Result<Access, BenchError> {
-    Ok(Access {
-        url: url.to_owned(),
-        connect: crate::client::ConnectOptions {
+fn external(urls: &str, args: &AccessArgs) -> Result<Access, BenchError> {
+    let urls: Vec<String> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if urls.is_empty() {
+        return Err(BenchError::Config("--server names no server".into()));
+    }
+    Ok(Access::new(
+        urls,
+        crate::client::ConnectOptions {
             tls_ca: args
                 .tls_ca()
                 .map_err(|err| BenchError::Config(format!("{err:#}")))?,
             ..Default::default()
         },
-        join_secret: args
-            .join_secret()
+        args.join_secret()
             .map_err(|err| BenchError::Config(format!("{err:#}")))?,
-    })
+    ))
 }
 
 /// Starts chittychat-server with room for what `config` asks of it.
