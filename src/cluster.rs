@@ -472,6 +472,7 @@ async fn watch_cluster(
             None
         }
     };
+    crate::metrics::nats_connected(true);
     let mut heard: HashMap<Incarnation, Instant> = HashMap::new();
     let mut accused: HashMap<Incarnation, Instant> = HashMap::new();
     let mut reachable_since = Some(Instant::now());
@@ -484,10 +485,12 @@ async fn watch_cluster(
                     return;
                 }
                 if *reachable.borrow_and_update() {
+                    crate::metrics::nats_connected(true);
                     reachable_since = Some(Instant::now());
                     room.cluster_back();
                     tracing::info!("NATS is back: taking requests again");
                 } else {
+                    crate::metrics::nats_connected(false);
                     reachable_since = None;
                     let ended = room.cluster_lost("it lost its connection to NATS");
                     tracing::warn!(feeds_ended = ended, "lost NATS: refusing requests until it is back");

@@ -154,8 +154,10 @@ impl Feed {
     fn take(&mut self, entries: Vec<Arc<Entry>>) {
         self.cursor += entries.len() as u64;
         let end = self.end.get().map_or(u64::MAX, |(seq, _)| *seq);
+        let before = self.batch.len();
         self.batch
             .extend(entries.into_iter().take_while(|entry| entry.seq < end));
+        crate::metrics::delivered().increment((self.batch.len() - before) as u64);
     }
 
     /// Ends the feed with `err`, after announcing the participant's leave for `cause`.

@@ -64,6 +64,7 @@ pub mod log;
 pub mod log_schema;
 #[cfg(feature = "programs")]
 pub mod logging;
+pub mod metrics;
 pub mod pace;
 pub mod pb;
 pub mod room;

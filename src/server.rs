@@ -436,13 +436,16 @@ impl ChittyChat for ChatService {
             Resume::NotAsked => {}
             Resume::Resumed => {
                 metadata.insert(RESUMED_METADATA, MetadataValue::from_static("true"));
+                crate::metrics::resumed("resumed");
             }
             Resume::Gap { missed } => {
                 metadata.insert(RESUMED_METADATA, MetadataValue::from_static("false"));
                 metadata.insert(MISSED_METADATA, missed.into());
+                crate::metrics::resumed("gap");
             }
             Resume::OtherLog => {
                 metadata.insert(RESUMED_METADATA, MetadataValue::from_static("false"));
+                crate::metrics::resumed("other_log");
             }
         }
         if joined.resume != Resume::NotAsked {
@@ -462,6 +465,7 @@ impl ChittyChat for ChatService {
         request: Request<pb::PublishRequest>,
     ) -> Result<Response<pb::PublishReply>, Status> {
         let request = request.into_inner();
+        let started = Instant::now();
         let stamp = self
             .room
             .publish(
@@ -475,6 +479,7 @@ impl ChittyChat for ChatService {
                 let name = self.room.name_of(&request.session_token);
                 log_refused(rpc::PUBLISH, name.as_deref(), err);
             })?;
+        crate::metrics::publish_seconds().record(started.elapsed().as_secs_f64());
         Ok(Response::new(pb::PublishReply {
             lamport: stamp.lamport,
             seq: stamp.seq,

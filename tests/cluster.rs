@@ -546,3 +546,106 @@ async fn the_bench_drives_a_cluster_spread_over_its_nodes_losing_nothing() {
         server.stop().await;
     }
 }
+
+/// What `/metrics` at `address` serves, over a plain HTTP/1.1 request.
+async fn scrape(address: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: chittychat\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut response = String::new();
+    within(
+        DEADLINE,
+        "the metrics",
+        stream.read_to_string(&mut response),
+    )
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+}
+
+/// The value of the sample `name` (with its labels, if any) in `metrics`.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn a_node_serves_prometheus_metrics_an_operator_can_scrape() {
+    let mut nats = NatsServer::start().await;
+    let url = nats.url();
+    let mut server = ServerProcess::start(&[
+        "--nats",
+        url.as_str(),
+        "--node",
+        "watched",
+        "--metrics",
+        "127.0.0.1:0",
+    ])
+    .await;
+    let listening = server
+        .log
+        .find("the metrics address", |line| {
+            line.contains("metrics listening")
+        })
+        .await;
+    let line: serde_json::Value = serde_json::from_str(&listening).unwrap();
+    let address = line["fields"]["address"]
+        .as_str()
+        .or(line["address"].as_str())
+        .unwrap()
+        .to_owned();
+    let (alice, _alice_events) = join(&server.url(), "alice").await;
+    let (_bob, _bob_events) = join(&server.url(), "bob").await;
+    for n in 0..3 {
+        alice.publish(&format!("counted {n}")).await.unwrap();
+    }
+    let metrics = scrape(&address).await;
+    assert_eq!(
+        sample(&metrics, "chittychat_participants_present"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "chittychat_sessions"),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "chittychat_events_appended_total"),
+        Some(5.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "chittychat_events_delivered_total").unwrap() >= 5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "chittychat_publish_seconds_count"),
+        Some(3.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "chittychat_nats_connected"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("# HELP chittychat_participants_present"),
+        "{metrics}"
+    );
+    // The operator sees the node lose NATS.
+    nats.kill();
+    within(DEADLINE, "the NATS gauge to drop", async {
+        while sample(&scrape(&address).await, "chittychat_nats_connected") != Some(0.0) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    server.signal("TERM");
+    let _ = server.exit_status().await;
+}

@@ -3,6 +3,7 @@
 //! server.
 
 use anyhow::Context;
+use bytes::Bytes;
 use chittychat::cli::KeepaliveArgs;
 use chittychat::cluster::{self, ClusterConfig};
 use chittychat::connection::{
@@ -21,6 +22,11 @@ use chittychat::room::{
 use chittychat::server::{self, DEFAULT_LISTEN, ServerConfig};
 use chittychat::transport::{DEFAULT_MAX_REQUEST_BYTES, JoinSecret, Seconds, TlsIdentity};
 use clap::Parser;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusBuilder;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -164,6 +170,10 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_NATS_REPLICAS", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(1..=5))]
     nats_replicas: u8,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port;
+    /// the bound address is logged). Off by default.
+    #[arg(long, env = "CHITTYCHAT_METRICS", value_name = "ADDR")]
+    metrics: Option<String>,
     /// Log format: text for people, json for tools (one object per line).
     #[arg(long, env = "CHITTYCHAT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -206,6 +216,10 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     let _log = logging::init(args.log_format, args.log_file.as_deref(), "info")
         .with_context(|| format!("cannot open the log file {:?}", args.log_file))?;
     let config = server_config(&args)?;
+    // Metrics before anything counts.
+    if let Some(address) = &args.metrics {
+        serve_metrics(address).await?;
+    }
     // The log first: a data directory that cannot be used, or a cluster that
     // cannot be reached, is refused before the server takes its port.
     let log = match &config.cluster {
@@ -248,6 +262,47 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         tracing::info!("Chitty-Chat server stopped");
     }
     Ok(served?)
+}
+
+/// Installs the Prometheus recorder and serves what it holds at `/metrics` on
+/// `address`, in a task of its own; logs the address bound.
+async fn serve_metrics(address: &str) -> anyhow::Result<()> {
+    let handle = PrometheusBuilder::new()
+        .install_recorder()
+        .context("cannot set up metrics")?;
+    chittychat::metrics::describe();
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+    tracing::info!(address = %listener.local_addr()?, "metrics listening");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                // Out of descriptors, say: wait rather than spin.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            };
+            let handle = handle.clone();
+            let answer = service_fn(move |request: hyper::Request<Incoming>| {
+                let response = if request.uri().path() == "/metrics" {
+                    hyper::Response::builder()
+                        .header("content-type", "text/plain; version=0.0.4")
+                        .body(Full::new(Bytes::from(handle.render())))
+                } else {
+                    hyper::Response::builder()
+                        .status(404)
+                        .body(Full::new(Bytes::from_static(b"try /metrics\n")))
+                };
+                async move { response }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), answer)
+                    .await;
+            });
+        }
+    });
+    Ok(())
 }
 
 /// The log the server serves: its own, or its cluster's.

@@ -455,6 +455,7 @@ impl Log {
             seq: tail.next_seq,
         };
         tail.next_seq += 1;
+        crate::metrics::appended().increment(1);
         let entry = Arc::new(Entry::new(event, publish_id, now_ms()));
         tail.cache.push_back(Arc::clone(&entry));
         // Readers only take durable events, and whatever is durable is in the store,

@@ -794,6 +794,7 @@ impl Room {
         if matches!(self.mode, Mode::Alone) {
             state.names.clear();
         }
+        crate::metrics::presence(state.names.len(), 0);
         drop(state);
         self.log.wake_readers();
         present
@@ -963,6 +964,9 @@ impl Room {
         }
         log_events(&logged);
         let cut = logged.len() + records.len();
+        if cut > 0 {
+            crate::metrics::cut_off(cut);
+        }
         self.propose_in_background(records);
         cut
     }
@@ -1289,6 +1293,7 @@ impl Room {
             Some(client_lamport),
             state,
         );
+        crate::metrics::presence(state.names.len(), state.sessions.len());
         let (cursor, resume) = match new {
             Some(new) => {
                 let (cursor, resume) = start_position(
@@ -1421,6 +1426,7 @@ impl Room {
         {
             session.end.set(seq, reason);
         }
+        crate::metrics::presence(state.names.len(), state.sessions.len());
         let text = left_sentence(&name, lamport);
         let entry = self.log.append(EventKind::Left, name, text, lamport, None);
         debug_assert_eq!(entry.seq, seq, "appends are serialised by the room's lock");
