@@ -465,6 +465,8 @@ async fn watch_cluster(
     mut reachable: watch::Receiver<bool>,
 ) {
     let me = room.incarnation();
+    // Reaching NATS at the start is no news.
+    reachable.borrow_and_update();
     let mut subscription = match client.subscribe(subject.clone()).await {
         Ok(subscription) => Some(subscription),
         Err(err) => {
