@@ -525,7 +525,15 @@ impl Room {
                     }
                 },
             };
-            if state.sessions.len() + state.joining >= self.config.max_participants {
+            // A session of this room that this Join replaces frees its place.
+            let freed = replaces.is_some()
+                && state
+                    .names
+                    .get(&key)
+                    .is_some_and(|member| member.owner.incarnation == self.incarnation);
+            if (state.sessions.len() + state.joining).saturating_sub(usize::from(freed))
+                >= self.config.max_participants
+            {
                 return Err(ChatError::ServerFull {
                     max: self.config.max_participants,
                 });
@@ -2052,6 +2060,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(room.present(), ["ALICE", "bob"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_room_still_lets_a_participant_replace_its_own_session() {
+        let room = room_with(
+            RoomConfig {
+                max_participants: 1,
+                publish_rate: None,
+                join_history: 0,
+            },
+            1000,
+        );
+        let alice = join(&room, "alice").await;
+        let options = JoinOptions {
+            replaces: Some(alice.token.clone()),
+            ..JoinOptions::default()
+        };
+        let _again = room.join(b"alice", 0, options).await.unwrap();
+        assert!(matches!(
+            room.join(b"bob", 0, JoinOptions::default()).await,
+            Err(ChatError::ServerFull { max: 1 })
+        ));
     }
 
     #[tokio::test]
