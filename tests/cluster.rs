@@ -55,6 +55,43 @@ async fn read_until(events: &mut Events, seen: &mut Seen, done: impl Fn(&Seen) -
     }
 }
 
+/// Joins `name` at `url` with `options` (a resume), checks that the feed resumed,
+/// and returns the session, its feed, and the texts replayed up to and including
+/// the participant's own join notice.
+async fn rejoin(url: &str, name: &str, options: JoinOptions) -> (Session, Events, Vec<String>) {
+    let channel = connect(url).await.unwrap();
+    let (session, mut events) = within(
+        DEADLINE,
+        &format!("{name}'s rejoin"),
+        Session::join_with(channel, name, options),
+    )
+    .await
+    .unwrap();
+    assert_eq!(session.joined().resumed, Some(true));
+    let mut texts = Vec::new();
+    loop {
+        let received = next_event(&mut events).await;
+        texts.push(received.event.text.to_string());
+        if received.event.kind == EventKind::Joined && &*received.event.participant == name {
+            return (session, events, texts);
+        }
+    }
+}
+
+/// Reads `events` until the feed fails; returns why.
+async fn feed_error(events: &mut Events) -> chittychat::client::ClientError {
+    within(DEADLINE, "the feed to end", async {
+        loop {
+            match events.next().await {
+                Ok(Some(_)) => continue,
+                Err(err) => return err,
+                Ok(None) => panic!("the feed ended without saying why"),
+            }
+        }
+    })
+    .await
+}
+
 fn chats(seen: &Seen) -> usize {
     seen.values()
         .filter(|(_, kind, ..)| *kind == EventKind::Chat)
@@ -211,27 +248,11 @@ async fn a_killed_node_that_comes_back_retires_its_participants_once_and_resumes
     let phoenix = ServerProcess::start_on(&format!("127.0.0.1:{port}"), &args).await;
     let left = await_notice(&mut bob_events, EventKind::Left, "carol", DEADLINE).await;
     // Carol comes back to the same node and misses nothing.
-    let channel = connect(&phoenix.url()).await.unwrap();
     let options = JoinOptions {
         resume: Some(resume),
         ..JoinOptions::default()
     };
-    let (again, mut again_events) = within(
-        DEADLINE,
-        "carol's rejoin",
-        Session::join_with(channel, "carol", options),
-    )
-    .await
-    .unwrap();
-    assert_eq!(again.joined().resumed, Some(true));
-    let mut missed = Vec::new();
-    loop {
-        let received = next_event(&mut again_events).await;
-        missed.push(received.event.text.to_string());
-        if received.event.kind == EventKind::Joined && &*received.event.participant == "carol" {
-            break;
-        }
-    }
+    let (again, _again_events, missed) = rejoin(&phoenix.url(), "carol", options).await;
     assert_eq!(
         missed,
         [
@@ -285,16 +306,7 @@ async fn a_node_refuses_while_nats_is_gone_and_serves_again_losing_nothing() {
     }
     nats.kill();
     // Her feed ends, saying why, so that her client goes to another node.
-    let ended = within(DEADLINE, "alice's feed to end", async {
-        loop {
-            match alice_events.next().await {
-                Ok(Some(_)) => continue,
-                Err(err) => return err,
-                Ok(None) => panic!("her feed ended without saying why"),
-            }
-        }
-    })
-    .await;
+    let ended = feed_error(&mut alice_events).await;
     assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
     assert!(ended.to_string().contains("NATS"), "{ended}");
     // Meanwhile the node refuses newcomers, saying why, and reports NOT_SERVING.
@@ -451,16 +463,7 @@ async fn a_node_cut_off_from_nats_by_a_stalled_network_refuses_then_recovers() {
     // The network between the node and NATS stops carrying anything; nothing
     // closes. The node notices by its pings, ends alice's feed and refuses.
     relay.stall();
-    let ended = within(DEADLINE, "alice's feed to end", async {
-        loop {
-            match alice_events.next().await {
-                Ok(Some(_)) => continue,
-                Err(err) => return err,
-                Ok(None) => panic!("her feed ended without saying why"),
-            }
-        }
-    })
-    .await;
+    let ended = feed_error(&mut alice_events).await;
     assert_eq!(ended.code(), Some(Code::Unavailable), "{ended}");
     let channel = connect(&cut_off.url()).await.unwrap();
     let refused = Session::join_with(channel, "early", JoinOptions::default())
@@ -474,28 +477,12 @@ async fn a_node_cut_off_from_nats_by_a_stalled_network_refuses_then_recovers() {
     relay.resume();
     await_health(&cut_off, ServingStatus::Serving).await;
     // Alice comes back to the same node, takes her name back and misses nothing.
-    let channel = connect(&cut_off.url()).await.unwrap();
     let options = JoinOptions {
         resume: alice.resume_point(),
         replaces: Some(alice.previous()),
         ..JoinOptions::default()
     };
-    let (again, mut again_events) = within(
-        DEADLINE,
-        "alice's rejoin",
-        Session::join_with(channel, "alice", options),
-    )
-    .await
-    .unwrap();
-    assert_eq!(again.joined().resumed, Some(true));
-    let mut texts = Vec::new();
-    loop {
-        let received = next_event(&mut again_events).await;
-        texts.push(received.event.text.to_string());
-        if received.event.kind == EventKind::Joined && &*received.event.participant == "alice" {
-            break;
-        }
-    }
+    let (_again, _again_events, texts) = rejoin(&cut_off.url(), "alice", options).await;
     assert!(texts.contains(&"during the stall".to_owned()), "{texts:?}");
     let leaves = texts
         .iter()
