@@ -636,3 +636,179 @@ async fn a_node_serves_prometheus_metrics_an_operator_can_scrape() {
     server.signal("TERM");
     let _ = server.exit_status().await;
 }
+
+/// A participant of the cluster chaos test: its session, and its feed kept open
+/// (dropping it would be a departure of its own).
+struct Member {
+    name: String,
+    node: usize,
+    session: Session,
+    _events: Events,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_chaos_nodes_and_participants_killed_at_random_under_load() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    use std::collections::{BTreeMap, BTreeSet};
+    let seed = std::env::var("CHITTYCHAT_CHAOS_SEED")
+        .ok()
+        .map(|seed| seed.parse::<u64>().expect("CHITTYCHAT_CHAOS_SEED is a u64"))
+        .unwrap_or_else(rand::random);
+    println!("cluster chaos seed {seed} (replay with CHITTYCHAT_CHAOS_SEED={seed})");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url();
+    // Node 0 is never killed: the observer is there from the first event to the
+    // last. Nodes 1 and 2 are killed (SIGKILL) and started again at random.
+    let witness = node(&nats, "witness").await;
+    let node_args = |n: usize| {
+        vec![
+            "--nats".to_owned(),
+            nats_url.clone(),
+            "--node".to_owned(),
+            format!("n{n}"),
+            "--publish-rate".to_owned(),
+            "0".to_owned(),
+        ]
+    };
+    let start = |n: usize, listen: Option<String>| {
+        let args = node_args(n);
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            match listen {
+                Some(listen) => ServerProcess::start_on(&listen, &args).await,
+                None => ServerProcess::start(&args).await,
+            }
+        }
+    };
+    let mut nodes: Vec<Option<ServerProcess>> =
+        vec![None, Some(start(1, None).await), Some(start(2, None).await)];
+    let ports: Vec<u16> = nodes
+        .iter()
+        .map(|n| n.as_ref().map_or(witness.addr.port(), |n| n.addr.port()))
+        .collect();
+    let url_of = |n: usize| format!("http://127.0.0.1:{}", ports[n]);
+    let (observer, mut observer_events) = join(&witness.url(), "observer").await;
+    let mut members: Vec<Member> = Vec::new();
+    let mut answered: BTreeMap<u64, String> = BTreeMap::new();
+    let mut next_name = 0;
+    for _ in 0..120 {
+        match rng.random_range(0..100) {
+            // Someone joins, on any node that is up.
+            0..30 => {
+                let n = rng.random_range(0..3);
+                if n > 0 && nodes[n].is_none() {
+                    continue;
+                }
+                next_name += 1;
+                let name = format!("p{next_name}");
+                let channel = connect(&url_of(n)).await.unwrap();
+                let options = JoinOptions {
+                    history: Some(0),
+                    ..JoinOptions::default()
+                };
+                if let Ok((session, events)) = Session::join_with(channel, &name, options).await {
+                    members.push(Member {
+                        name,
+                        node: n,
+                        session,
+                        _events: events,
+                    });
+                }
+            }
+            // Someone publishes; what is answered must reach the observer once.
+            30..70 if !members.is_empty() => {
+                let who = rng.random_range(0..members.len());
+                let text = format!("{} says {}", members[who].name, rng.random::<u32>());
+                if let Ok(published) = members[who].session.publish(&text).await {
+                    answered.insert(published.seq, text);
+                }
+            }
+            // Someone leaves, or vanishes.
+            70..85 if !members.is_empty() => {
+                let who = members.swap_remove(rng.random_range(0..members.len()));
+                if rng.random_bool(0.5) {
+                    let _ = who.session.leave().await;
+                }
+            }
+            // A node is killed, or comes back on its port.
+            85..100 => {
+                let n = rng.random_range(1..3);
+                match nodes[n].take() {
+                    Some(node) => {
+                        node.kill().await;
+                        members.retain(|member| member.node != n);
+                    }
+                    None => {
+                        nodes[n] = Some(start(n, Some(format!("127.0.0.1:{}", ports[n]))).await);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    // Everyone goes, however: the rest leave, vanish, or lose their node for good.
+    for member in members.drain(..) {
+        if member.node == 0 {
+            let _ = member.session.leave().await;
+        }
+    }
+    for node in nodes.iter_mut() {
+        if let Some(node) = node.take() {
+            node.kill().await;
+        }
+    }
+    // Within the bound for a dead node, the observer is alone again.
+    within(
+        cluster_bound() + DEADLINE,
+        "everyone else to be announced as left",
+        async {
+            while observer.who().await.unwrap() != ["observer"] {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        },
+    )
+    .await;
+    // What the observer saw: every event once, in order, no gap; every answered
+    // publish; each participant joined and left alternately, and left in the end.
+    observer.publish("the end").await.unwrap();
+    let mut seen = Seen::new();
+    read_until(&mut observer_events, &mut seen, |seen| {
+        seen.values().any(|(_, _, _, text)| text == "the end")
+    })
+    .await;
+    let numbers: Vec<u64> = seen.keys().copied().collect();
+    let first = numbers[0];
+    assert_eq!(
+        numbers,
+        (first..first + numbers.len() as u64).collect::<Vec<_>>(),
+        "a gap"
+    );
+    for (seq, text) in &answered {
+        assert_eq!(
+            seen.get(seq).map(|(_, _, _, t)| t),
+            Some(text),
+            "answered #{seq} lost"
+        );
+    }
+    let mut present = BTreeSet::new();
+    for (seq, (_, kind, who, _)) in &seen {
+        match kind {
+            EventKind::Joined => assert!(present.insert(who.clone()), "#{seq}: {who} joined twice"),
+            EventKind::Left => assert!(present.remove(who), "#{seq}: {who} left twice"),
+            EventKind::Chat => assert!(
+                present.contains(who) || who == "observer",
+                "#{seq}: {who} absent"
+            ),
+        }
+    }
+    assert!(present.is_empty(), "never left: {present:?} (seed {seed})");
+    println!(
+        "cluster chaos: {} events, {} answered publishes, {} participants",
+        seen.len(),
+        answered.len(),
+        next_name
+    );
+    witness.stop().await;
+}
