@@ -45,6 +45,11 @@ pub mod field {
     pub const HISTORY: &str = "history";
     /// The address the server listens on.
     pub const ADDRESS: &str = "address";
+    /// On a cluster node's `broadcast` line: the node that stamped the event.
+    pub const NODE: &str = "node";
+    /// On a cluster node's `broadcast` line for an event another node stamped: this
+    /// node's Lamport time once it merged the event's (its receive from the log).
+    pub const NODE_LAMPORT: &str = "node_lamport";
 }
 
 /// The messages of the lines the tools read.

@@ -812,3 +812,53 @@ async fn cluster_chaos_nodes_and_participants_killed_at_random_under_load() {
     );
     witness.stop().await;
 }
+
+#[tokio::test]
+async fn each_node_logs_who_stamped_an_event_and_when_it_merged_another_nodes() {
+    let nats = NatsServer::start().await;
+    let url = nats.url();
+    let one = ServerProcess::start(&["--nats", url.as_str(), "--node", "one"]).await;
+    let two = ServerProcess::start(&["--nats", url.as_str(), "--node", "two"]).await;
+    let (alice, mut alice_events) = join(&one.url(), "alice").await;
+    let (bob, _bob_events) = join(&two.url(), "bob").await;
+    alice.publish("from one").await.unwrap();
+    bob.publish("from two").await.unwrap();
+    let _ = await_notice(&mut alice_events, EventKind::Chat, "bob", DEADLINE).await;
+    // Both nodes have applied all four events once alice has bob's message; their
+    // logs end when they stop.
+    let mut broadcasts: BTreeMap<u64, Vec<(String, serde_json::Value)>> = BTreeMap::new();
+    for (name, server) in [("one", one), ("two", two)] {
+        let (status, log) = server.terminate_with_log().await;
+        assert!(status.success(), "{status:?}");
+        for line in &log.seen {
+            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            if line["message"] == "broadcast" {
+                let seq = line["seq"].as_u64().unwrap();
+                broadcasts
+                    .entry(seq)
+                    .or_default()
+                    .push((name.to_owned(), line));
+            }
+        }
+    }
+    for seq in 1..=4 {
+        let lines = &broadcasts[&seq];
+        assert_eq!(lines.len(), 2, "#{seq} on both nodes: {lines:?}");
+        let (first, second) = (&lines[0].1, &lines[1].1);
+        // One event: the same stamp and text on both nodes, stamped by one of them.
+        for field in ["lamport", "text", "node"] {
+            assert_eq!(first[field], second[field], "#{seq} {field}");
+        }
+        for (node, line) in lines {
+            let lamport = line["lamport"].as_u64().unwrap();
+            if line["node"] == node.as_str() {
+                assert!(line.get("node_lamport").is_none(), "{line}");
+            } else {
+                // The node that merged another's event did so after its stamp.
+                assert!(line["node_lamport"].as_u64().unwrap() > lamport, "{line}");
+            }
+        }
+    }
+    assert_eq!(broadcasts[&3][0].1["node"], "one");
+    assert_eq!(broadcasts[&4][0].1["node"], "two");
+}

@@ -343,6 +343,11 @@ struct Logged {
     recipients: usize,
     /// For a Join that resumed a feed: the resume point's sequence number.
     resumed_after: Option<u64>,
+    /// In a cluster: the node that stamped the event.
+    stamped_by: Option<Arc<str>>,
+    /// In a cluster, for an event another node stamped: this node's time once it
+    /// merged the event's.
+    node_lamport: Option<LamportTime>,
 }
 
 impl Room {
@@ -380,6 +385,8 @@ impl Room {
                 client_lamport: None,
                 recipients: 0,
                 resumed_after: None,
+                stamped_by: None,
+                node_lamport: None,
             });
         }
         log_events(&logged);
@@ -929,6 +936,7 @@ impl Room {
             lamport: self.clock.tick(),
             cause: LeaveCause::NodeDown.as_str().to_owned(),
             proposer: self.incarnation,
+            by: self.node.to_string(),
         }
     }
 
@@ -1054,6 +1062,8 @@ impl Room {
     /// Answers the request that proposed it, when it is this room's.
     pub fn apply(&self, record: Record) {
         let ours = record.proposer() == Some(self.incarnation);
+        let stamped_by: Arc<str> = Arc::from(record.stamped_by());
+        let stamp = record.lamport();
         let mut logged = Vec::new();
         let mut orphans = Vec::new();
         {
@@ -1069,9 +1079,6 @@ impl Room {
                     proof,
                     replaces,
                 } => {
-                    if !ours {
-                        self.clock.observe(lamport);
-                    }
                     let pending = ours.then(|| take_pending(&mut state, proposal)).flatten();
                     let key = name_key(&name);
                     let (reply, new) = match pending {
@@ -1130,9 +1137,6 @@ impl Room {
                     publish_id,
                     proposal,
                 } => {
-                    if !ours {
-                        self.clock.observe(lamport);
-                    }
                     let outcome = match present_as(&state, &name, &owner) {
                         None => Err(ChatError::UnknownSession),
                         Some(name) => {
@@ -1166,9 +1170,6 @@ impl Room {
                     cause,
                     proposal,
                 } => {
-                    if !ours {
-                        self.clock.observe(lamport);
-                    }
                     let outcome = match present_as(&state, &name, &owner) {
                         None => Err(ChatError::UnknownSession),
                         Some(name) => {
@@ -1214,12 +1215,25 @@ impl Room {
                         )
                     });
                     for (lamport, (_, name, owner)) in (lamport..).zip(leaving) {
-                        self.clock.observe(lamport);
+                        if ours {
+                            self.clock.observe(lamport);
+                        }
                         let entry =
                             self.announce_leave(&mut state, name, &owner, lamport, reason.clone());
                         logged.push(Logged::new(entry, cause.into(), None, &state));
                     }
                 }
+            }
+            // Another node's record is a receive: this node merges the time of each
+            // event it makes (of the record itself when it makes none).
+            for line in &mut logged {
+                line.stamped_by = Some(Arc::clone(&stamped_by));
+                if !ours {
+                    line.node_lamport = Some(self.clock.observe(line.entry.lamport));
+                }
+            }
+            if let (false, true, Some(stamp)) = (ours, logged.is_empty(), stamp) {
+                self.clock.observe(stamp);
             }
         }
         if !self.replaying.load(Ordering::Acquire) {
@@ -1562,6 +1576,8 @@ impl Logged {
             client_lamport,
             recipients: state.sessions.len(),
             resumed_after: None,
+            stamped_by: None,
+            node_lamport: None,
         }
     }
 }
@@ -1574,6 +1590,8 @@ fn log_events(logged: &[Logged]) {
         client_lamport,
         recipients,
         resumed_after,
+        stamped_by,
+        node_lamport,
     } in logged
     {
         let level_is_warn = *cause == BroadcastCause::Leave(LeaveCause::TooSlow);
@@ -1592,6 +1610,8 @@ fn log_events(logged: &[Logged]) {
                     { field::CLIENT_LAMPORT } = *client_lamport,
                     { field::RECIPIENTS } = *recipients,
                     { field::RESUMED_AFTER } = *resumed_after,
+                    { field::NODE } = stamped_by.as_deref(),
+                    { field::NODE_LAMPORT } = *node_lamport,
                     "{}",
                     message::BROADCAST
                 )

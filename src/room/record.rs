@@ -127,6 +127,9 @@ pub enum Record {
         cause: String,
         /// The run that proposes it.
         proposer: Incarnation,
+        /// The name of the node that proposes it (it stamps the leave notices).
+        #[serde(default)]
+        by: String,
     },
 }
 
@@ -139,6 +142,28 @@ impl Record {
             | Record::Chat { owner, .. }
             | Record::Leave { owner, .. } => Some(owner.incarnation),
             Record::NodeDown { proposer, .. } => Some(*proposer),
+        }
+    }
+
+    /// The name of the node that stamped the record (empty for the genesis record).
+    pub fn stamped_by(&self) -> &str {
+        match self {
+            Record::Genesis { .. } => "",
+            Record::Join { owner, .. }
+            | Record::Chat { owner, .. }
+            | Record::Leave { owner, .. } => &owner.node,
+            Record::NodeDown { by, .. } => by,
+        }
+    }
+
+    /// The Lamport time the record was stamped with (none for the genesis record).
+    pub fn lamport(&self) -> Option<LamportTime> {
+        match self {
+            Record::Genesis { .. } => None,
+            Record::Join { lamport, .. }
+            | Record::Chat { lamport, .. }
+            | Record::Leave { lamport, .. }
+            | Record::NodeDown { lamport, .. } => Some(*lamport),
         }
     }
 
@@ -214,6 +239,7 @@ mod tests {
                 lamport: 9,
                 cause: "node_down".into(),
                 proposer: Incarnation(2),
+                by: "n2".into(),
             },
         ];
         for record in records {
