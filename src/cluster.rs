@@ -297,13 +297,14 @@ pub async fn start(
         reachable,
     )));
     tracing::info!(
-        node = %config.node,
+        { crate::log_schema::field::NODE } = %config.node,
         incarnation = %node.room.incarnation(),
         stream = %config.stream,
         %epoch,
         applied = caught_up_to,
         earlier_runs_retired = retired,
-        "joined the cluster"
+        "{}",
+        crate::log_schema::message::JOINED_CLUSTER
     );
     Ok(node)
 }

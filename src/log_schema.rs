@@ -64,6 +64,8 @@ pub mod message {
     pub const RECEIVED: &str = "received";
     /// The server bound its port; the line names the address.
     pub const LISTENING: &str = "Chitty-Chat server listening";
+    /// A cluster's node, when it has joined the cluster (with its `node` name).
+    pub const JOINED_CLUSTER: &str = "joined the cluster";
 }
 
 /// The calls, as the `rpc` field and the `cause` of a broadcast name them.

@@ -25,7 +25,7 @@ fn read_run(name: &str) -> Run {
 
 #[test]
 fn good_runs_pass() {
-    for name in ["good", "demo", "rejoin", "reconnect"] {
+    for name in ["good", "demo", "rejoin", "reconnect", "cluster"] {
         let report = check::check(&read_run(name));
         assert!(report.ok(), "{name}: {report}");
         assert!(report.messages > 0);
@@ -43,7 +43,7 @@ fn the_reports_run_passes() {
 #[test]
 fn each_broken_run_is_caught_and_explained() {
     // (fixture, the rule it breaks, words the explanation must contain)
-    let cases: [(&str, Rule, &[&str]); 10] = [
+    let cases: [(&str, Rule, &[&str]); 11] = [
         (
             "broken-clock-condition",
             Rule::ClockCondition,
@@ -101,6 +101,15 @@ fn each_broken_run_is_caught_and_explained() {
             "broken-reconnect-gap",
             Rule::Delivery,
             &["bob never received #7", "joined at #5, left at #8"],
+        ),
+        (
+            "broken-cluster-merge",
+            Rule::ClockCondition,
+            &[
+                "node1 sent at Lamport time 4",
+                "node2 received it at 4",
+                "applied #2 from node1",
+            ],
         ),
         (
             "broken-vanished-gap",
@@ -166,6 +175,38 @@ fn a_name_that_leaves_and_joins_again_is_two_processes() {
     let events = assert_shiviz_well_formed(&shiviz::shiviz(&run, &messages, &clocks));
     assert!(events.iter().any(|(host, _)| host == "alice#2"));
     assert_svg_well_formed(&svg::svg(&run, &messages));
+}
+
+#[test]
+fn a_cluster_run_has_a_process_per_node_and_each_node_applies_the_others_events() {
+    let run = read_run("cluster");
+    let labels: Vec<&str> = run.processes.iter().map(|p| p.label.as_str()).collect();
+    assert_eq!(labels, ["node1", "node2", "bob", "alice"]);
+    // Every event is broadcast by the node that stamped it, once, and applied by
+    // the other: a message from node to node, later than the stamp.
+    let messages = causality::messages(&run);
+    let between_nodes: Vec<_> = messages
+        .iter()
+        .filter(|m| m.from.process < 2 && m.to.process < 2)
+        .collect();
+    let broadcasts = run
+        .event_ids()
+        .filter(|&id| matches!(run.event(id).action, Action::Broadcast { .. }))
+        .count();
+    assert_eq!(broadcasts, 12);
+    assert_eq!(between_nodes.len(), broadcasts);
+    for m in &between_nodes {
+        assert_ne!(m.from.process, m.to.process);
+        assert!(matches!(run.event(m.to).action, Action::Applied { .. }));
+        assert!(run.event(m.from).lamport < run.event(m.to).lamport);
+    }
+    // The two nodes stamped #3 and #4 at the same Lamport time: concurrent events,
+    // and so are the Publish requests behind them.
+    let clocks = causality::vector_clocks(&run, &messages);
+    assert!(!causality::concurrent_requests(&run, &clocks).is_empty());
+    assert_svg_well_formed(&svg::svg(&run, &messages));
+    assert_shiviz_well_formed(&shiviz::shiviz(&run, &messages, &clocks));
+    assert_mermaid_well_formed(&mermaid::mermaid(&run, &messages));
 }
 
 #[test]

@@ -6,6 +6,8 @@
 //! server's "broadcast" line with the same cause, participant and `client_lamport =
 //! t`; a broadcast with sequence number `s` is received by each client's "received"
 //! line with `seq = s`, and answered by the sender's "reply" line with `seq = s`.
+//! In a cluster each node's log holds the broadcasts of the events it stamped, and
+//! applies the others' (an "applied" receive, paired by `seq` like a receipt).
 
 use super::parse::{Action, EventId, Role, Run};
 use crate::log_schema::rpc;
@@ -107,7 +109,9 @@ impl Index {
                     .or_else(|| candidates.first().copied())?;
                 Some((MessageKind::Request, from))
             }
-            Action::Received { seq, .. } => self
+            // A cluster's node applying another's event receives it as a client
+            // receives a broadcast: from the node that stamped it.
+            Action::Received { seq, .. } | Action::Applied { seq, .. } => self
                 .broadcasts
                 .get(seq)
                 .map(|&from| (MessageKind::Broadcast, from)),

@@ -225,11 +225,18 @@ impl Checker<'_> {
             // Times rise along each task.
             let tasks: Vec<(&str, Vec<EventId>)> = match process.role {
                 Role::Server => {
-                    let mut chain: Vec<EventId> = ids.clone();
-                    chain.sort_by_key(|&id| match &self.run.event(id).action {
-                        Action::Broadcast { seq, .. } => *seq,
+                    // A cluster's node also applies the events other nodes stamped,
+                    // in sequence order: a task of its own.
+                    let (mut chain, mut applied): (Vec<EventId>, Vec<EventId>) =
+                        ids.iter().partition(|&&id| {
+                            matches!(self.run.event(id).action, Action::Broadcast { .. })
+                        });
+                    let seq_of = |id: &EventId| match &self.run.event(*id).action {
+                        Action::Broadcast { seq, .. } | Action::Applied { seq, .. } => *seq,
                         _ => 0,
-                    });
+                    };
+                    chain.sort_by_key(seq_of);
+                    applied.sort_by_key(seq_of);
                     // Each sequence number names one broadcast.
                     for pair in chain.windows(2) {
                         let seq = |id: EventId| match &self.run.event(id).action {
@@ -247,7 +254,10 @@ impl Checker<'_> {
                             self.violation(Rule::ProcessOrder, message);
                         }
                     }
-                    vec![("in sequence order", chain)]
+                    vec![
+                        ("in sequence order", chain),
+                        ("applying other nodes' events", applied),
+                    ]
                 }
                 Role::Client => {
                     let (feed, calls): (Vec<EventId>, Vec<EventId>) =
@@ -303,6 +313,11 @@ impl Checker<'_> {
                 Action::Received { seq, .. } => Some(format!(
                     "broadcast #{seq}, but the server's log has no broadcast #{seq}"
                 )),
+                Action::Applied {
+                    seq, stamped_by, ..
+                } => Some(format!(
+                    "#{seq} as stamped by {stamped_by}, but no server log of the run has broadcast #{seq}"
+                )),
                 Action::Reply { seq, .. } => Some(format!(
                     "a reply naming broadcast #{seq}, but the server's log has no broadcast #{seq}"
                 )),
@@ -356,6 +371,26 @@ impl Checker<'_> {
                     Some(format!(
                         "{k} {p} \"{t}\", not {kind} {participant} \"{text}\""
                     ))
+                } else {
+                    None
+                }
+            }
+            Action::Applied {
+                kind: k,
+                participant: p,
+                text: t,
+                stamp,
+                stamped_by,
+                ..
+            } => {
+                if *stamp != broadcast_at {
+                    Some(format!("stamp {stamp}, not {broadcast_at}"))
+                } else if (k, p, t) != (kind, participant, text) {
+                    Some(format!(
+                        "{k} {p} \"{t}\", not {kind} {participant} \"{text}\""
+                    ))
+                } else if stamped_by != self.name(from) {
+                    Some(format!("stamped by {stamped_by}, not {}", self.name(from)))
                 } else {
                     None
                 }

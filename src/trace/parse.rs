@@ -1,5 +1,7 @@
 //! Reads the JSON logs of a run (one file per process) into processes and their
 //! events: the server's broadcasts, and each client's sends, replies and receipts.
+//! In a cluster's run each node is a process named by its node: its broadcasts are
+//! the events it stamped, and it applies (receives) those the other nodes stamped.
 
 use crate::event::{EventKind, UnknownKind};
 use crate::lamport::LamportTime;
@@ -137,6 +139,22 @@ pub enum Action {
         /// so its new session must deliver every event after it.
         resumed_after: Option<u64>,
     },
+    /// A cluster's node applied an event another node stamped (it read the
+    /// record from the cluster's log and merged its time): a receive.
+    Applied {
+        /// `chat`, `joined` or `left`.
+        kind: EventKind,
+        /// The participant the event is about.
+        participant: String,
+        /// The message or notice.
+        text: String,
+        /// The event's sequence number.
+        seq: u64,
+        /// The Lamport time the stamping node gave it.
+        stamp: LamportTime,
+        /// The node that stamped it.
+        stamped_by: String,
+    },
     /// A client sent a request.
     Sent {
         /// `Join`, `Publish` or `Leave`.
@@ -185,6 +203,12 @@ impl Event {
                 EventKind::Chat => format!("broadcast #{seq} {participant}: \"{text}\" ({cause})"),
                 _ => format!("broadcast #{seq} {participant} {kind} ({cause})"),
             },
+            Action::Applied {
+                seq,
+                stamp,
+                stamped_by,
+                ..
+            } => format!("applied #{seq} from {stamped_by} (stamped {stamp})"),
             Action::Sent { rpc, text: Some(t) } => format!("sent {rpc} \"{t}\""),
             Action::Sent { rpc, text: None } => format!("sent {rpc}"),
             Action::Reply {
@@ -393,6 +417,9 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
     let mut events = Vec::new();
     let mut name = None;
     let mut server = false;
+    // A cluster's node names itself when it joins the cluster; its broadcast lines
+    // for events other nodes stamped are receives.
+    let node = cluster_node(text);
     for (number, raw) in text.lines().enumerate() {
         let line = number + 1;
         if raw.trim().is_empty() {
@@ -429,7 +456,20 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
             kind.parse()
                 .map_err(|err: UnknownKind| bad_field(err.into()))
         };
+        let stamped_by = text(field::NODE)?;
         let action = match message {
+            message::BROADCAST if stamped_by.is_some() && node.is_some() && stamped_by != node => {
+                server = true;
+                Action::Applied {
+                    kind: kind()?,
+                    participant: text(field::PARTICIPANT)?
+                        .ok_or_else(|| missing(field::PARTICIPANT))?,
+                    text: text(field::TEXT)?.unwrap_or_default(),
+                    seq: number(field::SEQ)?.ok_or_else(|| missing(field::SEQ))?,
+                    stamp: number(field::LAMPORT)?.ok_or_else(|| missing(field::LAMPORT))?,
+                    stamped_by: stamped_by.unwrap_or_default(),
+                }
+            }
             message::BROADCAST => {
                 server = true;
                 let cause = text(field::CAUSE)?.ok_or_else(|| missing(field::CAUSE))?;
@@ -476,7 +516,13 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
                     .unwrap_or(false),
             },
         };
-        let lamport = number(field::LAMPORT)?.ok_or_else(|| missing(field::LAMPORT))?;
+        // An applied event happens at the node's time of merging it.
+        let lamport = match action {
+            Action::Applied { .. } => {
+                number(field::NODE_LAMPORT)?.ok_or_else(|| missing(field::NODE_LAMPORT))?
+            }
+            _ => number(field::LAMPORT)?.ok_or_else(|| missing(field::LAMPORT))?,
+        };
         events.push(Event {
             line,
             lamport,
@@ -487,7 +533,7 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
         return Ok(None);
     }
     let (role, name) = if server {
-        (Role::Server, "server".to_owned())
+        (Role::Server, node.unwrap_or_else(|| "server".to_owned()))
     } else {
         let stem = path
             .file_stem()
@@ -501,6 +547,20 @@ pub fn parse_process(path: &Path, text: &str) -> Result<Option<Process>, ParseEr
         file: path.to_owned(),
         events,
     }))
+}
+
+/// The name of the cluster node whose log `text` is: the `node` of its "joined the
+/// cluster" line; `None` for a server alone, or a client.
+fn cluster_node(text: &str) -> Option<String> {
+    text.lines()
+        .filter(|line| line.contains(message::JOINED_CLUSTER))
+        .find_map(|line| {
+            let line: serde_json::Map<String, Value> = serde_json::from_str(line).ok()?;
+            if line.get(field::MESSAGE)?.as_str()? != message::JOINED_CLUSTER {
+                return None;
+            }
+            Some(line.get(field::NODE)?.as_str()?.to_owned())
+        })
 }
 
 impl fmt::Display for Role {

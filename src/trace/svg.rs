@@ -187,7 +187,7 @@ fn draw_events(out: &mut String, run: &Run, layout: &Layout) {
                 Action::Broadcast { .. } => "#333",
                 Action::Sent { .. } => REQUEST,
                 Action::Reply { .. } => REPLY,
-                Action::Received { .. } => BROADCAST,
+                Action::Received { .. } | Action::Applied { .. } => BROADCAST,
             };
             let _ = writeln!(
                 out,
