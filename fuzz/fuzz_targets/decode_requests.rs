@@ -7,7 +7,9 @@
 //! event is still stamped later than every event before it.
 //!
 //! In a session token, '@' stands for alice's session id and '#' for her secret, so
-//! the fuzzer can build near-miss tokens: only her exact token may be accepted.
+//! the fuzzer can build near-miss tokens: only her exact token may be accepted. A
+//! Join that names alice and carries her exact token as `replaces_session` replaces
+//! her session; any other token leaves her name taken.
 
 #![no_main]
 
@@ -18,7 +20,7 @@ use chittychat::feed::{Delivery, Feed};
 use chittychat::lamport::LamportTime;
 use chittychat::log::{Log, LogConfig};
 use chittychat::pb;
-use chittychat::room::{JoinOptions, Room, RoomConfig};
+use chittychat::room::{JoinOptions, Room, RoomConfig, SessionToken};
 use chittychat::validate::{
     validate_lamport, validate_message, validate_name, validate_publish_id,
 };
@@ -69,18 +71,21 @@ struct Fixture {
     token: String,
 }
 
-/// Joins `name` at `lamport` without history and waits until its notice is stored.
+/// Joins `name` at `lamport` without history, replacing the session `replaces`
+/// names if any, and waits until its notice is stored.
 fn join_now(
     runtime: &tokio::runtime::Runtime,
     hub: &Arc<Room>,
     name: &[u8],
     lamport: LamportTime,
+    replaces: Option<String>,
 ) -> Result<chittychat::room::Joined, ChatError> {
     let options = JoinOptions {
         history: Some(0),
         resume: None,
+        replaces: replaces.map(SessionToken::new),
     };
-    let joined = hub.join(name, lamport, options)?;
+    let joined = runtime.block_on(hub.join(name, lamport, options))?;
     runtime.block_on(hub.durable(joined.stamp.seq))?;
     Ok(joined)
 }
@@ -101,7 +106,7 @@ impl Fixture {
             log,
             recovered,
         );
-        let mut joined = join_now(&runtime, &hub, b"alice", 0).expect("alice joins");
+        let mut joined = join_now(&runtime, &hub, b"alice", 0, None).expect("alice joins");
         let first = next(&mut joined.feed).expect("alice's join notice");
         assert_eq!(first.entry.kind, EventKind::Joined);
         let token = joined.token.expose().to_owned();
@@ -122,7 +127,7 @@ impl Fixture {
     /// Checks that the server's clock still advances: a new event (a join, so that it
     /// works whether or not alice is still present) is stamped after `last`.
     fn assert_clock_still_rises(&self, last: LamportTime) {
-        let carol = join_now(&self.runtime, &self.room, b"carol", 0).expect("carol joins");
+        let carol = join_now(&self.runtime, &self.room, b"carol", 0, None).expect("carol joins");
         assert!(
             carol.stamp.lamport > last,
             "the clock stopped: an event at {} after one at {last}",
@@ -157,11 +162,38 @@ fn expected_time(before: LamportTime, client: LamportTime) -> LamportTime {
 fn join(request: pb::JoinRequest) {
     let mut fx = Fixture::new();
     let before = fx.room.lamport_now();
+    let replaces =
+        (!request.replaces_session.is_empty()).then(|| fx.token_from(&request.replaces_session));
+    // Names are unique regardless of case, unless the Join holds alice's token.
+    let replacing = request.name.eq_ignore_ascii_case(b"alice");
     let should_accept = validate_name(&request.name).is_ok()
         && validate_lamport(request.lamport, before).is_ok()
-        // Names are unique regardless of case.
-        && !request.name.eq_ignore_ascii_case(b"alice");
-    match join_now(&fx.runtime, &fx.room, &request.name, request.lamport) {
+        && (!replacing || replaces.as_deref() == Some(fx.token.as_str()));
+    match join_now(
+        &fx.runtime,
+        &fx.room,
+        &request.name,
+        request.lamport,
+        replaces,
+    ) {
+        Ok(mut joined) if replacing => {
+            assert!(should_accept, "accepted the name {:?}", request.name);
+            let name = std::str::from_utf8(&request.name).expect("an accepted name is text");
+            // Her old session leaves first, one tick before the new join notice.
+            let lamport = expected_time(before, request.lamport) + 1;
+            assert_eq!(joined.stamp, Stamp { lamport, seq: 3 });
+            assert_eq!(fx.room.present(), [name]);
+            assert!(matches!(
+                fx.alice.next().now_or_never(),
+                Some(Some(Err(ChatError::Replaced)))
+            ));
+            let event = next(&mut joined.feed).expect("the join notice").entry;
+            assert_eq!(
+                (event.kind, event.lamport, event.seq),
+                (EventKind::Joined, lamport, 3)
+            );
+            fx.assert_clock_still_rises(lamport);
+        }
         Ok(mut joined) => {
             assert!(should_accept, "accepted the name {:?}", request.name);
             let name = std::str::from_utf8(&request.name).expect("an accepted name is text");

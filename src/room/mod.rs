@@ -277,12 +277,26 @@ fn proof_of(secret: &[u8; SECRET_BYTES]) -> Proof {
     proof
 }
 
-/// The proof of the secret in `token`, when it is a well-formed token.
-fn proof_of_token(token: &SessionToken) -> Option<Proof> {
-    let (_, secret) = token.0.split_once('.')?;
+/// The session id in `token` and the proof of its secret, when the token is spelt
+/// exactly as [`Room::join`] writes tokens.
+fn proof_of_token(token: &SessionToken) -> Option<(u64, Proof)> {
+    let (id, secret) = token_parts(&token.0)?;
+    Some((id, proof_of(&secret)))
+}
+
+/// The session id and secret of `token`, in its one spelling: lower-case hex, no
+/// sign, no leading zero, as [`Room::join`] wrote it, so that no second string
+/// stands for the same session.
+fn token_parts(token: &str) -> Option<(u64, [u8; SECRET_BYTES])> {
+    let lower_hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    let (id_text, secret) = token.split_once('.')?;
+    let id = u64::from_str_radix(id_text, 16).ok()?;
+    if id_text != format!("{id:x}") || !lower_hex(secret) {
+        return None;
+    }
     let mut bytes = [0u8; SECRET_BYTES];
     hex::decode_to_slice(secret, &mut bytes).ok()?;
-    Some(proof_of(&bytes))
+    Some((id, bytes))
 }
 
 #[derive(Debug)]
@@ -524,7 +538,11 @@ impl Room {
             let replaces = match state.names.get(&key) {
                 None => None,
                 Some(member) => match options.replaces.as_ref().and_then(proof_of_token) {
-                    Some(proof) if proof == member.proof => Some(proof),
+                    Some((session, proof))
+                        if proof == member.proof && session == member.owner.session =>
+                    {
+                        Some(proof)
+                    }
                     _ => {
                         return Err(ChatError::NameTaken {
                             name: name.to_string(),
@@ -1635,14 +1653,7 @@ fn name_key(name: &str) -> Box<str> {
 /// Only the token's one spelling is accepted: lower-case hex, no sign, no leading
 /// zero, as [`Room::join`] wrote it, so that no second string opens the session.
 fn authenticate(state: &State, token: &str) -> Result<u64, ChatError> {
-    let lower_hex = |text: &str| text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let (id_text, secret) = token.split_once('.').ok_or(ChatError::UnknownSession)?;
-    let id = u64::from_str_radix(id_text, 16).map_err(|_| ChatError::UnknownSession)?;
-    if id_text != format!("{id:x}") || !lower_hex(secret) {
-        return Err(ChatError::UnknownSession);
-    }
-    let mut bytes = [0u8; SECRET_BYTES];
-    hex::decode_to_slice(secret, &mut bytes).map_err(|_| ChatError::UnknownSession)?;
+    let (id, bytes) = token_parts(token).ok_or(ChatError::UnknownSession)?;
     let session = state.sessions.get(&id).ok_or(ChatError::UnknownSession)?;
     if bool::from(session.secret.ct_eq(&bytes)) {
         Ok(id)
@@ -2039,12 +2050,21 @@ mod tests {
         let mut bob = join(&room, "bob").await;
         let _ = next(&mut alice.feed).await;
         let _ = next(&mut bob.feed).await;
-        // Without the token, or with another's, the name is taken.
+        // Without the token, with another's, or with hers spelt another way (another
+        // session id, upper-case hex), the name is taken.
+        let (id, secret) = alice.token.expose().split_once('.').unwrap();
+        let respelt = [
+            SessionToken::new(format!("ff{id}.{secret}")),
+            SessionToken::new(format!("{id}.{}", secret.to_uppercase())),
+        ];
         for replaces in [
             None,
             Some(bob.token.clone()),
             Some(SessionToken::new("1.zz")),
-        ] {
+        ]
+        .into_iter()
+        .chain(respelt.map(Some))
+        {
             let options = JoinOptions {
                 replaces,
                 ..JoinOptions::default()
