@@ -831,7 +831,8 @@ async fn each_node_logs_who_stamped_an_event_and_when_it_merged_another_nodes() 
         let (status, log) = server.terminate_with_log().await;
         assert!(status.success(), "{status:?}");
         for line in &log.seen {
-            let line: serde_json::Value = serde_json::from_str(line).unwrap();
+            let line: serde_json::Value = serde_json::from_str(line)
+                .unwrap_or_else(|err| panic!("node {name} wrote {line:?}: {err}"));
             if line["message"] == "broadcast" {
                 let seq = line["seq"].as_u64().unwrap();
                 broadcasts

@@ -196,13 +196,35 @@ filters the log (default: info).
 Every refusal (a limit reached, a bad request, a missing join secret) is logged at
 warn level as \"refused\" with the participant's name.";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("chittychat-server: error: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
     if args.health_check {
-        return health_check(&args.listen).await;
+        return runtime.block_on(health_check(&args.listen));
     }
-    match serve(args).await {
+    let log = match logging::init(args.log_format, args.log_file.as_deref(), "info") {
+        Ok(log) => log,
+        Err(err) => {
+            eprintln!(
+                "chittychat-server: error: cannot open the log file {:?}: {err}",
+                args.log_file
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = runtime.block_on(serve(args));
+    // The tasks still running (a cluster's NATS connection, say) end with the
+    // runtime, and may log as they do: while the log is still open, so that a
+    // JSON log stays JSON to its last line.
+    drop(runtime);
+    drop(log);
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // One line, the causes joined: what a person needs, never a backtrace.
@@ -213,8 +235,6 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let _log = logging::init(args.log_format, args.log_file.as_deref(), "info")
-        .with_context(|| format!("cannot open the log file {:?}", args.log_file))?;
     let config = server_config(&args)?;
     // Metrics before anything counts.
     if let Some(address) = &args.metrics {
