@@ -72,11 +72,7 @@ const RSS_SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chaos() {
-    let seed = std::env::var("CHITTYCHAT_CHAOS_SEED")
-        .ok()
-        .map(|seed| seed.parse::<u64>().expect("CHITTYCHAT_CHAOS_SEED is a u64"))
-        .unwrap_or_else(rand::random);
-    println!("chaos seed {seed} (replay the choices with CHITTYCHAT_CHAOS_SEED={seed})");
+    let seed = fixture::chaos_seed("chaos");
     let started = Instant::now();
     let mut rng = StdRng::seed_from_u64(seed);
     let server = start_server().await;

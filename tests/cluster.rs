@@ -651,11 +651,7 @@ async fn cluster_chaos_nodes_and_participants_killed_at_random_under_load() {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
     use std::collections::{BTreeMap, BTreeSet};
-    let seed = std::env::var("CHITTYCHAT_CHAOS_SEED")
-        .ok()
-        .map(|seed| seed.parse::<u64>().expect("CHITTYCHAT_CHAOS_SEED is a u64"))
-        .unwrap_or_else(rand::random);
-    println!("cluster chaos seed {seed} (replay with CHITTYCHAT_CHAOS_SEED={seed})");
+    let seed = fixture::chaos_seed("cluster chaos");
     let mut rng = StdRng::seed_from_u64(seed);
     let nats = NatsServer::start().await;
     let nats_url = nats.url();

@@ -341,6 +341,38 @@ enum Outcome {
     Repeated(Stamp),
 }
 
+/// What a request came to under the lock: decided there (alone, or a repeated
+/// publish id), or a record to propose to the cluster's log, whose outcome comes
+/// back when it is applied.
+enum Decided {
+    Now(Outcome),
+    Proposed(Proposed),
+}
+
+/// A record on its way to the cluster's log, and where its outcome arrives.
+struct Proposed {
+    propose: Arc<dyn Propose>,
+    record: Record,
+    proposal: ProposalId,
+    reply: oneshot::Receiver<Result<Outcome, ChatError>>,
+}
+
+impl Decided {
+    fn proposed(
+        propose: &Arc<dyn Propose>,
+        record: Record,
+        proposal: ProposalId,
+        reply: oneshot::Receiver<Result<Outcome, ChatError>>,
+    ) -> Self {
+        Decided::Proposed(Proposed {
+            propose: Arc::clone(propose),
+            record,
+            proposal,
+            reply,
+        })
+    }
+}
+
 /// How long a request waits for its record to come back from the cluster's log
 /// once the log has stored it.
 pub const CLUSTER_APPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -585,7 +617,7 @@ impl Room {
                         Some(new),
                         &mut logged,
                     );
-                    (id, Err(outcome))
+                    (id, Decided::Now(outcome))
                 }
                 Mode::Cluster(propose) => {
                     let (proposal, reply) = expect(&mut state, Some(new));
@@ -598,17 +630,12 @@ impl Room {
                         proof: hex::encode(proof),
                         replaces: replaces.map(hex::encode),
                     };
-                    (id, Ok((Arc::clone(propose), record, proposal, reply)))
+                    (id, Decided::proposed(propose, record, proposal, reply))
                 }
             }
         };
         log_events(&logged);
-        let outcome = match proposed {
-            Err(outcome) => outcome,
-            Ok((propose, record, proposal, reply)) => {
-                self.propose(propose, record, proposal, reply).await?
-            }
-        };
+        let outcome = self.settle(proposed).await?;
         let Outcome::Joined(entry, cursor, resume) = outcome else {
             return Err(cluster_confused());
         };
@@ -661,7 +688,7 @@ impl Room {
             let name = Arc::clone(&session.name);
             let key = publish_id.map(|id| (Arc::clone(&name), id));
             if let Some(stamp) = key.as_ref().and_then(|key| state.published.get(key)) {
-                (Err(Outcome::Repeated(*stamp)), name)
+                (Decided::Now(Outcome::Repeated(*stamp)), name)
             } else {
                 check_cluster(&state)?;
                 if let (Some(rate), Some(limiter)) = (self.config.publish_rate, &session.limiter) {
@@ -680,7 +707,7 @@ impl Room {
                             key.map(|(_, id)| id),
                             &mut logged,
                         );
-                        (Err(Outcome::Stamped(stamp)), name)
+                        (Decided::Now(Outcome::Stamped(stamp)), name)
                     }
                     Mode::Cluster(propose) => {
                         let (proposal, reply) = expect(&mut state, None);
@@ -693,18 +720,13 @@ impl Room {
                             publish_id: key.map(|(_, id)| id.to_string()),
                             proposal,
                         };
-                        (Ok((Arc::clone(propose), record, proposal, reply)), name)
+                        (Decided::proposed(propose, record, proposal, reply), name)
                     }
                 }
             }
         };
         log_events(&logged);
-        let outcome = match decided {
-            Err(outcome) => outcome,
-            Ok((propose, record, proposal, reply)) => {
-                self.propose(propose, record, proposal, reply).await?
-            }
-        };
+        let outcome = self.settle(decided).await?;
         let stamp = match outcome {
             Outcome::Stamped(stamp) => stamp,
             Outcome::Repeated(stamp) => {
@@ -749,7 +771,7 @@ impl Room {
                         Some(client_lamport),
                         &state,
                     ));
-                    Err(Outcome::Stamped(stamp))
+                    Decided::Now(Outcome::Stamped(stamp))
                 }
                 Mode::Cluster(propose) => {
                     let (proposal, reply) = expect(&mut state, None);
@@ -766,17 +788,12 @@ impl Room {
                         cause: LeaveCause::Requested.as_str().to_owned(),
                         proposal: Some(proposal),
                     };
-                    Ok((Arc::clone(propose), record, proposal, reply))
+                    Decided::proposed(propose, record, proposal, reply)
                 }
             }
         };
         log_events(&logged);
-        let outcome = match decided {
-            Err(outcome) => outcome,
-            Ok((propose, record, proposal, reply)) => {
-                self.propose(propose, record, proposal, reply).await?
-            }
-        };
+        let outcome = self.settle(decided).await?;
         let Outcome::Stamped(stamp) = outcome else {
             return Err(cluster_confused());
         };
@@ -1260,14 +1277,18 @@ impl Room {
         self.propose_in_background(orphans);
     }
 
-    /// Waits for the record this room proposed as `proposal` to be applied.
-    async fn propose(
-        &self,
-        propose: Arc<dyn Propose>,
-        record: Record,
-        proposal: ProposalId,
-        reply: oneshot::Receiver<Result<Outcome, ChatError>>,
-    ) -> Result<Outcome, ChatError> {
+    /// The outcome of a request: decided already, or once the record it proposed
+    /// has been stored by the cluster's log and applied.
+    async fn settle(&self, decided: Decided) -> Result<Outcome, ChatError> {
+        let Proposed {
+            propose,
+            record,
+            proposal,
+            reply,
+        } = match decided {
+            Decided::Now(outcome) => return Ok(outcome),
+            Decided::Proposed(proposed) => proposed,
+        };
         if let Err(err) = propose.propose(record).await {
             take_pending(&mut self.lock(), proposal);
             return Err(err);
