@@ -8,12 +8,19 @@
 //! `/quit`; one is killed (SIGKILL); the rest leave (end of input); the server is
 //! stopped with SIGTERM. Every step waits, with a deadline, until every client still
 //! present has shown its outcome on stdout, so the script never races itself.
+//!
+//! With `--cluster` the same conversation runs over [`CLUSTER_NODES`] server nodes
+//! sharing one NATS JetStream server (`nats-server -js`, found on the PATH), the
+//! participants spread over the nodes; after the late join one node is killed
+//! (SIGKILL), its participants move to the other nodes and resume there, and one of
+//! them speaks again before the rest of the script.
 
 use crate::event::{joined_sentence, left_sentence};
 use crate::log_schema::{self, NotListening, field, message, rpc};
 use crate::trace;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use rand::Rng as _;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -41,6 +48,12 @@ pub const MIN_CLIENTS: usize = 3;
 
 /// The most clients the demo starts at first; more would not fit a diagram.
 pub const MAX_CLIENTS: usize = 12;
+
+/// How many server nodes a `--cluster` run starts.
+pub const CLUSTER_NODES: usize = 3;
+
+/// The program the cluster's log runs on, looked up on the PATH.
+const NATS_SERVER: &str = "nats-server";
 
 /// How long one step may take by default before the demo gives up.
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -91,6 +104,9 @@ pub struct DemoOptions {
     pub bin_dir: PathBuf,
     /// How long one step may take.
     pub step_timeout: Duration,
+    /// Whether to run the conversation over a cluster of [`CLUSTER_NODES`] nodes
+    /// on a NATS JetStream server instead of one server.
+    pub cluster: bool,
 }
 
 /// What can stop the demo.
@@ -163,10 +179,18 @@ pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
             )));
         }
     }
+    if options.cluster {
+        Nats::installed().await?;
+    }
     let dir = run_folder(options.out.as_deref())?;
     let plan = Plan::new(options.clients, options.seed);
+    let over = if options.cluster {
+        format!(" over {CLUSTER_NODES} nodes and a NATS server")
+    } else {
+        String::new()
+    };
     say!(
-        "Chitty-Chat demo: {} clients, seed {}, run folder {}",
+        "Chitty-Chat demo: {} clients{over}, seed {}, run folder {}",
         options.clients + 1,
         options.seed,
         dir.display()
@@ -180,18 +204,39 @@ pub async fn run(options: DemoOptions) -> Result<DemoOutcome, DemoError> {
         present: Vec::new(),
         gone: Vec::new(),
         step: 0,
-        server: None,
+        servers: Vec::new(),
     };
-    let mut server = start_server(&server_bin, &dir, &stage).await?;
-    stage.server = server.child.id().map(|id| Pid::from_raw(id as i32));
-    // Interrupted, the demo still stops what it started: the server gracefully,
-    // the clients when `stage` drops.
+    // Interrupted, the demo still stops what it started: the servers gracefully,
+    // the clients when `stage` drops, NATS when `nats` drops.
+    let mut nats = None;
     let result = tokio::select! {
-        result = stage.play(&plan, &server.url) => result,
+        result = async {
+            if options.cluster {
+                let started = Nats::start(&dir, stage.timeout).await?;
+                let url = started.url.clone();
+                nats = Some(started);
+                for n in 1..=CLUSTER_NODES {
+                    let role = Role::Node { name: format!("node-{n}"), nats: url.clone() };
+                    let node = start_server(&server_bin, &dir, &stage, role).await?;
+                    stage.servers.push(node);
+                }
+            } else {
+                let server = start_server(&server_bin, &dir, &stage, Role::Alone).await?;
+                stage.servers.push(server);
+            }
+            stage.play(&plan).await
+        } => result,
         signal = interrupted() => Err(DemoError::Interrupted(signal)),
     };
-    // Stop the server on every path, so its log is complete.
-    let stopped = server.stop(stage.timeout).await;
+    // Stop the servers on every path, so their logs are complete, then NATS.
+    let mut stopped = Ok(());
+    for server in &mut stage.servers {
+        let outcome = server.stop(stage.timeout).await;
+        stopped = stopped.and(outcome);
+    }
+    if let Some(nats) = nats {
+        nats.stop(stage.timeout).await;
+    }
     result?;
     stopped?;
 
@@ -305,6 +350,10 @@ struct Plan {
     quitter: usize,
     /// Who is killed (an index into `first`).
     killed: usize,
+    /// In a cluster, the node killed after the late join (an index into the nodes).
+    dead_node: usize,
+    /// In a cluster, what the first participant to move off the dead node says.
+    mover_line: String,
 }
 
 impl Plan {
@@ -316,6 +365,8 @@ impl Plan {
         lines.shuffle(&mut rng);
         let mut order: Vec<usize> = (0..clients).collect();
         order.shuffle(&mut rng);
+        // Drawn last, so a seed plays the same script with or without a cluster.
+        let dead_node = rng.random_range(0..CLUSTER_NODES);
         // Lines cycle if there are more clients than lines.
         let line = |i: usize| lines[i % lines.len()].to_owned();
         Plan {
@@ -326,6 +377,8 @@ impl Plan {
             // `order` is a permutation of at least three: these are distinct.
             quitter: order[2],
             killed: order[0],
+            dead_node,
+            mover_line: line(clients + 3),
         }
     }
 }
@@ -345,15 +398,19 @@ struct Participant {
     log: PathBuf,
     /// How many messages it was asked to publish.
     published: usize,
+    /// The server it joined first (an index into the stage's servers).
+    server: usize,
+    /// How many lines it had shown when the step under way began: a step waits
+    /// only for what came after, so a second leave notice of one name (a session
+    /// replaced on another node, then the real leave) is not mistaken for the first.
+    mark: usize,
 }
 
 impl Participant {
+    /// Whether it has shown a line matching `pred` since the step began.
     fn shown(&self, pred: impl Fn(&str) -> bool) -> bool {
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|l| pred(l))
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().skip(self.mark).any(|l| pred(l))
     }
 }
 
@@ -367,15 +424,14 @@ struct Stage {
     present: Vec<Participant>,
     gone: Vec<Participant>,
     step: usize,
-    /// The server's process id, to pause it while two messages cross.
-    server: Option<Pid>,
+    /// The server, or the cluster's nodes.
+    servers: Vec<Server>,
 }
 
 impl Stage {
-    async fn play(&mut self, plan: &Plan, url: &str) -> Result<(), DemoError> {
+    async fn play(&mut self, plan: &Plan) -> Result<(), DemoError> {
         for name in &plan.first {
-            self.announce(&format!("{name} joins"));
-            self.join(name, url).await?;
+            self.join(name, "joins").await?;
         }
         for (i, name) in plan.first.iter().enumerate() {
             self.announce(&format!("{name} says \"{}\"", plan.lines[i]));
@@ -383,16 +439,23 @@ impl Stage {
         }
         let [(a, a_line), (b, b_line)] = &plan.together;
         let (a, b) = (&plan.first[*a], &plan.first[*b]);
+        let paused = if self.servers.len() > 1 {
+            "every node paused"
+        } else {
+            "the server paused"
+        };
         self.announce(&format!(
-            "{a} and {b} publish at the same moment, the server paused until both have sent: \"{a_line}\" and \"{b_line}\""
+            "{a} and {b} publish at the same moment, {paused} until both have sent: \"{a_line}\" and \"{b_line}\""
         ));
         self.say(&[(a, a_line), (b, b_line)]).await?;
         let late = &plan.late;
-        self.announce(&format!("{late} joins late"));
-        self.join(late, url).await?;
+        self.join(late, "joins late").await?;
         let late_line = &plan.lines[plan.first.len()];
         self.announce(&format!("{late} says \"{late_line}\""));
         self.say(&[(late, late_line)]).await?;
+        if self.servers.len() > 1 {
+            self.kill_node(plan.dead_node, &plan.mover_line).await?;
+        }
         let quitter = &plan.first[plan.quitter];
         self.announce(&format!("{quitter} leaves with /quit"));
         self.leave(quitter, Leaving::Quit).await?;
@@ -407,18 +470,94 @@ impl Stage {
         Ok(())
     }
 
+    /// Kills node `dead` (SIGKILL) and waits until each of its participants has
+    /// moved: its client fails over to the next node in its list and rejoins,
+    /// replacing its old session (everyone sees that session leave and the
+    /// participant join again), and resumes where it was. Then one of them speaks.
+    async fn kill_node(&mut self, dead: usize, line: &str) -> Result<(), DemoError> {
+        let node = self.servers[dead].name.clone();
+        let movers: Vec<String> = self
+            .present
+            .iter()
+            .filter(|p| p.server == dead)
+            .map(|p| p.name.clone())
+            .collect();
+        self.announce(&format!(
+            "{node} is killed (SIGKILL); {} move to other nodes and resume there",
+            movers.join(" and ")
+        ));
+        self.mark();
+        let deadline = Instant::now() + self.timeout;
+        let server = &mut self.servers[dead];
+        server.killed = true;
+        server.child.start_kill().map_err(|source| DemoError::Io {
+            what: format!("cannot kill {node}"),
+            source,
+        })?;
+        tokio::time::timeout_at(deadline, server.child.wait())
+            .await
+            .map_err(|_| self.timeout_error(&format!("{node} to exit")))?
+            .map_err(|source| DemoError::Io {
+                what: format!("cannot wait for {node}"),
+                source,
+            })?;
+        for mover in &movers {
+            let left = left_sentence(mover, 0).trim_end_matches('0').to_owned();
+            self.everyone_shows(&format!("{mover}'s old session to end"), |l| {
+                l.starts_with(&left)
+            })
+            .await?;
+            let joined = joined_sentence(mover, 0).trim_end_matches('0').to_owned();
+            self.everyone_shows(&format!("{mover} to join again on another node"), |l| {
+                l.starts_with(&joined)
+            })
+            .await?;
+        }
+        if let Some(mover) = movers.first() {
+            self.announce(&format!("{mover} says \"{line}\" from its new node"));
+            self.say(&[(mover, &line.to_owned())]).await?;
+        }
+        Ok(())
+    }
+
+    /// Starts a step: what every present client shows from now on is its outcome.
+    fn mark(&mut self) {
+        for participant in &mut self.present {
+            participant.mark = participant
+                .lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len();
+        }
+    }
+
     fn announce(&mut self, what: &str) {
         self.step += 1;
         say!("{:>3}. {what}", self.step);
     }
 
-    async fn join(&mut self, name: &str, url: &str) -> Result<(), DemoError> {
+    /// Starts `name`'s client and waits until everyone shows its join. In a
+    /// cluster the participants are spread over the nodes in turn, and each client
+    /// is given every node, its own first, to fail over to.
+    async fn join(&mut self, name: &str, joins: &str) -> Result<(), DemoError> {
+        let joined = self.present.len() + self.gone.len();
+        let server = joined % self.servers.len();
+        let urls: Vec<String> = (0..self.servers.len())
+            .map(|k| self.servers[(server + k) % self.servers.len()].url.clone())
+            .collect();
+        if self.servers.len() > 1 {
+            let node = self.servers[server].name.clone();
+            self.announce(&format!("{name} {joins} on {node}"));
+        } else {
+            self.announce(&format!("{name} {joins}"));
+        }
+        self.mark();
         let log = self.dir.join(format!("{name}.log"));
         let mut child = logging_to(&self.client_bin, &log)
             .arg("--name")
             .arg(name)
             .arg("--server")
-            .arg(url)
+            .arg(urls.join(","))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -442,9 +581,11 @@ impl Stage {
             lines,
             stderr,
             ending: "present at the end",
-            joined: self.present.len() + self.gone.len(),
+            joined,
             log,
             published: 0,
+            server,
+            mark: 0,
         });
         let notice = joined_sentence(name, 0);
         let prefix = notice.trim_end_matches('0').to_owned();
@@ -464,6 +605,7 @@ impl Stage {
             self.find(name)?;
         }
         let pause = lines.len() > 1;
+        self.mark();
         let typed = if pause {
             self.signal_server(Signal::SIGSTOP);
             self.server_stopped().await
@@ -532,42 +674,48 @@ impl Stage {
         futures::future::try_join_all(writes).await.map(drop)
     }
 
-    /// Waits until the server has stopped. SIGSTOP only starts a stop: until one
-    /// of its threads gets a CPU to carry it out, the others keep serving, so a
-    /// loaded machine could still let one message through.
+    /// Waits until every server still running has stopped. SIGSTOP only starts a
+    /// stop: until one of its threads gets a CPU to carry it out, the others keep
+    /// serving, so a loaded machine could still let one message through.
     async fn server_stopped(&self) -> Result<(), DemoError> {
         use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
-        let Some(pid) = self.server else {
-            return Ok(());
-        };
         let deadline = Instant::now() + self.timeout;
-        loop {
-            // WUNTRACED reports the stop once every thread has stopped; WNOHANG
-            // keeps the call from blocking. Neither reaps the process.
-            match waitpid(pid, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Stopped(..)) => return Ok(()),
-                Ok(WaitStatus::StillAlive) => {}
-                Ok(other) => {
-                    return Err(DemoError::Process(format!(
-                        "the server did not stop as asked: {other:?}"
-                    )));
+        for server in &self.servers {
+            let Some(pid) = server.pid() else {
+                continue;
+            };
+            loop {
+                // WUNTRACED reports the stop once every thread has stopped; WNOHANG
+                // keeps the call from blocking. Neither reaps the process.
+                match waitpid(pid, Some(WaitPidFlag::WUNTRACED | WaitPidFlag::WNOHANG)) {
+                    Ok(WaitStatus::Stopped(..)) => break,
+                    Ok(WaitStatus::StillAlive) => {}
+                    Ok(other) => {
+                        return Err(DemoError::Process(format!(
+                            "{} did not stop as asked: {other:?}",
+                            server.name
+                        )));
+                    }
+                    Err(err) => {
+                        return Err(DemoError::Process(format!(
+                            "cannot tell whether {} stopped: {err}",
+                            server.name
+                        )));
+                    }
                 }
-                Err(err) => {
-                    return Err(DemoError::Process(format!(
-                        "cannot tell whether the server stopped: {err}"
-                    )));
+                if Instant::now() >= deadline {
+                    return Err(self.timeout_error(&format!("{} to pause", server.name)));
                 }
+                tokio::time::sleep(STOP_POLL).await;
             }
-            if Instant::now() >= deadline {
-                return Err(self.timeout_error("the server to pause"));
-            }
-            tokio::time::sleep(STOP_POLL).await;
         }
+        Ok(())
     }
 
+    /// Sends `signal` to every server still running.
     fn signal_server(&self, signal: Signal) {
-        if let Some(pid) = self.server {
-            let _ = nix::sys::signal::kill(pid, signal);
+        for server in &self.servers {
+            server.signal(signal);
         }
     }
 
@@ -602,6 +750,7 @@ impl Stage {
             .iter()
             .position(|p| p.name == name)
             .ok_or_else(|| DemoError::Process(format!("{name} is not present")))?;
+        self.mark();
         let mut participant = self.present.remove(position);
         let what = format!("{name} to exit");
         let deadline = Instant::now() + self.timeout;
@@ -770,21 +919,59 @@ fn logging_to(bin: &Path, log: &Path) -> Command {
     command
 }
 
-/// The server process.
-struct Server {
-    child: Child,
-    url: String,
+/// What a server process is in the run.
+enum Role {
+    /// The one server, its event log in the run folder.
+    Alone,
+    /// A node of a cluster whose log is on the NATS server at `nats`.
+    Node { name: String, nats: String },
 }
 
-async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, DemoError> {
-    let log = dir.join("server.log");
-    // The run folder is the server's data directory: the event log stays with the
-    // logs of the run that made it.
-    let mut child = logging_to(bin, &log)
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--data-dir")
-        .arg(dir)
+/// A server process: the one server, or one node of a cluster.
+struct Server {
+    /// "the server", or the node's name.
+    name: String,
+    child: Child,
+    url: String,
+    /// Killed on purpose: its end is no failure.
+    killed: bool,
+}
+
+impl Server {
+    /// Its process id while it runs.
+    fn pid(&self) -> Option<Pid> {
+        (!self.killed)
+            .then(|| self.child.id())
+            .flatten()
+            .map(|id| Pid::from_raw(id as i32))
+    }
+
+    fn signal(&self, signal: Signal) {
+        if let Some(pid) = self.pid() {
+            let _ = nix::sys::signal::kill(pid, signal);
+        }
+    }
+}
+
+async fn start_server(
+    bin: &Path,
+    dir: &Path,
+    stage: &Stage,
+    role: Role,
+) -> Result<Server, DemoError> {
+    let (name, log) = match &role {
+        Role::Alone => ("the server".to_owned(), dir.join("server.log")),
+        Role::Node { name, .. } => (name.clone(), dir.join(format!("{name}.log"))),
+    };
+    let mut command = logging_to(bin, &log);
+    command.arg("--listen").arg("127.0.0.1:0");
+    match &role {
+        // The run folder is the server's data directory: the event log stays with
+        // the logs of the run that made it.
+        Role::Alone => command.arg("--data-dir").arg(dir),
+        Role::Node { name, nats } => command.arg("--nats").arg(nats).arg("--node").arg(name),
+    };
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -802,19 +989,120 @@ async fn start_server(bin: &Path, dir: &Path, stage: &Stage) -> Result<Server, D
         log_schema::await_listening(&log, || child.try_wait().ok().flatten(), stage.timeout).await;
     match listening {
         Ok(address) => Ok(Server {
+            name,
             child,
             url: format!("http://{address}"),
+            killed: false,
         }),
         Err(NotListening::Exited { status, .. }) => {
             let stderr = last_words(&stderr);
             Err(DemoError::Process(format!(
-                "the server exited with {status} at start{stderr}"
+                "{name} exited with {status} at start{stderr}"
             )))
         }
         Err(NotListening::TimedOut { .. }) => Err(DemoError::Timeout {
-            what: "the server to listen".into(),
+            what: format!("{name} to listen"),
             secs: stage.timeout.as_secs(),
         }),
+    }
+}
+
+/// The NATS server a cluster's nodes share: `nats-server -js` on a free loopback
+/// port, its store and its log in the run folder's `nats/` (apart from the `*.log`
+/// files the checker reads).
+struct Nats {
+    child: Child,
+    url: String,
+}
+
+impl Nats {
+    /// Whether `nats-server` can be run, asking it for its version; if not, the
+    /// error says how to install it.
+    async fn installed() -> Result<(), DemoError> {
+        let version = Command::new(NATS_SERVER)
+            .arg("--version")
+            .stdin(Stdio::null())
+            .output()
+            .await;
+        match version {
+            Ok(_) => Ok(()),
+            Err(source) if source.kind() == std::io::ErrorKind::NotFound => {
+                Err(DemoError::Usage(format!(
+                    "--cluster needs {NATS_SERVER} (with JetStream, 2.9 or later) on the PATH; on Debian: apt-get install nats-server"
+                )))
+            }
+            Err(source) => Err(DemoError::Io {
+                what: format!("cannot run {NATS_SERVER}"),
+                source,
+            }),
+        }
+    }
+
+    async fn start(dir: &Path, timeout: Duration) -> Result<Nats, DemoError> {
+        let home = dir.join("nats");
+        std::fs::create_dir_all(&home).map_err(|source| DemoError::Io {
+            what: format!("cannot create {}", home.display()),
+            source,
+        })?;
+        let log = home.join("nats-server.log");
+        let mut child = Command::new(NATS_SERVER)
+            .args(["-js", "-a", "127.0.0.1", "-p", "-1", "-sd"])
+            .arg(home.join("store"))
+            .arg("-l")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| DemoError::Io {
+                what: format!("cannot start {NATS_SERVER}"),
+                source,
+            })?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            // "[pid] date time [INF] Listening for client connections on 127.0.0.1:4222"
+            let port = text
+                .lines()
+                .find(|l| l.contains("Listening for client connections on"))
+                .and_then(|l| l.rsplit(':').next())
+                .and_then(|port| port.trim().parse::<u16>().ok());
+            if let Some(port) = port
+                && text.contains("Server is ready")
+            {
+                return Ok(Nats {
+                    child,
+                    url: format!("nats://127.0.0.1:{port}"),
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let last = text.lines().last().unwrap_or("no log output");
+                return Err(DemoError::Process(format!(
+                    "{NATS_SERVER} exited with {status} at start: {last}"
+                )));
+            }
+            if Instant::now() >= deadline {
+                return Err(DemoError::Timeout {
+                    what: format!("{NATS_SERVER} to be ready (its log: {})", log.display()),
+                    secs: timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(LOG_POLL).await;
+        }
+    }
+
+    /// Stops it with SIGTERM, SIGKILL if it hangs: the run is over by now.
+    async fn stop(mut self, timeout: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+        if tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
     }
 }
 
@@ -835,23 +1123,29 @@ async fn interrupted() -> &'static str {
 
 impl Server {
     /// Stops the server with SIGTERM, so it flushes its log; SIGKILL if it hangs.
+    /// A server killed on purpose is only reaped.
     async fn stop(&mut self, timeout: Duration) -> Result<(), DemoError> {
-        if let Some(pid) = self.child.id() {
-            let _ = nix::sys::signal::kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if self.killed {
+            let _ = self.child.wait().await;
+            return Ok(());
         }
+        // An interrupted demo may have left it paused, deaf to SIGTERM.
+        self.signal(Signal::SIGCONT);
+        self.signal(Signal::SIGTERM);
+        let name = &self.name;
         match tokio::time::timeout(timeout, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => Err(DemoError::Process(format!(
-                "the server exited with {status} on SIGTERM"
+                "{name} exited with {status} on SIGTERM"
             ))),
             Ok(Err(source)) => Err(DemoError::Io {
-                what: "cannot wait for the server".into(),
+                what: format!("cannot wait for {name}"),
                 source,
             }),
             Err(_) => {
                 let _ = self.child.kill().await;
                 Err(DemoError::Timeout {
-                    what: "the server to stop".into(),
+                    what: format!("{name} to stop"),
                     secs: timeout.as_secs(),
                 })
             }

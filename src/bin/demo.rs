@@ -12,9 +12,10 @@ const EXIT_CHECK_FAILED: u8 = 1;
 /// Exit status when the demo could not be played.
 const EXIT_DEMO_FAILED: u8 = 3;
 
-/// Starts a Chitty-Chat server and client processes, plays a conversation (joins,
-/// messages, two at the same moment, a late join, /quit, a SIGKILL, leaves), prints
-/// what each participant saw, checks the logs and draws the space-time diagram.
+/// Starts a Chitty-Chat server (or, with --cluster, three nodes on NATS) and client
+/// processes, plays a conversation (joins, messages, two at the same moment, a late
+/// join, a node killed, /quit, a SIGKILL, leaves), prints what each participant saw,
+/// checks the logs and draws the space-time diagram.
 #[derive(Debug, Parser)]
 #[command(name = "chittychat-demo", version)]
 struct Args {
@@ -31,6 +32,11 @@ struct Args {
     /// Seconds one step may take before the demo gives up.
     #[arg(long, default_value_t = DEFAULT_STEP_TIMEOUT.as_secs())]
     step_timeout: u64,
+    /// Run over a cluster: three server nodes sharing a NATS JetStream server
+    /// (nats-server on the PATH), participants spread over them, one node killed
+    /// mid-run.
+    #[arg(long)]
+    cluster: bool,
 }
 
 #[tokio::main]
@@ -46,6 +52,7 @@ async fn main() -> ExitCode {
         seed: args.seed,
         bin_dir,
         step_timeout: Duration::from_secs(args.step_timeout.max(1)),
+        cluster: args.cluster,
     };
     match demo::run(options).await {
         Ok(outcome) if outcome.check_ok => ExitCode::SUCCESS,

@@ -271,13 +271,19 @@ struct KeyEntry {
 }
 
 /// The server's broadcasts in order, wrapped and laid out in two columns of
-/// about equal length (filled down, then across).
+/// about equal length (filled down, then across). A cluster's broadcasts are
+/// spread over its nodes' logs: the sequence number puts them in order.
 fn key_entries(run: &Run, layout: &Layout) -> Vec<KeyEntry> {
-    let broadcasts: Vec<(String, String)> = run
+    let mut broadcasts: Vec<(u64, String)> = run
         .processes
         .iter()
         .flat_map(|p| &p.events)
         .filter_map(|e| broadcast_text(&e.action))
+        .collect();
+    broadcasts.sort_by_key(|(seq, _)| *seq);
+    let broadcasts: Vec<(String, String)> = broadcasts
+        .into_iter()
+        .map(|(seq, text)| (format!("#{seq}"), text))
         .collect();
     let seq_chars = broadcasts
         .iter()
@@ -361,7 +367,7 @@ fn draw_key(out: &mut String, entries: &[KeyEntry], top: f64) {
 
 /// A broadcast's number and text: `#4`, `alice: hello`; `#7`, `bob left
 /// (disconnected)`.
-fn broadcast_text(action: &Action) -> Option<(String, String)> {
+fn broadcast_text(action: &Action) -> Option<(u64, String)> {
     let Action::Broadcast {
         kind,
         participant,
@@ -378,7 +384,7 @@ fn broadcast_text(action: &Action) -> Option<(String, String)> {
         _ if cause.is_dropout() => format!("{participant} {kind} ({cause})"),
         _ => format!("{participant} {kind}"),
     };
-    Some((format!("#{seq}"), what))
+    Some((*seq, what))
 }
 
 /// `text` in lines of at most `width` characters, broken between words where it
