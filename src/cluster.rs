@@ -47,6 +47,11 @@ pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts to reach NATS again.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// How long a starting node waits for a running node of its name to answer.
+/// NATS says at once when nobody listens, so this is spent only on a node that
+/// listens but is too stalled to answer; the name is then taken over.
+pub const NAME_CLAIM_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How a node joins its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClusterConfig {
@@ -79,6 +84,12 @@ impl ClusterConfig {
     /// The subject the nodes' heartbeats go on (plain NATS, not stored).
     pub fn heartbeat_subject(&self) -> String {
         format!("chittychat.{}.alive", self.stream)
+    }
+
+    /// The subject on which a running node answers to its name, so that a second
+    /// node started under the same name is refused (plain NATS, not stored).
+    pub fn name_subject(&self) -> String {
+        format!("chittychat.{}.node.{}", self.stream, self.node)
     }
 }
 
@@ -120,6 +131,18 @@ pub enum ClusterError {
         stream: String,
         /// What is wrong with its first record.
         reason: String,
+    },
+    /// A running node of the cluster already has this node's name. Started, this
+    /// one would retire that node's participants as its own earlier run's.
+    #[error(
+        "another running node of this cluster is named \"{node}\" (run {run}); give this one \
+         another --node, or stop that one first"
+    )]
+    NameTaken {
+        /// The name.
+        node: String,
+        /// The running node's run (its incarnation).
+        run: String,
     },
     /// The stream skipped records this node had not applied.
     #[error("the cluster's log skipped from record {expected} to {found}; this node stops")]
@@ -285,6 +308,14 @@ pub async fn start(
         err = node.failed() => return Err(err),
     }
     node.room.set_replaying(false);
+    // Asked only now, just before this node would retire its name's earlier runs
+    // and start answering to the name itself: two nodes started under one name
+    // within this moment are not told apart.
+    claim_name(&client, config).await?;
+    let name_requests = client
+        .subscribe(config.name_subject())
+        .await
+        .map_err(|err| connect_error(format!("cannot answer to its name: {err}")))?;
     let retired = node
         .room
         .retire_earlier_runs()
@@ -293,6 +324,7 @@ pub async fn start(
     node.watcher = Some(tokio::spawn(watch_cluster(
         client,
         config.heartbeat_subject(),
+        name_requests,
         Arc::clone(&node.room),
         reachable,
     )));
@@ -307,6 +339,35 @@ pub async fn start(
         crate::log_schema::message::JOINED_CLUSTER
     );
     Ok(node)
+}
+
+/// Fails if a running node answers to `config`'s node name. Nobody listening
+/// (NATS says so at once) or nobody answering in [`NAME_CLAIM_TIMEOUT`] leaves
+/// the name free: a node that crashed, or hangs, does not keep its name from
+/// the node restarted in its place.
+async fn claim_name(
+    client: &async_nats::Client,
+    config: &ClusterConfig,
+) -> Result<(), ClusterError> {
+    use async_nats::RequestErrorKind;
+    let request = client.request(config.name_subject(), Default::default());
+    match tokio::time::timeout(NAME_CLAIM_TIMEOUT, request).await {
+        Ok(Ok(reply)) => Err(ClusterError::NameTaken {
+            node: config.node.clone(),
+            run: String::from_utf8_lossy(&reply.payload).into_owned(),
+        }),
+        Ok(Err(err)) if err.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "cannot ask whether a running node has this name; taking it");
+            Ok(())
+        }
+        Err(_) => {
+            tracing::warn!(
+                "a node named so listens but does not answer; taking its name (it retires)"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// The cluster's epoch: read from the stream's genesis record, which the first
@@ -462,6 +523,7 @@ async fn apply_records(
 async fn watch_cluster(
     client: async_nats::Client,
     subject: String,
+    mut name_requests: async_nats::Subscriber,
     room: Arc<Room>,
     mut reachable: watch::Receiver<bool>,
 ) {
@@ -510,6 +572,12 @@ async fn watch_cluster(
                     .and_then(|text| u64::from_str_radix(text, 16).ok())
                 {
                     heard.insert(Incarnation(incarnation), Instant::now());
+                }
+            }
+            Some(request) = name_requests.next() => {
+                // A node starting under this node's name: tell it this one runs.
+                if let Some(reply) = request.reply {
+                    let _ = client.publish(reply, me.to_string().into()).await;
                 }
             }
             _ = tick.tick() => {

@@ -859,3 +859,33 @@ async fn each_node_logs_who_stamped_an_event_and_when_it_merged_another_nodes() 
     assert_eq!(broadcasts[&3][0].1["node"], "one");
     assert_eq!(broadcasts[&4][0].1["node"], "two");
 }
+
+#[tokio::test]
+async fn a_second_node_under_a_running_nodes_name_is_refused_and_takes_nobody() {
+    let nats = NatsServer::start().await;
+    let first = node(&nats, "twin").await;
+    let (_carol, mut carol_events) = join(&first.url(), "carol").await;
+    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
+    second
+        .args(["--listen", "127.0.0.1:0", "--nats", &nats.url(), "--node", "twin"])
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    let out = within(DEADLINE, "the second twin to give up", second.output())
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    // The server logs to stderr; its last line says why it stopped.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("chittychat-server: error: ")
+            && last.contains(r#"another running node of this cluster is named "twin""#),
+        "{stderr}"
+    );
+    // The first node's participant is still present and hears what follows.
+    let (bob, _bob_events) = join(&first.url(), "bob").await;
+    let joined = next_event(&mut carol_events).await;
+    assert_eq!(joined.event.kind, EventKind::Joined, "{joined:?}");
+    assert_eq!(bob.who().await.unwrap(), ["bob", "carol"]);
+    first.stop().await;
+}
