@@ -12,8 +12,8 @@ const EXIT_CHECK_FAILED: u8 = 1;
 /// Exit status when the demo could not be played.
 const EXIT_DEMO_FAILED: u8 = 3;
 
-/// Starts a Chitty-Chat server (or, with --cluster, three nodes on NATS) and client
-/// processes, plays a conversation (joins, messages, two at the same moment, a late
+/// Starts a Chitty-Chat server and client processes (with --cluster, three nodes on
+/// NATS instead of the server), plays a conversation (joins, messages, two at the same moment, a late
 /// join, a node killed, /quit, a SIGKILL, leaves), prints what each participant saw,
 /// checks the logs and draws the space-time diagram.
 #[derive(Debug, Parser)]
