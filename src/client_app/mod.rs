@@ -768,9 +768,12 @@ pub(crate) async fn join(
     resume: Option<ResumePoint>,
     replaces: Option<PreviousSession>,
 ) -> Result<(Session, Events), ClientError> {
+    // One clock for every server tried: a Join a node refused was still an event
+    // of this process, and the next one must come later in its time.
+    let clock = clock.unwrap_or_default();
     let join = JoinOptions {
         join_secret: options.join_secret.clone(),
-        clock,
+        clock: Some(clock),
         history: options.history,
         resume,
         replaces,
