@@ -229,6 +229,12 @@ node_of() {
     echo "$at"
 }
 
+# Whether node $1 logged the event that $3 $2 (joined or left).
+applied() {
+    grep -F '"message":"broadcast"' "$logs/$1.log" 2>/dev/null | grep -F "\"kind\":\"$2\"" |
+        grep -qF "\"participant\":\"$3\""
+}
+
 # Whether participant $1 was rejoined (its session replaced) at least $2 times.
 rejoined() { saw_notice "$1" joined "$1" $(($2 + 1)); }
 
@@ -308,6 +314,10 @@ say "$cut refused; ${moved[*]} moved on and resumed; everyone present heard prob
 say "connecting $cut again"
 docker network connect --alias "$cut" "$network" "$cut_id"
 wait_until "$cut serves again" serves "$cut"
+# Its health says SERVING once it has NATS again, which can be before its reader
+# reads the log again (making a consumer may time out at first); a Join there
+# until then waits and times out. It is back once it has applied what it missed.
+wait_until "$cut reads what it missed" applied "$cut" left probe-3
 probe probe-4 --server "http://$cut:50051"
 check_probe probe-4
 say "$cut rejoined the cluster and serves; everyone present heard probe-4 through it"
