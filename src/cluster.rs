@@ -413,14 +413,22 @@ async fn genesis(
 /// How long the applier waits before it reads the stream anew after an error.
 pub const REREAD_DELAY: Duration = Duration::from_millis(250);
 
+/// How long the applier waits for the next record before it asks the stream
+/// whether there is one. An ordered consumer placed on a NATS server that died can
+/// fall silent without an error while the stream goes on on its other servers
+/// (seen in the container test: a node stopped applying for good); a stream that
+/// holds the record the applier waits for means it reads anew.
+pub const APPLY_STALL_CHECK: Duration = Duration::from_secs(3);
+
 /// Applies the stream's records to `room`, from the one after the genesis record
 /// on, in order, for as long as the node runs; says when it has applied up to
 /// `caught_up.0`. Returns why it stopped.
 ///
 /// It reads through an ordered consumer, and makes a new one, from the next
 /// record it needs, whenever reading fails or the node reaches NATS again (a
-/// restarted NATS server has forgotten the old one). Any record other than the
-/// next one stops the node: the stream skipped what it no longer holds.
+/// restarted NATS server has forgotten the old one), or falls silent while the
+/// stream holds more ([`APPLY_STALL_CHECK`]). Any record other than the next one
+/// stops the node: the stream skipped what it no longer holds.
 async fn apply_records(
     stream: stream::Stream,
     name: String,
@@ -460,7 +468,21 @@ async fn apply_records(
         reachable.borrow_and_update();
         loop {
             let message = tokio::select! {
-                message = messages.next() => message,
+                message = tokio::time::timeout(APPLY_STALL_CHECK, messages.next()) => {
+                    let Ok(message) = message else {
+                        match stream.get_info().await {
+                            Ok(info) if info.state.last_sequence >= next => {
+                                tracing::warn!(next, last = info.state.last_sequence,
+                                    "the cluster's log goes on without this node's reader; reading anew");
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(err) => tracing::debug!(error = %err, "asking how far the cluster's log goes"),
+                        }
+                        continue;
+                    };
+                    message
+                }
                 changed = reachable.changed() => {
                     if changed.is_err() {
                         return ClusterError::Stream {

@@ -19,13 +19,28 @@
 //! is `leave`) the participant stays, showing events, until the session ends or it
 //! gets SIGINT/SIGTERM, when it leaves.
 //!
+//! When the feed is lost (its server died, shut down or was cut off from its
+//! cluster) and reconnecting is on, the participant rejoins as the client at a
+//! prompt does (`client_app`'s rejoin: backoff, the next server of `--server`,
+//! the feed resumed gaplessly from the last event received, the old session
+//! replaced), and plays on from the step it was at. A `say` whose answer was lost
+//! is sent again with the same publish id, so it is published once. Everything
+//! received before and after the rejoin counts for the awaits, once: the resumed
+//! feed carries on where the old one stopped.
+//!
+//! Failing over replaces a session, so the others see "X left" and at once (the
+//! next sequence number) "X joined". Such a leave is a replacement, not a
+//! departure: `await left X` is not satisfied by a leave of X that X's join
+//! follows at the next sequence number, nor, while that leave is the last event
+//! received, when the server says X is present.
+//!
 //! `meet` is the rendezvous: a participant only learns of those who join after it,
 //! so while meeting, it welcomes every awaited participant whose join notice it sees
 //! ("welcome, NAME"), which tells that newcomer it is present. Every pair of
 //! participants is thereby introduced whichever joined first, and every message
 //! said after `meet` reaches all of them.
 
-use crate::client::{ClientError, Events, Session};
+use crate::client::{ClientError, Events, PublishId, Session};
 use crate::client_app::{
     self, ClientOptions, EXIT_OK, EXIT_SESSION_LOST, LEAVE_TIMEOUT, fail, join_failed_status,
 };
@@ -220,10 +235,12 @@ pub async fn run(options: ScriptOptions) -> ExitCode {
         Err(err) => return fail(join_failed_status(&err), &err),
     };
     let mut player = Player {
+        options: options.client,
         session,
         events,
         seen: Vec::new(),
         welcomed: HashSet::new(),
+        leaving: false,
     };
     let stopped = async {
         match signal(SignalKind::terminate()) {
@@ -258,12 +275,16 @@ enum Played {
 }
 
 struct Player {
+    /// How to rejoin when the feed is lost.
+    options: ClientOptions,
     session: Session,
     events: Events,
     /// Every event received since joining.
     seen: Vec<Event>,
     /// Those already welcomed while meeting.
     welcomed: HashSet<String>,
+    /// Leaving: a lost feed is not rejoined any more.
+    leaving: bool,
 }
 
 impl Player {
@@ -272,9 +293,7 @@ impl Player {
     async fn play(&mut self, steps: &[Step]) -> Result<Played, ClientError> {
         for step in steps {
             match step {
-                Step::Say(text) => {
-                    self.session.publish(text).await?;
-                }
+                Step::Say(text) => self.say(text).await?,
                 Step::Leave => return Ok(Played::Leave),
                 Step::Meet(names) => loop {
                     self.welcome_newcomers(names).await?;
@@ -286,7 +305,7 @@ impl Player {
                     }
                 },
                 awaited => {
-                    while !self.seen.iter().any(|event| satisfies(event, awaited)) {
+                    while !self.awaited(awaited).await {
                         if !self.receive().await? {
                             return Ok(Played::Ended);
                         }
@@ -298,10 +317,76 @@ impl Player {
         Ok(Played::Ended)
     }
 
-    /// Receives and shows one event; `false` once the feed has ended.
+    /// Publishes `text`, once, rejoining when the connection fails on the way: the
+    /// same publish id goes again, so a Publish whose answer was lost is not
+    /// published twice.
+    async fn say(&mut self, text: &str) -> Result<(), ClientError> {
+        let id = PublishId::random();
+        loop {
+            match self.session.publish_with_id(text, &id).await {
+                Ok(_) => return Ok(()),
+                Err(err) if err.connection_failed() => self.rejoin(err).await?,
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Rejoins after the session was lost with `lost`, replacing it and resuming
+    /// its feed; `Err` when reconnecting is off, cannot help, or gave up.
+    async fn rejoin(&mut self, lost: ClientError) -> Result<(), ClientError> {
+        if self.leaving {
+            return Err(lost);
+        }
+        let (session, events) =
+            client_app::rejoin_after(&self.options, &self.session, lost).await?;
+        if session.joined().resumed != Some(true) {
+            // The awaits still count what arrives; the gap is the server's to say.
+            tracing::warn!(
+                missed = session.joined().missed,
+                "rejoined without resuming the feed"
+            );
+        }
+        self.session = session;
+        self.events = events;
+        Ok(())
+    }
+
+    /// Whether `step` (an await) is satisfied by what was received. A leave that
+    /// is a replacement (see the module's doc) does not count.
+    async fn awaited(&self, step: &Step) -> bool {
+        for (index, event) in self.seen.iter().enumerate() {
+            if !satisfies(event, step) {
+                continue;
+            }
+            if event.kind != EventKind::Left {
+                return true;
+            }
+            match self.seen.get(index + 1) {
+                Some(next) if !rejoined(event, next) => return true,
+                Some(_) => {}
+                // The leave is the last event yet: the server knows whether its
+                // join follows. When it cannot be asked, the next event tells.
+                None => match self.session.who().await {
+                    Ok(present) if !present.iter().any(|name| **name == *event.participant) => {
+                        return true;
+                    }
+                    Ok(_) => {}
+                    Err(err) => tracing::debug!(error = %err, "cannot ask who is present"),
+                },
+            }
+        }
+        false
+    }
+
+    /// Receives and shows one event, rejoining when the feed is lost; `false` once
+    /// the server has ended the feed.
     async fn receive(&mut self) -> Result<bool, ClientError> {
-        let Some(received) = self.events.next().await? else {
-            return Ok(false);
+        let received = loop {
+            match self.events.next().await {
+                Ok(Some(received)) => break received,
+                Ok(None) => return Ok(false),
+                Err(err) => self.rejoin(err).await?,
+            }
         };
         // Like the prompt, a closed stdout does not stop the participant.
         let line = format!("{}\n", event_line(&received.event, false));
@@ -334,7 +419,7 @@ impl Player {
             .cloned()
             .collect();
         for name in newcomers {
-            self.session.publish(&format!("welcome, {name}")).await?;
+            self.say(&format!("welcome, {name}")).await?;
             self.welcomed.insert(name);
         }
         Ok(())
@@ -342,6 +427,7 @@ impl Player {
 
     /// Leaves, shows what the server queued before the leave, and exits.
     async fn leave(mut self) -> ExitCode {
+        self.leaving = true;
         match tokio::time::timeout(LEAVE_TIMEOUT, self.session.leave()).await {
             Ok(Ok(_)) => {}
             Ok(Err(err)) => return fail(EXIT_SESSION_LOST, &err),
@@ -356,6 +442,14 @@ impl Player {
         let _ = tokio::time::timeout(LEAVE_TIMEOUT, drain).await;
         ExitCode::from(EXIT_OK)
     }
+}
+
+/// Whether `next` is the join of the participant whose leave `left` is, at the
+/// next sequence number: the leave of a replaced session.
+fn rejoined(left: &Event, next: &Event) -> bool {
+    next.kind == EventKind::Joined
+        && next.participant == left.participant
+        && next.seq == left.seq + 1
 }
 
 /// Whether `event` is what an await step waits for.
@@ -440,5 +534,18 @@ mod tests {
         let left = event(EventKind::Left, "dave", "Participant dave left");
         assert!(satisfies(&left, &Step::AwaitLeft("dave".into())));
         assert!(!satisfies(&left, &Step::AwaitJoined("dave".into())));
+    }
+
+    #[test]
+    fn a_leave_followed_at_once_by_the_same_join_is_a_replacement() {
+        let left = event(EventKind::Left, "dave", "Participant dave left");
+        let next = |kind, participant: &str, seq| Event {
+            seq,
+            ..event(kind, participant, "")
+        };
+        assert!(rejoined(&left, &next(EventKind::Joined, "dave", 2)));
+        assert!(!rejoined(&left, &next(EventKind::Joined, "dave", 3)));
+        assert!(!rejoined(&left, &next(EventKind::Joined, "carol", 2)));
+        assert!(!rejoined(&left, &next(EventKind::Chat, "dave", 2)));
     }
 }

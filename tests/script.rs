@@ -1,13 +1,19 @@
 //! Scripted participants: the demo conversation in `docker/conversation/` played by
 //! three real `chittychat-client --script` processes against a real server, joining
 //! in several orders (the rendezvous must not depend on it), and a broken script
-//! refused before joining.
+//! refused before joining, and a scripted participant whose node is killed failing
+//! over to another node of a cluster and playing on.
 
 mod fixture;
 
+use chittychat::client::{JoinOptions, Session, connect};
+use chittychat::event::EventKind;
 use chittychat::server::ServerConfig;
 use chittychat::transport::JoinSecret;
-use fixture::{ClientProcess, TestServer};
+use fixture::nats::NatsServer;
+use fixture::{
+    ClientProcess, DEADLINE, ServerProcess, TestServer, await_notice, join, next_event, within,
+};
 use std::path::{Path, PathBuf};
 
 /// The lines of the conversation that bob and carol, who stay, both see.
@@ -94,9 +100,16 @@ async fn play_in_order(order: [&'static str; 3]) {
         }
     }
 
-    // bob and carol stay after the script; stopping the server ends their sessions.
+    // bob and carol stay after the script; when the server stops they try to
+    // rejoin, as the client does, and asked to leave meanwhile they cannot say
+    // goodbye to it.
     server.stop().await;
     for (name, mut participant) in stayers {
+        participant
+            .stderr
+            .find("the rejoin", |l| l.contains("reconnecting"))
+            .await;
+        participant.signal("TERM");
         assert_eq!(participant.exit_status().await.code(), Some(1), "{name}");
     }
 }
@@ -163,4 +176,140 @@ async fn a_scripted_participant_joins_a_server_that_needs_a_secret() {
         stdout.seen
     );
     server.stop().await;
+}
+
+/// Reads `events` until `from` says `text`.
+async fn await_chat(events: &mut chittychat::client::Events, from: &str, text: &str) {
+    within(DEADLINE, &format!("{from} to say \"{text}\""), async {
+        loop {
+            let event = next_event(events).await.event;
+            if event.kind == EventKind::Chat && &*event.participant == from && event.text == text {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// erin's part in the failover test: she opens on the node that is killed, plays
+/// on from the other, and must not take bob's replaced session for his leave.
+const FAILOVER_SCRIPT: &str = "\
+meet bob
+say before the kill
+await chat bob after the kill
+say after the move
+await left bob
+say you left, bob
+";
+
+#[tokio::test]
+async fn a_scripted_participant_whose_node_is_killed_fails_over_and_plays_on() {
+    let nats = NatsServer::start().await;
+    let nats_url = nats.url();
+    let doomed = ServerProcess::start(&["--nats", nats_url.as_str(), "--node", "doomed"]).await;
+    let survivor = ServerProcess::start(&["--nats", nats_url.as_str(), "--node", "survivor"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let script = dir.path().join("erin.script");
+    std::fs::write(&script, FAILOVER_SCRIPT).expect("write script");
+    let servers = format!("{},{}", doomed.url(), survivor.url());
+    let mut erin = scripted(&servers, "erin", &script);
+    sees(&mut erin, "Participant erin joined").await;
+
+    // carol watches from the survivor; bob joins after erin, so she meets him.
+    let (_carol, mut carol_events) = join(&survivor.url(), "carol").await;
+    let (bob, mut bob_events) = join(&survivor.url(), "bob").await;
+    await_chat(&mut bob_events, "erin", "before the kill").await;
+
+    doomed.kill().await;
+    bob.publish("after the kill").await.expect("bob publishes");
+    let left = await_notice(&mut bob_events, EventKind::Left, "erin", DEADLINE).await;
+    let back = await_notice(&mut bob_events, EventKind::Joined, "erin", DEADLINE).await;
+    assert_eq!(
+        back.event.seq,
+        left.event.seq + 1,
+        "a replacement, not a leave"
+    );
+    await_chat(&mut bob_events, "erin", "after the move").await;
+    erin.stderr
+        .find("erin's rejoin", |l| {
+            l.contains(&format!("reconnected to {}", survivor.url()))
+        })
+        .await;
+
+    // bob's session is replaced, as his client does when it fails over: erin sees
+    // "bob left" and at once "bob joined", which is not the leave she awaits.
+    let channel = within(DEADLINE, "connect", connect(&survivor.url()))
+        .await
+        .expect("connect");
+    let options = JoinOptions {
+        resume: bob.resume_point(),
+        replaces: Some(bob.previous()),
+        clock: Some(std::sync::Arc::clone(bob.clock())),
+        ..JoinOptions::default()
+    };
+    let (bob, _bob_events) = within(
+        DEADLINE,
+        "bob's replacing join",
+        Session::join_with(channel, "bob", options),
+    )
+    .await
+    .expect("bob's session is replaced");
+    bob.publish("still here")
+        .await
+        .expect("bob publishes again");
+    // Had erin taken the replaced session's leave for bob's, she would have said
+    // goodbye before she showed this line.
+    sees(&mut erin, "bob: still here").await;
+    bob.leave().await.expect("bob leaves");
+
+    let mut order = Vec::new();
+    within(DEADLINE, "erin's goodbye", async {
+        loop {
+            let event = next_event(&mut carol_events).await.event;
+            let done = event.kind == EventKind::Chat
+                && &*event.participant == "erin"
+                && event.text == "you left, bob";
+            order.push((
+                event.seq,
+                event.kind,
+                event.participant.to_string(),
+                event.text,
+            ));
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    let bob_left = order
+        .iter()
+        .rposition(|(_, kind, who, _)| *kind == EventKind::Left && who == "bob")
+        .expect("carol saw bob leave");
+    let rejoined = order
+        .iter()
+        .rposition(|(_, kind, who, _)| *kind == EventKind::Joined && who == "bob")
+        .expect("carol saw bob's session replaced");
+    assert!(rejoined < bob_left, "{order:#?}");
+    assert!(
+        order.windows(2).all(|pair| pair[1].0 == pair[0].0 + 1),
+        "carol's feed has a gap: {order:#?}"
+    );
+
+    erin.signal("TERM");
+    let (status, stdout, stderr) = erin.finish().await;
+    assert_eq!(status.code(), Some(0), "{:#?}", stderr.seen);
+    // The resumed feed carried on where the old one stopped: every event once.
+    for line in [
+        "bob: after the kill",
+        "erin: before the kill",
+        "erin: after the move",
+    ] {
+        let times = stdout.seen.iter().filter(|l| l.ends_with(line)).count();
+        assert_eq!(
+            times, 1,
+            "\"{line}\" shown {times} times: {:#?}",
+            stdout.seen
+        );
+    }
+    drop(survivor);
 }

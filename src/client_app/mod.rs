@@ -768,9 +768,12 @@ pub(crate) async fn join(
     resume: Option<ResumePoint>,
     replaces: Option<PreviousSession>,
 ) -> Result<(Session, Events), ClientError> {
+    // One clock for every server tried: a Join a node refused was still an event
+    // of this process, and the next one must come later in its time.
+    let clock = clock.unwrap_or_default();
     let join = JoinOptions {
         join_secret: options.join_secret.clone(),
-        clock,
+        clock: Some(clock),
         history: options.history,
         resume,
         replaces,
@@ -793,6 +796,35 @@ pub(crate) async fn join(
         url: String::new(),
         reason: "no server given".to_owned(),
     }))
+}
+
+/// Rejoins after the feed (or a Publish) of `session` failed with `lost`, as the
+/// client does at a prompt: backoff with jitter, each server of the list in turn,
+/// the feed resumed where it stopped and the old session replaced, notices on
+/// stderr. Scripted participants fail over through it. `Err(lost)` when
+/// reconnecting is off or cannot help.
+pub(crate) async fn rejoin_after(
+    options: &ClientOptions,
+    session: &Session,
+    lost: ClientError,
+) -> Result<(Session, Events), ClientError> {
+    if !(options.reconnect && worth_reconnecting(&lost)) {
+        return Err(lost);
+    }
+    let reason = session_lost(&lost);
+    let rejoined = rejoin(
+        options.clone(),
+        Arc::clone(session.clock()),
+        (session.resume_point(), session.previous()),
+        Screen::Plain,
+        reason,
+    )
+    .await?;
+    Screen::Plain.notice(&format!(
+        "reconnected to {}; rejoined Chitty-Chat as {}",
+        options.servers, options.name
+    ));
+    Ok(rejoined)
 }
 
 /// Whether a lost feed may come back by joining again: the connection failed, the

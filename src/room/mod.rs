@@ -1082,14 +1082,23 @@ impl Room {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        for record in records {
-            let proposing = propose.propose(record);
-            runtime.spawn(async move {
+        if records.is_empty() {
+            return;
+        }
+        let proposing: Vec<_> = records
+            .into_iter()
+            .map(|record| propose.propose(record))
+            .collect();
+        // One after another: each was stamped after the one before, and this node's
+        // times must rise along the log (proposed at once, the cluster's container
+        // test saw them stored out of order).
+        runtime.spawn(async move {
+            for proposing in proposing {
                 if let Err(err) = proposing.await {
                     tracing::warn!(error = %err, "could not propose a leave to the cluster");
                 }
-            });
-        }
+            }
+        });
     }
 
     /// Applies one record of the cluster's log, in the log's order: the same
@@ -1288,6 +1297,10 @@ impl Room {
         } = match decided {
             Decided::Now(outcome) => return Ok(outcome),
             Decided::Proposed(proposed) => proposed,
+        };
+        let _waiting = Waiting {
+            room: self,
+            proposal,
         };
         if let Err(err) = propose.propose(record).await {
             take_pending(&mut self.lock(), proposal);
@@ -1521,6 +1534,24 @@ fn expect(
     }
     state.pending.insert(proposal, Pending { reply, join });
     (proposal, outcome)
+}
+
+/// A request waiting for its record to come back from the cluster's log. When the
+/// wait is dropped (the client gave up and its RPC was cancelled), the request
+/// stops waiting: a Join applied later finds nobody to hold its session and has it
+/// announced as left. Found by the cluster's container test: a rejoin cut short
+/// while its node could not read the log left a session nobody held, and the name
+/// stayed taken for good.
+struct Waiting<'a> {
+    room: &'a Room,
+    proposal: ProposalId,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        // Settled already (answered, or timed out) when it is no longer pending.
+        take_pending(&mut self.room.lock(), self.proposal);
+    }
 }
 
 /// Takes the request waiting for `proposal`, if it still waits.
