@@ -47,6 +47,11 @@ pub const NATS_PING_INTERVAL: Duration = Duration::from_secs(2);
 /// The longest wait between two attempts to reach NATS again.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
+/// How long a starting node keeps trying to write or read the stream's first
+/// record: a stream just made on several NATS servers serves nothing until they
+/// have elected its leader.
+pub const GENESIS_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a starting node waits for a running node of its name to answer.
 /// NATS says at once when nobody listens, so this is spent only on a node that
 /// listens but is too stalled to answer; the name is then taken over.
@@ -278,7 +283,7 @@ pub async fn start(
             Err(err) => return Err(stream_error(err.to_string())),
         }
     };
-    let epoch = genesis(&jetstream, &stream, config).await?;
+    let epoch = genesis(&jetstream, &mut stream, config).await?;
     let caught_up_to = stream
         .info()
         .await
@@ -375,27 +380,49 @@ async fn claim_name(
 /// condition that the stream is empty).
 async fn genesis(
     jetstream: &jetstream::Context,
-    stream: &stream::Stream,
+    stream: &mut stream::Stream,
     config: &ClusterConfig,
 ) -> Result<Epoch, ClusterError> {
     let record = Record::Genesis {
         epoch: Epoch::random().to_string(),
     };
-    let first_only = PublishMessage::build()
-        .payload(record.to_bytes().into())
-        .expected_last_sequence(0);
-    // Refused when the stream already holds records: another node wrote it first.
-    if let Ok(ack) = jetstream.send_publish(config.subject(), first_only).await {
-        let _ = ack.await;
-    }
-    let first = stream.get_raw_message(1).await.map_err(|err| {
-        let first = stream.cached_info().state.first_sequence.max(2);
-        tracing::debug!(error = %err, "reading the genesis record");
-        ClusterError::Trimmed {
-            stream: config.stream.clone(),
-            first,
+    let stream_error = |reason: String| ClusterError::Stream {
+        stream: config.stream.clone(),
+        reason,
+    };
+    // A stream just made on several NATS servers takes a moment to elect its
+    // leader, and until then refuses writes and reads alike: try again, for a while.
+    let deadline = Instant::now() + GENESIS_TIMEOUT;
+    let first = loop {
+        let first_only = PublishMessage::build()
+            .payload(record.to_bytes().into())
+            .expected_last_sequence(0);
+        // Refused when the stream already holds records: another node wrote it first.
+        if let Ok(ack) = jetstream.send_publish(config.subject(), first_only).await {
+            let _ = ack.await;
         }
-    })?;
+        let err = match stream.get_raw_message(1).await {
+            Ok(first) => break first,
+            Err(err) => err,
+        };
+        tracing::debug!(error = %err, "reading the genesis record");
+        match stream.info().await {
+            // It holds records, but no longer the first: trimmed.
+            Ok(info) if info.state.first_sequence > 1 => {
+                return Err(ClusterError::Trimmed {
+                    stream: config.stream.clone(),
+                    first: info.state.first_sequence,
+                });
+            }
+            _ if Instant::now() >= deadline => {
+                return Err(stream_error(format!(
+                    "cannot read or write its first record within {} s: {err}",
+                    GENESIS_TIMEOUT.as_secs()
+                )));
+            }
+            _ => tokio::time::sleep(REREAD_DELAY).await,
+        }
+    };
     let not_ours = |reason: String| ClusterError::NotOurs {
         stream: config.stream.clone(),
         reason,

@@ -867,7 +867,14 @@ async fn a_second_node_under_a_running_nodes_name_is_refused_and_takes_nobody() 
     let (_carol, mut carol_events) = join(&first.url(), "carol").await;
     let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
     second
-        .args(["--listen", "127.0.0.1:0", "--nats", &nats.url(), "--node", "twin"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--nats",
+            &nats.url(),
+            "--node",
+            "twin",
+        ])
         .env_remove("RUST_LOG")
         .kill_on_drop(true);
     let out = within(DEADLINE, "the second twin to give up", second.output())
@@ -887,5 +894,36 @@ async fn a_second_node_under_a_running_nodes_name_is_refused_and_takes_nobody() 
     let joined = next_event(&mut carol_events).await;
     assert_eq!(joined.event.kind, EventKind::Joined, "{joined:?}");
     assert_eq!(bob.who().await.unwrap(), ["bob", "carol"]);
+    first.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_refuses_a_stream_that_no_longer_holds_its_first_record() {
+    let nats = NatsServer::start().await;
+    let first = node(&nats, "first").await;
+    let (_carol, _carol_events) = join(&first.url(), "carol").await;
+    // An operator trims the stream: the genesis record goes.
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let stream = async_nats::jetstream::new(client)
+        .get_stream(chittychat::cluster::DEFAULT_STREAM)
+        .await
+        .unwrap();
+    assert!(stream.delete_message(1).await.unwrap());
+    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
+    second
+        .args(["--listen", "127.0.0.1:0", "--nats", &nats.url()])
+        .args(["--node", "second"])
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    let out = within(DEADLINE, "the second node to give up", second.output())
+        .await
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        last.contains("no longer holds its first record (it starts at 2)"),
+        "{stderr}"
+    );
     first.stop().await;
 }
