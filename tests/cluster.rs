@@ -860,34 +860,34 @@ async fn each_node_logs_who_stamped_an_event_and_when_it_merged_another_nodes() 
     assert_eq!(broadcasts[&4][0].1["node"], "two");
 }
 
-#[tokio::test]
-async fn a_second_node_under_a_running_nodes_name_is_refused_and_takes_nobody() {
-    let nats = NatsServer::start().await;
-    let first = node(&nats, "twin").await;
-    let (_carol, mut carol_events) = join(&first.url(), "carol").await;
-    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
-    second
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--nats",
-            &nats.url(),
-            "--node",
-            "twin",
-        ])
+/// Starts a node named `name` on `nats` that must refuse to start; returns the
+/// line its stderr ends with, which says why ("chittychat-server: error: ...").
+async fn refused_node(nats: &NatsServer, name: &str) -> String {
+    let mut node = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
+    node.args(["--listen", "127.0.0.1:0", "--nats", &nats.url()])
+        .args(["--node", name])
         .env_remove("RUST_LOG")
         .kill_on_drop(true);
-    let out = within(DEADLINE, "the second twin to give up", second.output())
+    let out = within(DEADLINE, &format!("node {name} to give up"), node.output())
         .await
         .unwrap();
     assert!(!out.status.success(), "{out:?}");
     // The server logs to stderr; its last line says why it stopped.
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.trim().lines().last().unwrap_or_default();
+    assert!(last.starts_with("chittychat-server: error: "), "{stderr}");
+    last.to_owned()
+}
+
+#[tokio::test]
+async fn a_second_node_under_a_running_nodes_name_is_refused_and_takes_nobody() {
+    let nats = NatsServer::start().await;
+    let first = node(&nats, "twin").await;
+    let (_carol, mut carol_events) = join(&first.url(), "carol").await;
+    let why = refused_node(&nats, "twin").await;
     assert!(
-        last.starts_with("chittychat-server: error: ")
-            && last.contains(r#"another running node of this cluster is named "twin""#),
-        "{stderr}"
+        why.contains(r#"another running node of this cluster is named "twin""#),
+        "{why}"
     );
     // The first node's participant is still present and hears what follows.
     let (bob, _bob_events) = join(&first.url(), "bob").await;
@@ -909,21 +909,10 @@ async fn a_node_refuses_a_stream_that_no_longer_holds_its_first_record() {
         .await
         .unwrap();
     assert!(stream.delete_message(1).await.unwrap());
-    let mut second = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
-    second
-        .args(["--listen", "127.0.0.1:0", "--nats", &nats.url()])
-        .args(["--node", "second"])
-        .env_remove("RUST_LOG")
-        .kill_on_drop(true);
-    let out = within(DEADLINE, "the second node to give up", second.output())
-        .await
-        .unwrap();
-    assert!(!out.status.success(), "{out:?}");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let last = stderr.trim().lines().last().unwrap_or_default();
+    let why = refused_node(&nats, "second").await;
     assert!(
-        last.contains("no longer holds its first record (it starts at 2)"),
-        "{stderr}"
+        why.contains("no longer holds its first record (it starts at 2)"),
+        "{why}"
     );
     first.stop().await;
 }
