@@ -33,24 +33,10 @@ readonly LINES=(
 # dave leaves after saying this line, so he sees the lines up to it.
 readonly DAVE_SEES=5
 
-say() { echo "tests/docker/compose.sh: $*"; }
-
-if ! command -v docker >/dev/null 2>&1; then
-    say "SKIPPED: there is no docker command on this machine, so no Docker engine to test on"
-    exit 0
-fi
-if ! engine_error=$(docker info 2>&1 >/dev/null); then
-    say "SKIPPED: no Docker engine answers on this machine: $(echo "$engine_error" | tail -n 1)"
-    exit 0
-fi
-if docker compose version >/dev/null 2>&1; then
-    compose_cmd=(docker compose)
-elif command -v docker-compose >/dev/null 2>&1; then
-    compose_cmd=(docker-compose)
-else
-    say "FAILED: the Docker engine is there but Docker Compose is not (neither 'docker compose' nor 'docker-compose')" >&2
-    exit 1
-fi
+readonly TEST_NAME=compose.sh
+# shellcheck source=tests/docker/lib.sh
+source tests/docker/lib.sh
+find_engine
 
 project="chittychat-test-$$-$RANDOM"
 work=$(mktemp -d "${TMPDIR:-/tmp}/chittychat-docker-test.XXXXXX")
@@ -91,60 +77,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-
-fail() {
-    failed=1
-    say "FAILED: $*" >&2
-    exit 1
-}
-
-# The container of a compose service, running or not.
-container_of() {
-    docker ps -aq --filter "label=com.docker.compose.project=$project" \
-        --filter "label=com.docker.compose.service=$1" | head -n 1
-}
-
-# Waits until the command given succeeds, or fails the test after WAIT_SECS.
-wait_until() {
-    local what=$1
-    shift
-    local deadline=$((SECONDS + WAIT_SECS))
-    until "$@"; do
-        if [ "$SECONDS" -ge "$deadline" ]; then
-            fail "$what: not within $WAIT_SECS s"
-        fi
-        sleep 0.5
-    done
-}
-
-# The events a participant received, one JSON line each, from its log.
-received() { grep -F '"message":"received"' "$logs/$1.log" 2>/dev/null || true; }
-
-# Whether participant $1 received a chat line "$2: $3".
-saw_chat() {
-    received "$1" | grep -F '"kind":"chat"' | grep -F "\"participant\":\"$2\"" |
-        grep -qF "\"text\":\"$3\""
-}
-
-# Whether participant $1 received the notice that $3 $2 (joined or left).
-saw_notice() {
-    received "$1" | grep -F "\"kind\":\"$2\"" | grep -qF "\"participant\":\"$3\""
-}
-
-exited() {
-    local id
-    id=$(container_of "$1")
-    [ -n "$id" ] && [ "$(docker inspect -f '{{.State.Status}}' "$id")" = exited ]
-}
-
-exit_code() { docker inspect -f '{{.State.ExitCode}}' "$(container_of "$1")"; }
-
-# Whether the sequence numbers participant $1 received run without a gap: the
-# server numbers every broadcast, so a gap is an event lost on the way.
-seqs_contiguous() {
-    received "$1" | grep -o '"seq":[0-9]*' | cut -d: -f2 |
-        awk 'NR > 1 && $1 != prev + 1 { exit 1 } { prev = $1 } END { if (NR == 0) exit 1 }'
-}
 
 say "engine: Docker $(docker version -f '{{.Server.Version}}'), compose: ${compose_cmd[*]} $("${compose_cmd[@]}" version --short 2>/dev/null || true)"
 say "building the static binaries (docker/build.sh)"
