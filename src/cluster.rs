@@ -444,7 +444,8 @@ pub const REREAD_DELAY: Duration = Duration::from_millis(250);
 /// whether there is one. An ordered consumer placed on a NATS server that died can
 /// fall silent without an error while the stream goes on on its other servers
 /// (seen in the container test: a node stopped applying for good); a stream that
-/// holds the record the applier waits for means it reads anew.
+/// holds the record the applier waits for means it reads anew. It is also how
+/// long the applier waits for NATS to make it a new consumer before it asks again.
 pub const APPLY_STALL_CHECK: Duration = Duration::from_secs(3);
 
 /// Applies the stream's records to `room`, from the one after the genesis record
@@ -483,6 +484,15 @@ async fn apply_records(
                 .await
                 .map_err(|err| err.to_string())?;
             consumer.messages().await.map_err(|err| err.to_string())
+        };
+        // Asking for a consumer while the NATS cluster elects the stream's leader
+        // can go unanswered for as long as the client's request timeout (10 s),
+        // and this node's own requests wait for their records meanwhile: ask
+        // again sooner.
+        let reading = async {
+            tokio::time::timeout(APPLY_STALL_CHECK, reading)
+                .await
+                .unwrap_or_else(|_| Err("no consumer within the stall check".to_owned()))
         };
         let mut messages = match reading.await {
             Ok(messages) => messages,
