@@ -185,3 +185,52 @@ async fn with_no_reconnect_a_lost_server_ends_the_client_with_status_1() {
         "{said}"
     );
 }
+
+/// A Join that reached the server but whose reply was lost made a participant
+/// that holds the name. The client, failing over to the next server, must not take
+/// its own unanswered Join for somebody else: it asks again until the server
+/// announces the first participant as left, then joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_reply_was_lost_does_not_keep_its_own_name_from_the_client() {
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&[]).await;
+    let relay = Relay::start(server.addr).await;
+    // The Join reaches the server through the relay; nothing comes back.
+    relay.stall_replies();
+    let servers = format!("{},{}", relay.url(), server.url());
+    let mut alice = ClientProcess::start(
+        &servers,
+        "alice",
+        &["--keepalive-interval", "1", "--keepalive-timeout", "1"],
+        &[],
+        logs.path(),
+    );
+    loop {
+        let line = server.await_log("broadcast").await;
+        if line["participant"] == "alice" && line["kind"] == "joined" {
+            break;
+        }
+    }
+    // Nor does the client's giving up reach the server: to it, the first
+    // participant is still there, as to a cluster whose node took the Join and
+    // then fell silent.
+    relay.stall();
+    // Given up on the relay, the client asks the server directly and finds the
+    // name taken: by its own first Join.
+    loop {
+        let line = server.await_log("refused").await;
+        if line["participant"] == "alice" && line["code"] == "AlreadyExists" {
+            break;
+        }
+    }
+    // The first connection goes; the server announces its participant as left.
+    relay.cut();
+    alice.await_joined("alice").await;
+    alice.say("here at last");
+    alice
+        .stdout
+        .await_line("alice's own line", |l| is_chat(l, "alice", "here at last"))
+        .await;
+    let (status, _, _) = alice.finish().await;
+    assert!(status.success(), "{status}");
+}

@@ -82,6 +82,17 @@ pub const RECONNECT_FIRST_DELAY: Duration = Duration::from_millis(250);
 /// is found within seconds.
 pub const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(10);
 
+/// How long a name may stay taken after this client's own Join went unanswered
+/// (sent, then the connection failed): that Join may have been stored, and the
+/// participant it made holds the name until the server, or a cluster that lost
+/// the node, announces it as left (within 15 s at the defaults). Meanwhile the
+/// client asks again every [`UNANSWERED_JOIN_RETRY`] instead of calling the name
+/// someone else's.
+pub const UNANSWERED_JOIN_WAIT: Duration = Duration::from_secs(20);
+
+/// How often the client asks again for a name its own unanswered Join may hold.
+pub const UNANSWERED_JOIN_RETRY: Duration = Duration::from_millis(500);
+
 /// How long the client keeps trying to reconnect before it gives up.
 pub const DEFAULT_RECONNECT_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -761,7 +772,9 @@ async fn show_history(
 /// Connects and joins as `options` say, keeping `clock`, resuming from `resume`
 /// and replacing the session `replaces` when rejoining, through [`client::join`]:
 /// the prompt, piped input and scripted participants alike. Tries each server in
-/// turn, from the one joined last.
+/// turn, from the one joined last. After a Join that went unanswered, a name
+/// found taken may be held by that Join's own participant: the servers are asked
+/// again for up to [`UNANSWERED_JOIN_WAIT`].
 pub(crate) async fn join(
     options: &ClientOptions,
     clock: Option<Arc<LamportClock>>,
@@ -778,24 +791,47 @@ pub(crate) async fn join(
         resume,
         replaces,
     };
-    let mut failed = None;
-    for (index, url) in options.servers.in_turn() {
-        match client::join(url, &options.name, &options.connect, join.clone()).await {
-            Ok(joined) => {
-                options.servers.current.store(index, Ordering::Release);
-                return Ok(joined);
+    let started = Instant::now();
+    // Whether a Join of this call was sent and never answered, so that the name
+    // may be held by the participant it made.
+    let mut unanswered = false;
+    loop {
+        let mut failed = None;
+        let mut maybe_ours = false;
+        for (index, url) in options.servers.in_turn() {
+            match client::join(url, &options.name, &options.connect, join.clone()).await {
+                Ok(joined) => {
+                    options.servers.current.store(index, Ordering::Release);
+                    return Ok(joined);
+                }
+                Err(err) if worth_another_server(&err) => {
+                    tracing::info!(server = url, error = %err, "cannot join here; trying the next server");
+                    unanswered |= matches!(err, ClientError::Rpc { .. });
+                    failed = Some(err);
+                }
+                Err(err)
+                    if unanswered
+                        && err.code() == Some(Code::AlreadyExists)
+                        && started.elapsed() < UNANSWERED_JOIN_WAIT =>
+                {
+                    tracing::info!(
+                        server = url,
+                        "the name may be held by this client's own unanswered Join; asking again"
+                    );
+                    maybe_ours = true;
+                    failed = Some(err);
+                }
+                Err(err) => return Err(err),
             }
-            Err(err) if worth_another_server(&err) => {
-                tracing::info!(server = url, error = %err, "cannot join here; trying the next server");
-                failed = Some(err);
-            }
-            Err(err) => return Err(err),
         }
+        if !maybe_ours {
+            return Err(failed.unwrap_or_else(|| ClientError::InvalidUrl {
+                url: String::new(),
+                reason: "no server given".to_owned(),
+            }));
+        }
+        tokio::time::sleep(UNANSWERED_JOIN_RETRY).await;
     }
-    Err(failed.unwrap_or_else(|| ClientError::InvalidUrl {
-        url: String::new(),
-        reason: "no server given".to_owned(),
-    }))
 }
 
 /// Rejoins after the feed (or a Publish) of `session` failed with `lost`, as the
