@@ -945,8 +945,18 @@ fn session_lost(err: &ClientError) -> String {
     }
     match err {
         ClientError::Rpc { status, .. } => match status.code() {
+            // A status the server sent says why in its message ("the node lost
+            // its connection to NATS"); one the transport made from a broken
+            // connection carries its cause instead, in HTTP/2's words, which
+            // tell a person nothing: the log keeps them.
             Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal => {
-                format!("lost the connection to the server: {}", status.message())
+                match std::error::Error::source(status) {
+                    Some(_) => {
+                        tracing::info!(error = %status.message(), "the connection broke");
+                        "lost the connection to the server".to_owned()
+                    }
+                    None => format!("lost the connection to the server: {}", status.message()),
+                }
             }
             _ => status.message().to_owned(),
         },
@@ -970,6 +980,23 @@ mod tests {
             rpc: "Join",
             status,
         }
+    }
+
+    #[test]
+    fn a_broken_connection_is_told_plainly_and_a_servers_reason_in_full() {
+        let broken = Status::from_error(Box::new(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "h2 protocol error: error reading a body from connection",
+        )));
+        assert_eq!(
+            session_lost(&failed(broken)),
+            "lost the connection to the server"
+        );
+        let refused = Status::unavailable("the node lost its connection to NATS");
+        assert_eq!(
+            session_lost(&failed(refused)),
+            "lost the connection to the server: the node lost its connection to NATS"
+        );
     }
 
     #[test]
