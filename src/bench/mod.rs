@@ -130,8 +130,11 @@ pub struct BenchConfig {
     /// was published; keep it well below the server's --history-limit.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub window: u64,
-    /// Publish calls each publisher keeps outstanding.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    /// Publish calls each publisher keeps outstanding. A durable server answers a
+    /// Publish once its commit is synced, so one publisher's rate is what it
+    /// keeps in flight over that round trip: 64 left the server idle part of the
+    /// time, before the event log too; 256 saturates it.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub inflight: u64,
     /// Participants connecting and joining at the same time.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
