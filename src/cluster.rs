@@ -489,12 +489,10 @@ async fn apply_records(
         // can go unanswered for as long as the client's request timeout (10 s),
         // and this node's own requests wait for their records meanwhile: ask
         // again sooner.
-        let reading = async {
-            tokio::time::timeout(APPLY_STALL_CHECK, reading)
-                .await
-                .unwrap_or_else(|_| Err("no consumer within the stall check".to_owned()))
-        };
-        let mut messages = match reading.await {
+        let reading = tokio::time::timeout(APPLY_STALL_CHECK, reading)
+            .await
+            .unwrap_or_else(|_| Err("no consumer within the stall check".to_owned()));
+        let mut messages = match reading {
             Ok(messages) => messages,
             Err(err) => {
                 tracing::warn!(error = %err, stream = %name, "cannot read the cluster's log; retrying");
