@@ -19,13 +19,12 @@
 //!   crash can announce that they left.
 
 use super::{CACHE_EVENTS, Entry, Epoch, LogError, Recovered, Retention, Store, now_ms};
-use crate::event::{Event, EventKind, Stamp};
+use crate::event::{Event, EventKind, PublishKey, Stamp};
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError,
     TableDefinition,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -325,22 +324,11 @@ impl Store for DiskStore {
         let mut publish_ids = Vec::with_capacity(
             usize::try_from(ids.len().map_err(|e| self.failed(e))?).unwrap_or(0),
         );
-        // A participant publishes many messages: one shared copy of each name.
-        let mut interned: HashSet<Arc<str>> = HashSet::new();
         for item in ids.iter().map_err(|e| self.failed(e))? {
             let (seq, value) = item.map_err(|e| self.failed(e))?;
             let (participant, id, lamport) = value.value();
-            let participant = match interned.get(participant) {
-                Some(name) => Arc::clone(name),
-                None => {
-                    let name: Arc<str> = Arc::from(participant);
-                    interned.insert(Arc::clone(&name));
-                    name
-                }
-            };
             publish_ids.push((
-                participant,
-                Arc::from(id),
+                PublishKey::new(participant, id),
                 Stamp {
                     lamport,
                     seq: seq.value(),
@@ -478,7 +466,13 @@ mod tests {
         assert_eq!(recovered.last_lamport, 7);
         assert_eq!(recovered.present, vec![Arc::<str>::from("alice")]);
         assert_eq!(recovered.publish_ids.len(), 1);
-        assert_eq!(recovered.publish_ids[0].2, Stamp { lamport: 5, seq: 2 });
+        assert_eq!(
+            recovered.publish_ids[0],
+            (
+                PublishKey::new("alice", "id-1"),
+                Stamp { lamport: 5, seq: 2 }
+            )
+        );
         let texts: Vec<String> = recovered.recent.iter().map(|e| e.text.clone()).collect();
         assert_eq!(texts, ["j", "hi", "j", "l"]);
     }
@@ -552,9 +546,13 @@ mod tests {
             assert_eq!(recovered.epoch, epoch);
             assert_eq!((recovered.head, recovered.first_held), (2, 1));
             assert_eq!(recovered.publish_ids.len(), 1);
-            let (participant, id, stamp) = &recovered.publish_ids[0];
-            assert_eq!((&**participant, &**id), ("alice", "id-1"));
-            assert_eq!(*stamp, Stamp { lamport: 5, seq: 2 });
+            assert_eq!(
+                recovered.publish_ids[0],
+                (
+                    PublishKey::new("alice", "id-1"),
+                    Stamp { lamport: 5, seq: 2 }
+                )
+            );
             let txn = store.db.begin_read().unwrap();
             let meta = txn.open_table(META).unwrap();
             assert_eq!(

@@ -20,7 +20,7 @@ pub use disk::{DATABASE_FILE, DiskStore, OWNER_FILE};
 pub use memory::MemoryStore;
 
 pub use crate::error::LogError;
-use crate::event::{Event, EventKind, Stamp};
+use crate::event::{Event, EventKind, PublishKey, Stamp};
 use crate::lamport::LamportTime;
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
@@ -204,9 +204,9 @@ pub struct Recovered {
     pub last_lamport: LamportTime,
     /// Participants who joined and never left: present when the server stopped.
     pub present: Vec<Arc<str>>,
-    /// The publish ids of the chat messages held: (participant, id, stamp), in
-    /// sequence order.
-    pub publish_ids: Vec<(Arc<str>, Arc<str>, Stamp)>,
+    /// The publish ids of the chat messages held, with their stamps, in sequence
+    /// order.
+    pub publish_ids: Vec<(PublishKey, Stamp)>,
     /// The newest events, oldest first, at most [`CACHE_EVENTS`].
     pub recent: Vec<Arc<Entry>>,
 }

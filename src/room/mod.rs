@@ -13,7 +13,7 @@
 //! records come back, in the log's one order, by [`Room::apply`] under the same lock.
 
 use crate::error::ChatError;
-use crate::event::{EventKind, Stamp, joined_sentence, left_sentence};
+use crate::event::{EventKind, PublishKey, Stamp, joined_sentence, left_sentence};
 use crate::feed::{Feed, FeedEnd};
 use crate::lamport::{LamportClock, LamportTime};
 use crate::log::{Entry, Epoch, Log, LogError, Recovered};
@@ -242,10 +242,11 @@ struct State {
     /// chose it.
     names: HashMap<Box<str>, Member>,
     shutting_down: bool,
-    /// The stamps of the chat messages the log holds, by (participant, publish id).
-    published: HashMap<(Arc<str>, Arc<str>), Stamp>,
+    /// The stamps of the chat messages the log holds, by their participant and
+    /// publish id.
+    published: HashMap<PublishKey, Stamp>,
     /// The same keys in sequence order, to forget those the log trimmed.
-    published_order: VecDeque<(u64, Arc<str>, Arc<str>)>,
+    published_order: VecDeque<(u64, PublishKey)>,
     /// In a cluster: the number of this room's next proposal.
     next_proposal: ProposalId,
     /// In a cluster: the requests waiting for their record to be applied.
@@ -406,11 +407,9 @@ impl Room {
         state.published.reserve(recovered.publish_ids.len());
         state.published_order.reserve(recovered.publish_ids.len());
         // In sequence order, as the log gives them.
-        for (participant, id, stamp) in recovered.publish_ids {
-            state
-                .published_order
-                .push_back((stamp.seq, Arc::clone(&participant), Arc::clone(&id)));
-            state.published.insert((participant, id), stamp);
+        for (key, stamp) in recovered.publish_ids {
+            state.published_order.push_back((stamp.seq, key));
+            state.published.insert(key, stamp);
         }
         let room = Self::new(
             config,
@@ -674,9 +673,9 @@ impl Room {
     ) -> Result<Stamp, ChatError> {
         let text = validate_message(text)?.to_owned();
         validate_lamport(client_lamport, self.clock.now())?;
-        let publish_id: Option<Arc<str>> = match validate_publish_id(publish_id)? {
+        let publish_id = match validate_publish_id(publish_id)? {
             "" => None,
-            id => Some(Arc::from(id)),
+            id => Some(id),
         };
         let mut logged = Vec::new();
         // Either the stamp of the message first published under this id, or of the
@@ -686,8 +685,8 @@ impl Room {
             let id = authenticate(&state, token)?;
             let session = &state.sessions[&id];
             let name = Arc::clone(&session.name);
-            let key = publish_id.map(|id| (Arc::clone(&name), id));
-            if let Some(stamp) = key.as_ref().and_then(|key| state.published.get(key)) {
+            let key = publish_id.map(|id| PublishKey::new(&name, id));
+            if let Some(stamp) = key.and_then(|key| state.published.get(&key)) {
                 (Decided::Now(Outcome::Repeated(*stamp)), name)
             } else {
                 check_cluster(&state)?;
@@ -704,7 +703,7 @@ impl Room {
                             text,
                             lamport,
                             client_lamport,
-                            key.map(|(_, id)| id),
+                            publish_id,
                             &mut logged,
                         );
                         (Decided::Now(Outcome::Stamped(stamp)), name)
@@ -717,7 +716,7 @@ impl Room {
                             text,
                             lamport,
                             client_lamport,
-                            publish_id: key.map(|(_, id)| id.to_string()),
+                            publish_id: publish_id.map(str::to_owned),
                             proposal,
                         };
                         (Decided::proposed(propose, record, proposal, reply), name)
@@ -1184,10 +1183,9 @@ impl Room {
                     let outcome = match present_as(&state, &name, &owner) {
                         None => Err(ChatError::UnknownSession),
                         Some(name) => {
-                            let id: Option<Arc<str>> = publish_id.map(Arc::from);
-                            let original = id.as_ref().and_then(|id| {
-                                state.published.get(&(Arc::clone(&name), Arc::clone(id)))
-                            });
+                            let id = publish_id.as_deref();
+                            let original =
+                                id.and_then(|id| state.published.get(&PublishKey::new(&name, id)));
                             match original {
                                 Some(stamp) => Ok(Outcome::Repeated(*stamp)),
                                 None => Ok(Outcome::Stamped(self.append_chat(
@@ -1415,7 +1413,7 @@ impl Room {
         text: String,
         lamport: LamportTime,
         client_lamport: LamportTime,
-        publish_id: Option<Arc<str>>,
+        publish_id: Option<&str>,
         logged: &mut Vec<Logged>,
     ) -> Stamp {
         let entry = self.log.append(
@@ -1423,7 +1421,7 @@ impl Room {
             Arc::clone(&name),
             text,
             lamport,
-            publish_id.as_ref().map(|id| Box::from(&**id)),
+            publish_id.map(Box::from),
         );
         let stamp = entry.stamp();
         if let Some(id) = publish_id {
@@ -1433,7 +1431,7 @@ impl Room {
                 Mode::Alone => self.log.first_held(),
                 Mode::Cluster(_) => stamp.seq.saturating_sub(CLUSTER_PUBLISH_ID_WINDOW),
             };
-            remember_publish_id(state, name, id, stamp, keep_from);
+            remember_publish_id(state, PublishKey::new(&name, id), stamp, keep_from);
         }
         logged.push(Logged::new(
             entry,
@@ -1612,25 +1610,16 @@ fn start_position(
 
 /// Remembers the stamp of a message published under `id`, and forgets the ids whose
 /// messages the log no longer holds.
-fn remember_publish_id(
-    state: &mut State,
-    name: Arc<str>,
-    id: Arc<str>,
-    stamp: Stamp,
-    first_held: u64,
-) {
-    while let Some((seq, ..)) = state.published_order.front() {
-        if *seq >= first_held {
+fn remember_publish_id(state: &mut State, key: PublishKey, stamp: Stamp, first_held: u64) {
+    while let Some(&(seq, old)) = state.published_order.front() {
+        if seq >= first_held {
             break;
         }
-        if let Some((_, name, id)) = state.published_order.pop_front() {
-            state.published.remove(&(name, id));
-        }
+        state.published_order.pop_front();
+        state.published.remove(&old);
     }
-    state
-        .published_order
-        .push_back((stamp.seq, Arc::clone(&name), Arc::clone(&id)));
-    state.published.insert((name, id), stamp);
+    state.published_order.push_back((stamp.seq, key));
+    state.published.insert(key, stamp);
 }
 
 impl Logged {
