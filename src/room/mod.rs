@@ -1969,6 +1969,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_publish_id_is_remembered_across_a_restart_for_its_participant_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let (log, recovered) = Log::open(&LogConfig {
+                storage: Storage::Disk(dir.path().to_owned()),
+                retention: Retention {
+                    max_events: 1000,
+                    max_age: None,
+                },
+            })
+            .unwrap();
+            Room::open(RoomConfig::default(), log, recovered)
+        };
+        let first = {
+            let room = open();
+            let alice = join(&room, "alice").await;
+            let token = alice.token.expose().to_owned();
+            room.publish(&token, b"once", 0, "id-1").await.unwrap()
+        };
+        // Everything above is dropped: the log's writer stopped and closed the file.
+        let room = open();
+        let alice = join(&room, "alice").await;
+        let bob = join(&room, "bob").await;
+        let again = room
+            .publish(alice.token.expose(), b"once", 0, "id-1")
+            .await
+            .unwrap();
+        assert_eq!(again, first);
+        let bobs = room
+            .publish(bob.token.expose(), b"mine", 0, "id-1")
+            .await
+            .unwrap();
+        assert!(bobs.seq > first.seq, "{bobs:?} after {first:?}");
+        let bobs_again = room
+            .publish(bob.token.expose(), b"mine", 0, "id-1")
+            .await
+            .unwrap();
+        assert_eq!(bobs_again, bobs);
+    }
+
+    #[tokio::test]
     async fn a_time_far_ahead_is_refused_so_the_clock_keeps_rising() {
         let room = room();
         let alice = join(&room, "alice").await;
