@@ -25,6 +25,7 @@ use redb::{
     TableDefinition,
 };
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,15 +56,19 @@ const META_FORMAT: &str = "format";
 const META_HEAD: &str = "head";
 const META_LAMPORT: &str = "lamport";
 
-/// One event as stored.
+/// One event as stored. Written from the entry's own strings and read without
+/// copying them where the JSON holds them unescaped.
 #[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    kind: String,
-    participant: String,
-    text: String,
+struct Record<'a> {
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    participant: Cow<'a, str>,
+    #[serde(borrow)]
+    text: Cow<'a, str>,
     lamport: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    publish_id: Option<String>,
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    publish_id: Option<Cow<'a, str>>,
     appended_ms: u64,
 }
 
@@ -216,7 +221,7 @@ impl DiskStore {
     }
 
     fn decode(&self, seq: u64, bytes: &[u8]) -> Result<Arc<Entry>, LogError> {
-        let record: Record = serde_json::from_slice(bytes)
+        let record: Record<'_> = serde_json::from_slice(bytes)
             .map_err(|err| self.corrupt(format!("event {seq}: {err}")))?;
         let kind: EventKind = record
             .kind
@@ -224,14 +229,14 @@ impl DiskStore {
             .map_err(|err| self.corrupt(format!("event {seq}: {err}")))?;
         let event = Event {
             kind,
-            participant: Arc::from(record.participant),
-            text: record.text,
+            participant: Arc::from(&*record.participant),
+            text: record.text.into_owned(),
             lamport: record.lamport,
             seq,
         };
         Ok(Arc::new(Entry::new(
             event,
-            record.publish_id.map(String::into_boxed_str),
+            record.publish_id.map(|id| Box::from(&*id)),
             record.appended_ms,
         )))
     }
@@ -249,6 +254,11 @@ impl DiskStore {
             .max_age
             .map(|age| now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
         loop {
+            let too_many = held > retention.max_events;
+            if !too_many && oldest_kept.is_none() {
+                // Nothing to trim: the oldest event need not be read.
+                break;
+            }
             let first = events
                 .first()
                 .map_err(|e| self.failed(e))?
@@ -257,7 +267,6 @@ impl DiskStore {
                 break;
             };
             let record = self.decode(seq, &bytes)?;
-            let too_many = held > retention.max_events;
             let too_old = oldest_kept.is_some_and(|oldest| record.appended_ms() < oldest);
             if !(too_many || too_old) {
                 break;
@@ -353,16 +362,18 @@ impl Store for DiskStore {
             let mut ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
             let mut present = txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.failed(e))?;
+            let mut bytes = Vec::new();
             for entry in entries {
                 let record = Record {
-                    kind: entry.kind.as_str().to_owned(),
-                    participant: entry.participant.to_string(),
-                    text: entry.text.clone(),
+                    kind: Cow::Borrowed(entry.kind.as_str()),
+                    participant: Cow::Borrowed(&entry.participant),
+                    text: Cow::Borrowed(&entry.text),
                     lamport: entry.lamport,
-                    publish_id: entry.publish_id().map(str::to_owned),
+                    publish_id: entry.publish_id().map(Cow::Borrowed),
                     appended_ms: entry.appended_ms(),
                 };
-                let bytes = serde_json::to_vec(&record)
+                bytes.clear();
+                serde_json::to_writer(&mut bytes, &record)
                     .map_err(|err| LogError::WriteFailed(err.to_string()))?;
                 events
                     .insert(entry.seq, bytes.as_slice())
@@ -475,6 +486,26 @@ mod tests {
         );
         let texts: Vec<String> = recovered.recent.iter().map(|e| e.text.clone()).collect();
         assert_eq!(texts, ["j", "hi", "j", "l"]);
+    }
+
+    #[test]
+    fn text_that_json_escapes_reads_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let text = "\"quoted\" \\ back\nslash, tab\t, héllo ✓";
+        let event = Event {
+            kind: EventKind::Chat,
+            participant: Arc::from("a\"b"),
+            text: text.to_owned(),
+            lamport: 3,
+            seq: 1,
+        };
+        let entry = Arc::new(Entry::new(event, Some("id-\\1".into()), now_ms()));
+        store.append(&[entry], &retention(10)).unwrap();
+        let read = store.read(1, 1).unwrap();
+        assert_eq!(read[0].text, text);
+        assert_eq!(&*read[0].participant, "a\"b");
+        assert_eq!(read[0].publish_id(), Some("id-\\1"));
     }
 
     #[test]
