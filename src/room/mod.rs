@@ -685,8 +685,8 @@ impl Room {
             let id = authenticate(&state, token)?;
             let session = &state.sessions[&id];
             let name = Arc::clone(&session.name);
-            let key = publish_id.map(|id| PublishKey::new(&name, id));
-            if let Some(stamp) = key.and_then(|key| state.published.get(&key)) {
+            let keyed = publish_id.map(|id| (id, PublishKey::new(&name, id)));
+            if let Some(stamp) = keyed.and_then(|(_, key)| state.published.get(&key)) {
                 (Decided::Now(Outcome::Repeated(*stamp)), name)
             } else {
                 check_cluster(&state)?;
@@ -703,7 +703,7 @@ impl Room {
                             text,
                             lamport,
                             client_lamport,
-                            publish_id,
+                            keyed,
                             &mut logged,
                         );
                         (Decided::Now(Outcome::Stamped(stamp)), name)
@@ -1183,9 +1183,10 @@ impl Room {
                     let outcome = match present_as(&state, &name, &owner) {
                         None => Err(ChatError::UnknownSession),
                         Some(name) => {
-                            let id = publish_id.as_deref();
-                            let original =
-                                id.and_then(|id| state.published.get(&PublishKey::new(&name, id)));
+                            let keyed = publish_id
+                                .as_deref()
+                                .map(|id| (id, PublishKey::new(&name, id)));
+                            let original = keyed.and_then(|(_, key)| state.published.get(&key));
                             match original {
                                 Some(stamp) => Ok(Outcome::Repeated(*stamp)),
                                 None => Ok(Outcome::Stamped(self.append_chat(
@@ -1194,7 +1195,7 @@ impl Room {
                                     text,
                                     lamport,
                                     client_lamport,
-                                    id,
+                                    keyed,
                                     &mut logged,
                                 ))),
                             }
@@ -1404,7 +1405,8 @@ impl Room {
         logged.push(Logged::new(entry, LeaveCause::Replaced.into(), None, state));
     }
 
-    /// Appends a chat message of `name` and remembers its publish id.
+    /// Appends a chat message of `name` and remembers its publish id, given with
+    /// its key.
     #[allow(clippy::too_many_arguments)]
     fn append_chat(
         &self,
@@ -1413,7 +1415,7 @@ impl Room {
         text: String,
         lamport: LamportTime,
         client_lamport: LamportTime,
-        publish_id: Option<&str>,
+        publish_id: Option<(&str, PublishKey)>,
         logged: &mut Vec<Logged>,
     ) -> Stamp {
         let entry = self.log.append(
@@ -1421,17 +1423,17 @@ impl Room {
             Arc::clone(&name),
             text,
             lamport,
-            publish_id.map(Box::from),
+            publish_id.map(|(id, _)| Box::from(id)),
         );
         let stamp = entry.stamp();
-        if let Some(id) = publish_id {
+        if let Some((_, key)) = publish_id {
             // Alone, the ids of the events the log holds; in a cluster, a window
             // every node keeps alike.
             let keep_from = match self.mode {
                 Mode::Alone => self.log.first_held(),
                 Mode::Cluster(_) => stamp.seq.saturating_sub(CLUSTER_PUBLISH_ID_WINDOW),
             };
-            remember_publish_id(state, PublishKey::new(&name, id), stamp, keep_from);
+            remember_publish_id(state, key, stamp, keep_from);
         }
         logged.push(Logged::new(
             entry,
