@@ -352,7 +352,8 @@ struct State {
 /// lock: it is updated on every poll.
 #[derive(Debug, Default)]
 struct FeedProbe {
-    /// How often HTTP/2 has polled the feed.
+    /// How often HTTP/2 has polled the feed. Written only by the feed's own polls
+    /// (a plain store of its count), read by the connection's checks.
     polls: AtomicU64,
     /// Whether HTTP/2 owes the feed a poll: its last poll handed over an event, or
     /// the feed has woken it since (an event is waiting). HTTP/2 polls as soon as
@@ -540,6 +541,8 @@ pub struct ParticipantFeed<S> {
     /// feed is never polled again (its connection is full); stopped on drop.
     watcher: Option<tokio::task::AbortHandle>,
     probe: Arc<FeedProbe>,
+    /// Its polls so far, published to `probe.polls`.
+    polls: u64,
     /// The last task to poll, and the [`ProbeWaker`] made for it (made again only
     /// when another task polls).
     waker: Option<(Waker, Waker)>,
@@ -579,6 +582,7 @@ impl<S> ParticipantFeed<S> {
             connection,
             watcher: None,
             probe,
+            polls: 0,
             waker: None,
         }
     }
@@ -600,19 +604,27 @@ impl<S> ParticipantFeed<S> {
         self
     }
 
-    /// The waker for the inner feed: the task's, noting that a poll is owed.
-    fn probe_waker(&mut self, task: &Waker) -> Waker {
-        match &self.waker {
-            Some((known, probe)) if known.will_wake(task) => probe.clone(),
-            _ => {
-                let probe = Waker::from(Arc::new(ProbeWaker {
-                    probe: Arc::clone(&self.probe),
-                    task: task.clone(),
-                }));
-                self.waker = Some((task.clone(), probe.clone()));
-                probe
-            }
+    /// The waker for the inner feed: the task's, noting that a poll is owed. Lent,
+    /// not cloned, so a poll touches no reference count.
+    fn probe_waker<'w>(
+        probe: &Arc<FeedProbe>,
+        known: &'w mut Option<(Waker, Waker)>,
+        task: &Waker,
+    ) -> &'w Waker {
+        if !known
+            .as_ref()
+            .is_some_and(|(known, _)| known.will_wake(task))
+        {
+            *known = None;
         }
+        let (_, waker) = known.get_or_insert_with(|| {
+            let waker = Waker::from(Arc::new(ProbeWaker {
+                probe: Arc::clone(probe),
+                task: task.clone(),
+            }));
+            (task.clone(), waker)
+        });
+        waker
     }
 }
 
@@ -623,9 +635,11 @@ where
     type Item = Result<T, tonic::Status>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.probe.polls.fetch_add(1, Ordering::Relaxed);
-        self.probe.owed.store(false, Ordering::Relaxed);
-        if let Some(connection) = &self.connection {
+        let this = &mut *self;
+        this.polls += 1;
+        this.probe.polls.store(this.polls, Ordering::Relaxed);
+        this.probe.owed.store(false, Ordering::Relaxed);
+        if let Some(connection) = &this.connection {
             let shared = &connection.shared;
             if shared.write_blocked.load(Ordering::Acquire) {
                 let mut state = shared.lock();
@@ -638,11 +652,11 @@ where
                 }
             }
         }
-        let waker = self.probe_waker(cx.waker());
-        let item = Pin::new(&mut self.inner).poll_next(&mut Context::from_waker(&waker));
-        match (&item, &self.connection) {
+        let waker = Self::probe_waker(&this.probe, &mut this.waker, cx.waker());
+        let item = Pin::new(&mut this.inner).poll_next(&mut Context::from_waker(waker));
+        match (&item, &this.connection) {
             (Poll::Ready(Some(Err(_))), Some(connection)) => connection.cut_off(),
-            (Poll::Ready(Some(Ok(_))), _) => self.probe.owed.store(true, Ordering::Relaxed),
+            (Poll::Ready(Some(Ok(_))), _) => this.probe.owed.store(true, Ordering::Relaxed),
             _ => {}
         }
         item
