@@ -32,7 +32,7 @@ def pick_port():
                 pass
 
 
-def reference_run(reference_dir, variant, n, mode, warmup, secs):
+def reference_run(reference_dir, variant, n, mode, warmup, secs, extra):
     kind, client = REFERENCES[variant]
     port = pick_port()
     if kind == "nats":
@@ -53,7 +53,7 @@ def reference_run(reference_dir, variant, n, mode, warmup, secs):
         addr = f"nats://127.0.0.1:{port}" if kind == "nats" else f"127.0.0.1:{port}"
         load = [os.path.join(reference_dir, "target/release/fanout-load"), "--variant", client, "--addr", addr,
                 "--n", str(n), "--mode", mode, "--server-pid", str(srv.pid), "--warmup", str(warmup),
-                "--secs", str(secs)]
+                "--secs", str(secs), *extra]
         if mode == "rate":
             load += ["--rate", str(RATE[n])]
         r = subprocess.run(load, capture_output=True, text=True, timeout=600)
@@ -104,7 +104,7 @@ def run(args):
                         if v == "chittychat":
                             res = chitty_run(n, mode, args.warmup, args.secs, args.bench_args.split())
                         else:
-                            res = reference_run(args.reference_dir, v, n, mode, args.warmup, args.secs)
+                            res = reference_run(args.reference_dir, v, n, mode, args.warmup, args.secs, args.load_args.split())
                     except Exception as e:  # noqa: BLE001 - keep the matrix going, record the failure
                         print(f"FAILED {v} n={n} {mode}: {e}", file=sys.stderr, flush=True)
                         continue
@@ -148,6 +148,10 @@ def main():
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--secs", type=float, default=5.0)
     ap.add_argument("--bench-args", default="")
+    # fanout-load's own flags for the reference servers, e.g. "--inflight 256" so that
+    # the minimal tonic server's publisher keeps as many calls in flight as
+    # chittychat-bench's does.
+    ap.add_argument("--load-args", default="")
     ap.add_argument("--out", default=os.path.join(ROOT, "docs", "bench", "runs.jsonl"))
     args = ap.parse_args()
     report(args.path or args.out) if args.cmd == "report" else run(args)
