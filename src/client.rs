@@ -117,7 +117,7 @@ impl ClientError {
     }
 }
 
-/// How the client connects: keepalive and TLS.
+/// How the client connects: keepalive, TLS and the address it connects from.
 #[derive(Debug, Clone, Default)]
 pub struct ConnectOptions {
     /// HTTP/2 keepalive, which notices a server that went silent.
@@ -125,6 +125,11 @@ pub struct ConnectOptions {
     /// For `https://` URLs: the certificate authority (PEM) the server's certificate
     /// must chain to. Without one, the system's trusted roots are used.
     pub tls_ca: Option<Vec<u8>>,
+    /// The local address to connect from; without one, the system chooses. A load
+    /// generator spreads its connections over several (127.0.0.1, 127.0.0.2, ...)
+    /// since one source address has only as many connections to a server as it has
+    /// ephemeral ports.
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 /// Opens a channel to the server at `url` (`http://host:port`) with the default
@@ -146,7 +151,8 @@ pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<Channel
         .tcp_nodelay(true)
         .http2_keep_alive_interval(options.keepalive.interval)
         .keep_alive_timeout(options.keepalive.timeout)
-        .keep_alive_while_idle(true);
+        .keep_alive_while_idle(true)
+        .local_address(options.local_address);
     match endpoint.uri().scheme_str() {
         Some("https") => {
             let tls = match &options.tls_ca {

@@ -71,7 +71,17 @@ fn saturating_a_spawned_server_loses_and_duplicates_nothing() {
 
 #[test]
 fn idle_and_join_storm_report_memory_and_join_times() {
-    let (status, report) = bench(&["idle", "--server-bin", SERVER, "--participants", "20"]);
+    // Connecting from three loopback addresses, as a bench of more participants
+    // than one address has ports does.
+    let (status, report) = bench(&[
+        "idle",
+        "--server-bin",
+        SERVER,
+        "--participants",
+        "20",
+        "--source-addresses",
+        "3",
+    ]);
     assert!(status.success(), "{report}");
     assert!(report["server"]["kib_per_participant"].as_f64().unwrap() > 0.0);
     let (status, report) = bench(&["join-storm", "--server-bin", SERVER, "--participants", "30"]);
@@ -205,6 +215,44 @@ async fn drives_a_server_that_serves_tls_and_requires_a_join_secret() {
     server.stop().await;
 }
 
+#[tokio::test]
+async fn participants_connect_from_the_source_addresses_in_turn() {
+    // A listener that only accepts, to see where each connection comes from.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut bench = command(&[
+        "idle",
+        "--server",
+        &url,
+        "--participants",
+        "6",
+        "--source-addresses",
+        "3",
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    let mut sources = std::collections::BTreeMap::new();
+    let mut held = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while held.len() < 6 {
+            let (socket, peer) = listener.accept().await.unwrap();
+            *sources.entry(peer.ip().to_string()).or_insert(0) += 1;
+            held.push(socket);
+        }
+    })
+    .await
+    .expect("six connections within 30 s");
+    bench.kill().unwrap();
+    bench.wait().unwrap();
+    let expected: std::collections::BTreeMap<String, i32> = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+        .into_iter()
+        .map(|ip| (ip.to_owned(), 2))
+        .collect();
+    assert_eq!(sources, expected);
+}
+
 #[test]
 fn bad_settings_are_refused_with_one_line() {
     let said = refused(&["saturate", "--participants", "2", "--publishers", "3"]);
@@ -225,4 +273,13 @@ fn bad_settings_are_refused_with_one_line() {
         missing,
     ]);
     assert!(said.contains(missing), "{said}");
+    // Only a server on loopback can be reached from 127.0.0.x.
+    let said = refused(&[
+        "idle",
+        "--server",
+        "http://192.0.2.1:9",
+        "--source-addresses",
+        "2",
+    ]);
+    assert!(said.contains("127.0.0.0/8"), "{said}");
 }

@@ -5,6 +5,7 @@ use super::BenchError;
 use crate::client::{self, ClientError, ConnectOptions, Events, JoinOptions, ResumePoint, Session};
 use crate::event::{Event, EventKind};
 use crate::transport::JoinSecret;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,6 +30,9 @@ pub(super) struct Access {
     next: std::sync::atomic::AtomicUsize,
     pub(super) connect: ConnectOptions,
     pub(super) join_secret: Option<JoinSecret>,
+    /// The local addresses participants connect from, in turn; none: the system
+    /// chooses.
+    sources: Vec<IpAddr>,
 }
 
 impl Access {
@@ -49,7 +53,14 @@ impl Access {
             next: Default::default(),
             connect,
             join_secret,
+            sources: Vec::new(),
         }
+    }
+
+    /// Spreads the participants' connections over `sources`, in turn.
+    pub(super) fn with_sources(mut self, sources: Vec<IpAddr>) -> Self {
+        self.sources = sources;
+        self
     }
 
     /// How everyone in the bench joins: with the join secret, and without history,
@@ -65,11 +76,19 @@ impl Access {
     }
 
     /// Connects over a new HTTP/2 connection and joins as `name`: at the next
-    /// server in turn, so that participants spread evenly over a cluster's nodes.
+    /// server in turn, so that participants spread evenly over a cluster's nodes,
+    /// and from the next source address, if there are several.
     pub(super) async fn join(&self, name: &str) -> Result<(Session, Events), ClientError> {
         let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = &self.urls[turn % self.urls.len().max(1)];
-        client::join(url, name, &self.connect, self.join_options(None)).await
+        if self.sources.is_empty() {
+            return client::join(url, name, &self.connect, self.join_options(None)).await;
+        }
+        let connect = ConnectOptions {
+            local_address: Some(self.sources[turn % self.sources.len()]),
+            ..self.connect.clone()
+        };
+        client::join(url, name, &connect, self.join_options(None)).await
     }
 }
 

@@ -31,8 +31,16 @@ pub use report::{HistoryJoined, Joins, Latency, Report, Restarted, Resumed, Serv
 /// what has not arrived by then counts as lost.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long joining may take before the bench gives up.
+/// How long joining may take before the bench gives up, before more is allowed
+/// for a large crowd ([`join_deadline`]).
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How long the join storm of `participants` may take: [`JOIN_TIMEOUT`], and 2 µs
+/// more for each of the n²/2 join notices, since everyone hears every join (at
+/// 50,000 participants, 1.25 billion deliveries).
+fn join_deadline(participants: u64) -> Duration {
+    JOIN_TIMEOUT + Duration::from_micros(participants.saturating_mul(participants))
+}
 
 /// How long idle mode waits after the probe before reading the server's memory.
 pub const IDLE_SETTLE: Duration = Duration::from_secs(2);
@@ -136,6 +144,13 @@ pub struct BenchConfig {
     /// time, before the event log too; 256 saturates it.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub inflight: u64,
+    /// Loopback addresses the participants connect from, in turn: 127.0.0.1,
+    /// 127.0.0.2, and so on. One source address reaches a server over only as
+    /// many connections as it has ephemeral ports (about 28,000 on Linux). By
+    /// default one per 20,000 participants when every server is on 127.0.0.0/8;
+    /// otherwise the system chooses.
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_addresses: Option<u8>,
     /// Participants connecting and joining at the same time.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub join_concurrency: u64,
@@ -238,8 +253,10 @@ impl Target {
     /// The server `--server` names, or else one the bench starts.
     async fn new(config: &BenchConfig) -> Result<Self, BenchError> {
         if let Some(url) = &config.server {
+            let access = external(url, &config.access)?;
+            let sources = source_addresses(config, &access.urls)?;
             return Ok(Target {
-                access: Arc::new(external(url, &config.access)?),
+                access: Arc::new(access.with_sources(sources)),
                 spawned: None,
             });
         }
@@ -249,8 +266,10 @@ impl Target {
             ));
         }
         let server = spawn_server(config).await?;
+        let access = Access::plain(server.url());
+        let sources = source_addresses(config, &access.urls)?;
         Ok(Target {
-            access: Arc::new(Access::plain(server.url())),
+            access: Arc::new(access.with_sources(sources)),
             spawned: Some(server),
         })
     }
@@ -258,6 +277,47 @@ impl Target {
     fn pid(&self) -> Option<u32> {
         self.spawned.as_ref().map(SpawnedServer::pid)
     }
+}
+
+/// How many participants connect from one source address when the bench spreads
+/// them (`--source-addresses`): well under the about 28,000 ephemeral ports Linux
+/// gives one address, since earlier runs' connections may still hold some.
+pub const PARTICIPANTS_PER_SOURCE_ADDRESS: u64 = 20_000;
+
+/// The addresses the participants connect from: 127.0.0.1 up to 127.0.0.N for
+/// `--source-addresses N` (or as many as the participants need), or none, where
+/// the system chooses.
+fn source_addresses(
+    config: &BenchConfig,
+    urls: &[String],
+) -> Result<Vec<std::net::IpAddr>, BenchError> {
+    let on_loopback = |url: &String| {
+        url.parse::<tonic::codegen::http::Uri>()
+            .ok()
+            .and_then(|uri| uri.host()?.parse::<std::net::Ipv4Addr>().ok())
+            .is_some_and(|ip| ip.is_loopback())
+    };
+    let all_on_loopback = urls.iter().all(on_loopback);
+    let count = match config.source_addresses {
+        Some(count) if count > 1 && !all_on_loopback => {
+            return Err(BenchError::Config(format!(
+                "--source-addresses spreads the connections over 127.0.0.x, so every server must be on 127.0.0.0/8 (given: {})",
+                urls.join(",")
+            )));
+        }
+        Some(count) => u64::from(count),
+        None if all_on_loopback => config
+            .participants
+            .div_ceil(PARTICIPANTS_PER_SOURCE_ADDRESS)
+            .min(254),
+        None => 1,
+    };
+    if count <= 1 {
+        return Ok(Vec::new());
+    }
+    Ok((1..=count)
+        .map(|last| std::net::IpAddr::from([127, 0, 0, last as u8]))
+        .collect())
 }
 
 /// How to reach the server at `url` that the bench is pointed at: with the TLS
@@ -415,7 +475,7 @@ impl<'a> Bench<'a> {
         let shared = &self.shared;
         wait_until(
             "every participant to get its own join notice",
-            JOIN_TIMEOUT,
+            join_deadline(n as u64),
             || shared.joined() == n,
         )
         .await?;
@@ -424,7 +484,7 @@ impl<'a> Bench<'a> {
         self.progress.message("waiting for every join notice");
         wait_until(
             "every participant to see every join notice",
-            JOIN_TIMEOUT,
+            join_deadline(n as u64),
             || shared.min_last_seq() >= last_join,
         )
         .await?;

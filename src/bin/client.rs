@@ -130,6 +130,7 @@ async fn run(args: Args, clock: Option<time::UtcOffset>) -> ExitCode {
         connect: ConnectOptions {
             keepalive: args.keepalive.keepalive(),
             tls_ca,
+            ..ConnectOptions::default()
         },
         join_secret,
         reconnect: !args.no_reconnect,
