@@ -417,7 +417,7 @@ impl ChittyChat for ChatService {
         // Answered once the join notice is stored; dropping the feed on failure
         // announces the leave.
         self.room
-            .durable(joined.stamp.seq)
+            .newcomer_durable(joined.stamp.seq)
             .await
             .inspect_err(refused)?;
         let cut_off = joined.feed.cut_off_signal();

@@ -31,8 +31,8 @@ pub use report::{HistoryJoined, Joins, Latency, Report, Restarted, Resumed, Serv
 /// what has not arrived by then counts as lost.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long joining may take before the bench gives up, before more is allowed
-/// for a large crowd ([`join_deadline`]).
+/// How long joining may take before the bench gives up; a large crowd is allowed
+/// more, for the join notices everyone hears.
 pub const JOIN_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// How long the join storm of `participants` may take: [`JOIN_TIMEOUT`], and 2 µs

@@ -28,7 +28,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{oneshot, watch};
@@ -51,6 +51,19 @@ pub const STORE_READ_BATCH: usize = 512;
 
 /// How often the writer trims by age when no events arrive.
 const AGE_TRIM_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a commit that answers a Join holds back waking everyone else's feed
+/// (or until the next commit, if that comes first), so that the newcomer's
+/// history and join notice go out first.
+///
+/// Woken together, the fan-out of the newcomer's join notice to everyone present
+/// fills the runtime's queues with a task per feed, and each of the hand-offs
+/// that take a Join's response and first events to its socket (the stream's
+/// task, the connection's, the stream's again for send capacity, the
+/// connection's to write) can wait behind some of them. With 1,000 present that
+/// put the newcomer's history and join notice 2–5 ms late at the median and
+/// 14–17 ms at p99. Everyone else hears of a join at most this much later.
+pub const NEWCOMER_HEAD_START: Duration = Duration::from_millis(2);
 
 /// How long events are kept and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,15 +283,25 @@ struct Progress {
     /// each commit wakes only those it answers, not every request in flight.
     /// Changed together with `durable`'s sequence number, under this lock.
     waiters: Mutex<BTreeMap<u64, Vec<Waiter>>>,
+    /// Set while a commit holds back waking the feeds for a newcomer
+    /// ([`NEWCOMER_HEAD_START`]).
+    held: AtomicBool,
 }
 
 /// A request waiting for its event to be durable: told `Ok`, or why it never will be.
-type Waiter = oneshot::Sender<Result<(), LogError>>;
+#[derive(Debug)]
+struct Waiter {
+    answer: oneshot::Sender<Result<(), LogError>>,
+    /// A Join, whose feed goes ahead of everyone else's ([`NEWCOMER_HEAD_START`]).
+    newcomer: bool,
+}
 
 impl Progress {
     /// Records that every event up to `seq` is durable (or, with `failed`, that
-    /// none after it will be) and answers the requests that waited for it.
-    fn advance(&self, seq: Option<u64>, failed: Option<LogError>) {
+    /// none after it will be), answers the requests that waited for it and wakes
+    /// the feeds, unless one of the requests was a Join: then the wake is held
+    /// back until [`Progress::release`], and this returns true.
+    fn advance(&self, seq: Option<u64>, failed: Option<LogError>) -> bool {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         // Readers see the new mark at once, but are woken only after the requests
         // below: a Join or Publish answered first is scheduled ahead of the fan-out
@@ -302,6 +325,8 @@ impl Progress {
             (None, None) => BTreeMap::new(),
         };
         drop(waiters);
+        let hold = failed.is_none() && answered.values().flatten().any(|w| w.newcomer);
+        self.held.store(hold, Ordering::Release);
         for (waited, senders) in answered {
             for sender in senders {
                 let answer = match (&failed, seq) {
@@ -309,11 +334,21 @@ impl Progress {
                     (Some(failure), _) => Err(failure.clone()),
                     (None, _) => Ok(()),
                 };
-                let _ = sender.send(answer);
+                let _ = sender.answer.send(answer);
             }
         }
-        // Now the feeds: the mark moved (or the log failed), so each must look.
-        self.durable.send_modify(|_| {});
+        if !hold {
+            // Now the feeds: the mark moved (or the log failed), so each must look.
+            self.durable.send_modify(|_| {});
+        }
+        hold
+    }
+
+    /// Wakes the feeds if the last commit held them back for a newcomer.
+    fn release(&self) {
+        if self.held.swap(false, Ordering::AcqRel) {
+            self.durable.send_modify(|_| {});
+        }
     }
 }
 
@@ -376,6 +411,7 @@ impl Log {
             first_held: AtomicU64::new(recovered.first_held),
             durable,
             waiters: Mutex::new(BTreeMap::new()),
+            held: AtomicBool::new(false),
         });
         let (to_writer, from_log) = std::sync::mpsc::channel();
         let log = Arc::new(Log {
@@ -475,6 +511,17 @@ impl Log {
     /// Waits until the event numbered `seq` is durable; an error when the log failed
     /// before it was.
     pub async fn durable(&self, seq: u64) -> Result<(), LogError> {
+        self.wait_durable(seq, false).await
+    }
+
+    /// As [`Log::durable`], for a Join, whose newcomer's feed goes ahead of everyone
+    /// else's: the commit that answers it wakes the other feeds
+    /// [`NEWCOMER_HEAD_START`] later, or at the next commit if that comes first.
+    pub async fn durable_for_newcomer(&self, seq: u64) -> Result<(), LogError> {
+        self.wait_durable(seq, true).await
+    }
+
+    async fn wait_durable(&self, seq: u64, newcomer: bool) -> Result<(), LogError> {
         let answer = {
             // Looked at and registered under the waiters' lock, which the writer
             // holds while it moves the sequence number on: no wake-up is lost.
@@ -492,7 +539,10 @@ impl Log {
             }
             drop(durable);
             let (sender, answer) = oneshot::channel();
-            waiters.entry(seq).or_default().push(sender);
+            waiters.entry(seq).or_default().push(Waiter {
+                answer: sender,
+                newcomer,
+            });
             answer
         };
         answer.await.unwrap_or(Err(LogError::Closed))
@@ -617,8 +667,23 @@ fn write_batches(
     events: std::sync::mpsc::Receiver<Arc<Entry>>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
+    // Whether the last commit holds back waking the feeds for a newcomer.
+    let mut holding = false;
     loop {
-        let first = match events.recv_timeout(AGE_TRIM_INTERVAL) {
+        let wait = if holding {
+            NEWCOMER_HEAD_START
+        } else {
+            AGE_TRIM_INTERVAL
+        };
+        let received = events.recv_timeout(wait);
+        if std::mem::take(&mut holding) {
+            // The newcomer's head start ends here, if its feed has not ended it.
+            progress.release();
+            if matches!(received, Err(RecvTimeoutError::Timeout)) {
+                continue;
+            }
+        }
+        let first = match received {
             Ok(entry) => Some(entry),
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
@@ -645,7 +710,7 @@ fn write_batches(
             Ok((first_held, written)) => {
                 progress.first_held.fetch_max(first_held, Ordering::AcqRel);
                 if written.is_some() {
-                    progress.advance(written, None);
+                    holding = progress.advance(written, None);
                 }
             }
             Err(err) => {
@@ -720,6 +785,67 @@ mod tests {
             .map(|e| e.seq)
             .collect();
         assert_eq!(page, [9]);
+    }
+
+    #[tokio::test]
+    async fn a_commit_that_answers_a_join_wakes_the_feeds_after_the_newcomer() {
+        let (durable, _) = watch::channel(Durable {
+            seq: 0,
+            failed: None,
+        });
+        let progress = Progress {
+            first_held: AtomicU64::new(1),
+            durable,
+            waiters: Mutex::new(BTreeMap::new()),
+            held: AtomicBool::new(false),
+        };
+        let mut feed = progress.durable.subscribe();
+        let wait = |seq, newcomer| {
+            let (answer, answered) = oneshot::channel();
+            progress
+                .waiters
+                .lock()
+                .unwrap()
+                .entry(seq)
+                .or_default()
+                .push(Waiter { answer, newcomer });
+            answered
+        };
+        // A Publish answered: the feeds are woken with it.
+        let publish = wait(1, false);
+        assert!(!progress.advance(Some(1), None));
+        assert_eq!(publish.await.unwrap(), Ok(()));
+        assert!(feed.has_changed().unwrap());
+        feed.borrow_and_update();
+        // A Join answered: the newcomer is, the feeds are not yet.
+        let (join, publish) = (wait(2, true), wait(3, false));
+        assert!(progress.advance(Some(3), None));
+        assert_eq!(join.await.unwrap(), Ok(()));
+        assert_eq!(publish.await.unwrap(), Ok(()));
+        assert!(!feed.has_changed().unwrap());
+        // The new mark is there for any reader that looks.
+        assert_eq!(feed.borrow().seq, 3);
+        progress.release();
+        assert!(feed.has_changed().unwrap());
+        feed.borrow_and_update();
+        // Released once only.
+        progress.release();
+        assert!(!feed.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn the_feeds_held_for_a_newcomer_are_woken_with_no_later_commit() {
+        let log = open(100);
+        let mut feed = log.watch();
+        let seq = append(&log, "joined").seq;
+        log.durable_for_newcomer(seq).await.unwrap();
+        // Nothing else is appended: the writer wakes the feeds when the head start
+        // runs out.
+        tokio::time::timeout(Duration::from_secs(10), feed.changed())
+            .await
+            .expect("the feeds are woken")
+            .unwrap();
+        assert_eq!(feed.borrow().seq, seq);
     }
 
     #[test]

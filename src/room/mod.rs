@@ -827,6 +827,15 @@ impl Room {
             .map_err(ChatError::LogUnavailable)
     }
 
+    /// As [`Room::durable`], for a Join's notice: the newcomer's feed reads ahead of
+    /// everyone else's (see [`crate::log::NEWCOMER_HEAD_START`]).
+    pub async fn newcomer_durable(&self, seq: u64) -> Result<(), ChatError> {
+        self.log
+            .durable_for_newcomer(seq)
+            .await
+            .map_err(ChatError::LogUnavailable)
+    }
+
     /// Stops the room: every feed delivers what was appended, then ends with
     /// [`ChatError::ShuttingDown`], and Join is refused from now on. Those present
     /// stay present in the log; the next server announces that they left (in a
