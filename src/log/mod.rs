@@ -677,7 +677,7 @@ fn write_batches(
         };
         let received = events.recv_timeout(wait);
         if std::mem::take(&mut holding) {
-            // The newcomer's head start ends here, if its feed has not ended it.
+            // The newcomer's head start ends here: it ran out, or more events came.
             progress.release();
             if matches!(received, Err(RecvTimeoutError::Timeout)) {
                 continue;
