@@ -490,6 +490,38 @@ impl Session {
         })
     }
 
+    /// Opens a PublishStream: many publishes on one call, for a client that sends
+    /// faster than it wants to wait for each reply. Send with the [`Publisher`];
+    /// read each request's outcome, in order, from the [`PublishOutcomes`]. Dropping
+    /// the `Publisher` ends the stream once the server has answered what was sent.
+    pub async fn publish_stream(&self) -> Result<(Publisher, PublishOutcomes), ClientError> {
+        let (requests, queued) = tokio::sync::mpsc::channel(PUBLISH_STREAM_QUEUE);
+        let (sent, in_flight) = tokio::sync::mpsc::unbounded_channel();
+        let failed = |status| ClientError::Rpc {
+            rpc: rpc::PUBLISH_STREAM,
+            status,
+        };
+        let outcomes = self
+            .grpc
+            .clone()
+            .publish_stream(tokio_stream::wrappers::ReceiverStream::new(queued))
+            .await
+            .map_err(failed)?
+            .into_inner();
+        Ok((
+            Publisher {
+                session: self.clone(),
+                requests,
+                sent,
+            },
+            PublishOutcomes {
+                session: self.clone(),
+                outcomes,
+                in_flight,
+            },
+        ))
+    }
+
     /// Merges the Lamport time of a reply to `rpc` (its event's `seq` and the
     /// server's `lamport`) into the clock and logs the reply; the new local time.
     fn replied(&self, rpc: &'static str, seq: u64, lamport: LamportTime) -> LamportTime {
@@ -617,6 +649,140 @@ fn domain_event(message: pb::Event) -> Option<Event> {
         lamport: message.lamport,
         seq: message.seq,
     })
+}
+
+/// How many requests a [`Publisher`] queues before `send` waits for the stream.
+pub const PUBLISH_STREAM_QUEUE: usize = 64;
+
+/// The sending half of a PublishStream (see [`Session::publish_stream`]).
+pub struct Publisher {
+    session: Session,
+    requests: tokio::sync::mpsc::Sender<pb::PublishRequest>,
+    /// Each request's id and Lamport time, in the order sent, for its outcome.
+    sent: tokio::sync::mpsc::UnboundedSender<(PublishId, LamportTime)>,
+}
+
+/// The receiving half of a PublishStream: one outcome per request, in order.
+pub struct PublishOutcomes {
+    session: Session,
+    outcomes: tonic::Streaming<pb::PublishOutcome>,
+    in_flight: tokio::sync::mpsc::UnboundedReceiver<(PublishId, LamportTime)>,
+}
+
+impl fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for PublishOutcomes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublishOutcomes")
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Publisher {
+    /// Sends `text` under a new id, after checking it by the server's rules; waits
+    /// only while the stream's queue is full. Returns the id its outcome will carry.
+    pub async fn send(&mut self, text: &str) -> Result<PublishId, ClientError> {
+        let id = PublishId::random();
+        self.send_with_id(text, &id).await?;
+        Ok(id)
+    }
+
+    /// Sends `text` under `id` (see [`Session::publish_with_id`]).
+    pub async fn send_with_id(&mut self, text: &str, id: &PublishId) -> Result<(), ClientError> {
+        validate_message(text.as_bytes())?;
+        let lamport = self.session.clock.tick();
+        tracing::info!(
+            { field::RPC } = rpc::PUBLISH_STREAM,
+            { field::NAME } = %self.session.name,
+            { field::TEXT } = text,
+            { field::PUBLISH_ID } = id.as_str(),
+            { field::LAMPORT } = lamport,
+            "{}",
+            message::SENT
+        );
+        let request = pb::PublishRequest {
+            session_token: self.session.token.clone(),
+            text: text.as_bytes().to_vec(),
+            lamport,
+            publish_id: id.0.clone(),
+        };
+        // Noted before it is sent, so that its outcome always finds it.
+        let noted = self.sent.send((id.clone(), lamport));
+        if noted.is_err() || self.requests.send(request).await.is_err() {
+            return Err(ClientError::Rpc {
+                rpc: rpc::PUBLISH_STREAM,
+                status: Status::unavailable("the publish stream has ended"),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl PublishOutcomes {
+    /// The outcome of the oldest request not yet answered, with its id: its stamp
+    /// (merged into the clock and logged, as a Publish reply is), or the server's
+    /// refusal of that one request. `Ok(None)` once the [`Publisher`] is dropped
+    /// and every request has been answered; `Err` when the stream itself failed,
+    /// after which the requests not yet answered may or may not have been
+    /// published (send them again under their ids to find out).
+    pub async fn next(
+        &mut self,
+    ) -> Result<Option<(PublishId, Result<Published, ClientError>)>, ClientError> {
+        let failed = |status| ClientError::Rpc {
+            rpc: rpc::PUBLISH_STREAM,
+            status,
+        };
+        let Some(outcome) = self.outcomes.message().await.map_err(failed)? else {
+            return Ok(None);
+        };
+        let Some((id, sent_lamport)) = self.in_flight.recv().await else {
+            return Err(ClientError::Protocol(
+                "an outcome for a request that was never sent".into(),
+            ));
+        };
+        if outcome.publish_id != id.0 {
+            return Err(ClientError::Protocol(format!(
+                "the outcome of publish id {} came where {} was due",
+                outcome.publish_id, id.0
+            )));
+        }
+        let result = match outcome.outcome {
+            Some(pb::publish_outcome::Outcome::Published(reply)) => {
+                let local = self
+                    .session
+                    .replied(rpc::PUBLISH_STREAM, reply.seq, reply.lamport);
+                Ok(Published {
+                    sent_lamport,
+                    seq: reply.seq,
+                    server_lamport: reply.lamport,
+                    reply_lamport: local,
+                })
+            }
+            Some(pb::publish_outcome::Outcome::Refused(refusal)) => {
+                let mut status = Status::new(Code::from(refusal.code), refusal.message);
+                if refusal.retry_after_ms > 0 {
+                    status
+                        .metadata_mut()
+                        .insert(RETRY_AFTER_MS_METADATA, refusal.retry_after_ms.into());
+                }
+                Err(failed(status))
+            }
+            None => {
+                return Err(ClientError::Protocol(format!(
+                    "the outcome of publish id {} says neither published nor refused",
+                    id.0
+                )));
+            }
+        };
+        Ok(Some((id, result)))
+    }
 }
 
 impl Events {

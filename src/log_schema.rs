@@ -74,6 +74,8 @@ pub mod rpc {
     pub const JOIN: &str = "Join";
     /// `Publish`.
     pub const PUBLISH: &str = "Publish";
+    /// `PublishStream`: many publishes on one call.
+    pub const PUBLISH_STREAM: &str = "PublishStream";
     /// `Leave`.
     pub const LEAVE: &str = "Leave";
     /// `History`.

@@ -24,6 +24,7 @@ use crate::transport::{
 };
 use crate::validate::name_for_display;
 use crate::wire::{EncodedEvent, encode_event, pb_event};
+use futures::{StreamExt, TryStreamExt};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -69,6 +70,15 @@ pub const CONNECTION_RECEIVE_WINDOW: u32 = 4 * STREAM_RECEIVE_WINDOW;
 /// The largest header block the server accepts on one request (hyper's default,
 /// set here so that it is a decision): metadata is a join secret and a few names.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// How many of one PublishStream's requests the server works on at once: it reads
+/// no more of the stream until the oldest is answered. A client that keeps this
+/// many in flight hides a commit's wait; one that never reads its outcomes holds
+/// this many, and then HTTP/2 flow control stops it.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 256;
+
+/// The outcomes of a PublishStream, in the order of its requests.
+pub type PublishOutcomes = Pin<Box<dyn Stream<Item = Result<pb::PublishOutcome, Status>> + Send>>;
 
 /// Settings of the server.
 #[derive(Debug, Clone)]
@@ -484,6 +494,62 @@ impl ChittyChat for ChatService {
             lamport: stamp.lamport,
             seq: stamp.seq,
         }))
+    }
+
+    type PublishStreamStream = PublishOutcomes;
+
+    async fn publish_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::PublishRequest>>,
+    ) -> Result<Response<Self::PublishStreamStream>, Status> {
+        tracing::info!(
+            { field::RPC } = rpc::PUBLISH_STREAM,
+            peer = ?request.remote_addr(),
+            "opened"
+        );
+        let room = Arc::clone(&self.room);
+        let outcomes = request
+            .into_inner()
+            .map(move |request| {
+                // Begun here, as each request is read, so that one stream's messages
+                // are stamped in the order they came; only the wait is concurrent.
+                let request = request?;
+                let begun = room.begin_publish(
+                    &request.session_token,
+                    &request.text,
+                    request.lamport,
+                    &request.publish_id,
+                );
+                let room = Arc::clone(&room);
+                Ok(async move {
+                    let started = Instant::now();
+                    let outcome = match begun {
+                        Ok(pending) => room.finish_publish(pending).await,
+                        Err(err) => Err(err),
+                    };
+                    let outcome = match outcome {
+                        Ok(stamp) => {
+                            crate::metrics::publish_seconds()
+                                .record(started.elapsed().as_secs_f64());
+                            pb::publish_outcome::Outcome::Published(pb::PublishReply {
+                                lamport: stamp.lamport,
+                                seq: stamp.seq,
+                            })
+                        }
+                        Err(err) => {
+                            let name = room.name_of(&request.session_token);
+                            log_refused(rpc::PUBLISH_STREAM, name.as_deref(), &err);
+                            pb::publish_outcome::Outcome::Refused(status::refusal(err))
+                        }
+                    };
+                    Ok(pb::PublishOutcome {
+                        publish_id: request.publish_id,
+                        outcome: Some(outcome),
+                    })
+                })
+            })
+            .try_buffered(MAX_PUBLISHES_IN_FLIGHT);
+        Ok(Response::new(Box::pin(outcomes)))
     }
 
     async fn leave(

@@ -54,6 +54,21 @@ impl From<ChatError> for Status {
     }
 }
 
+/// A refusal of one request on a PublishStream: what [`Status::from`] says of it,
+/// with the retry hint as a field instead of metadata.
+pub(crate) fn refusal(err: ChatError) -> crate::pb::PublishRefusal {
+    let retry_after_ms = match &err {
+        ChatError::RateLimited { retry_after_ms, .. }
+        | ChatError::JoinsBusy { retry_after_ms, .. } => *retry_after_ms,
+        _ => 0,
+    };
+    crate::pb::PublishRefusal {
+        code: code(&err) as i32,
+        message: err.to_string(),
+        retry_after_ms,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

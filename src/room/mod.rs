@@ -350,6 +350,21 @@ enum Decided {
     Proposed(Proposed),
 }
 
+/// A publish checked (and, on a single server, stamped) by
+/// [`Room::begin_publish`], waiting for [`Room::finish_publish`].
+pub struct PendingPublish {
+    decided: Decided,
+    name: Arc<str>,
+}
+
+impl fmt::Debug for PendingPublish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PendingPublish")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A record on its way to the cluster's log, and where its outcome arrives.
 struct Proposed {
     propose: Arc<dyn Propose>,
@@ -671,6 +686,21 @@ impl Room {
         client_lamport: LamportTime,
         publish_id: &str,
     ) -> Result<Stamp, ChatError> {
+        let pending = self.begin_publish(token, text, client_lamport, publish_id)?;
+        self.finish_publish(pending).await
+    }
+
+    /// The part of [`Room::publish`] that needs no waiting: checks the request and,
+    /// on a single server, stamps and appends its message, so that requests begun
+    /// one after another are stamped in that order (in a cluster, it prepares the
+    /// record to propose). [`Room::finish_publish`] waits for the outcome.
+    pub fn begin_publish(
+        &self,
+        token: &str,
+        text: &[u8],
+        client_lamport: LamportTime,
+        publish_id: &str,
+    ) -> Result<PendingPublish, ChatError> {
         let text = validate_message(text)?.to_owned();
         validate_lamport(client_lamport, self.clock.now())?;
         let publish_id = match validate_publish_id(publish_id)? {
@@ -725,6 +755,13 @@ impl Room {
             }
         };
         log_events(&logged);
+        Ok(PendingPublish { decided, name })
+    }
+
+    /// Waits for a publish begun by [`Room::begin_publish`]: its stamp once its
+    /// event is durable (or the original's, for a repeated id).
+    pub async fn finish_publish(&self, pending: PendingPublish) -> Result<Stamp, ChatError> {
+        let PendingPublish { decided, name } = pending;
         let outcome = self.settle(decided).await?;
         let stamp = match outcome {
             Outcome::Stamped(stamp) => stamp,
