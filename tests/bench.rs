@@ -70,6 +70,35 @@ fn saturating_a_spawned_server_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn saturating_over_publish_streams_loses_and_duplicates_nothing() {
+    let (status, report) = bench(&[
+        "saturate",
+        "--server-bin",
+        SERVER,
+        "--participants",
+        "8",
+        "--publishers",
+        "2",
+        "--publish-over",
+        "stream",
+        "--warmup",
+        "0.2",
+        "--duration",
+        "1",
+    ]);
+    assert!(status.success(), "{report}");
+    assert_eq!(report["publish_over"], "stream");
+    assert_eq!(report["lost"], 0);
+    assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["failures"], 0, "{report}");
+    assert!(report["publishes"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["publish_latency"]["samples"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+}
+
+#[test]
 fn idle_and_join_storm_report_memory_and_join_times() {
     // Connecting from three loopback addresses, as a bench of more participants
     // than one address has ports does.

@@ -19,6 +19,8 @@ BENCH = os.path.join(ROOT, "target", "release", "chittychat-bench")
 # reference servers' own measurements used.
 RATE = {10: 10_000, 100: 1_000, 1000: 100, 10000: 10}
 REFERENCES = {"A-tcp": ("tcp", "tcp"), "B-nats": ("nats", "nats"), "C-tonic": ("grpc-naive", "grpc")}
+# Chitty-Chat's variants: chittychat-bench's extra flags for each.
+CHITTYCHAT = {"chittychat": [], "chittychat-stream": ["--publish-over", "stream"]}
 
 
 def pick_port():
@@ -101,8 +103,9 @@ def run(args):
                 order = variants[rep % len(variants):] + variants[:rep % len(variants)]
                 for v in order:
                     try:
-                        if v == "chittychat":
-                            res = chitty_run(n, mode, args.warmup, args.secs, args.bench_args.split())
+                        if v in CHITTYCHAT:
+                            res = chitty_run(n, mode, args.warmup, args.secs,
+                                             args.bench_args.split() + CHITTYCHAT[v])
                         else:
                             res = reference_run(args.reference_dir, v, n, mode, args.warmup, args.secs, args.load_args.split())
                     except Exception as e:  # noqa: BLE001 - keep the matrix going, record the failure
@@ -120,7 +123,7 @@ def report(path):
     rows = [json.loads(l) for l in open(path)]
     med = lambda rs, k: statistics.median([r[k] for r in rs if r.get(k) is not None] or [float("nan")])
     keys = sorted({(r["mode"], r["n"]) for r in rows})
-    names = [v for v in ["A-tcp", "B-nats", "C-tonic", "chittychat"] if any(r["variant"] == v for r in rows)]
+    names = [v for v in ["A-tcp", "B-nats", "C-tonic", *CHITTYCHAT] if any(r["variant"] == v for r in rows)]
     print("| mode | N | " + " | ".join(names) + " | metric |")
     print("|---|---|" + "---|" * len(names) + "---|")
     for mode, n in keys:
@@ -144,6 +147,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--ns", default="100,1000")
     ap.add_argument("--modes", default="saturate")
+    # chittychat-stream: chittychat-bench --publish-over stream (one PublishStream per
+    # publisher instead of a Publish call per message).
     ap.add_argument("--variants", default="A-tcp,B-nats,C-tonic,chittychat")
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--secs", type=float, default=5.0)

@@ -1,15 +1,18 @@
 //! The load side: participants that join over their own connections and tally what
 //! they receive, and publishers that send through the same client library.
 
-use super::BenchError;
-use crate::client::{self, ClientError, ConnectOptions, Events, JoinOptions, ResumePoint, Session};
+use super::{BenchError, PublishOver};
+use crate::client::{
+    self, ClientError, ConnectOptions, Events, JoinOptions, PublishOutcomes, ResumePoint, Session,
+};
 use crate::event::{Event, EventKind};
 use crate::transport::JoinSecret;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The first character of every message the bench publishes; the next 16 are the
 /// send time in hex nanoseconds, the rest is padding.
@@ -349,15 +352,36 @@ pub(super) enum Pace {
 }
 
 /// Publishes `chars`-character messages as `session` until `shared.stopping`, with
-/// at most `inflight` Publish calls outstanding. Returns once all have replied.
+/// at most `inflight` messages awaiting their outcome, over `over`. Returns once all
+/// have been answered.
 pub(super) async fn publish(
     session: Session,
     pace: Pace,
     chars: usize,
     inflight: usize,
+    over: PublishOver,
     shared: Arc<Shared>,
 ) {
     let slots = Arc::new(Semaphore::new(inflight));
+    let mut stream = match over {
+        PublishOver::Unary => None,
+        PublishOver::Stream => match session.publish_stream().await {
+            Ok((publisher, outcomes)) => {
+                let (sent, in_flight) = tokio::sync::mpsc::unbounded_channel();
+                tokio::spawn(read_outcomes(
+                    session.name().to_owned(),
+                    outcomes,
+                    in_flight,
+                    Arc::clone(&shared),
+                ));
+                Some((publisher, sent))
+            }
+            Err(err) => {
+                shared.fail(format!("{} could not publish: {err}", session.name()));
+                return;
+            }
+        },
+    };
     let started = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -393,6 +417,17 @@ pub(super) async fn publish(
         shared.issued.fetch_add(1, Relaxed);
         sent += 1;
         let text = shared.message(chars);
+        if let Some((publisher, in_flight)) = &mut stream {
+            // The outcome's reader frees the slot; outcomes come in send order.
+            if in_flight.send((shared.now_ns(), slot)).is_err() {
+                break;
+            }
+            if let Err(err) = publisher.send(&text).await {
+                shared.fail(format!("{} could not publish: {err}", session.name()));
+                break;
+            }
+            continue;
+        }
         let (session, shared) = (session.clone(), Arc::clone(&shared));
         tokio::spawn(async move {
             let sent = shared.now_ns();
@@ -407,6 +442,42 @@ pub(super) async fn publish(
             drop(slot);
         });
     }
+    // Ends the stream, if any: the server answers what was sent, then closes it.
+    drop(stream);
     // Every outstanding publish has replied once all slots are free again.
     let _ = slots.acquire_many(inflight as u32).await;
+}
+
+/// Reads a PublishStream's outcomes, each matched to its send time and slot (sent
+/// in the same order), until the stream ends; frees every slot, answered or not.
+async fn read_outcomes(
+    name: String,
+    mut outcomes: PublishOutcomes,
+    mut in_flight: UnboundedReceiver<(u64, OwnedSemaphorePermit)>,
+    shared: Arc<Shared>,
+) {
+    loop {
+        match outcomes.next().await {
+            Ok(Some((_, outcome))) => {
+                let Some((sent, _slot)) = in_flight.recv().await else {
+                    return;
+                };
+                match outcome {
+                    Ok(published) => {
+                        shared.record_publish(sent);
+                        shared.accepted.fetch_add(1, Relaxed);
+                        shared.max_seq.fetch_max(published.seq, Relaxed);
+                    }
+                    Err(err) => shared.fail(format!("{name} could not publish: {err}")),
+                }
+            }
+            Ok(None) => break,
+            Err(err) => {
+                shared.fail(format!("{name}'s publish stream failed: {err}"));
+                break;
+            }
+        }
+    }
+    // Frees the slots of what was never answered, until the publisher stops.
+    while in_flight.recv().await.is_some() {}
 }

@@ -86,6 +86,15 @@ impl Mode {
     }
 }
 
+/// How the bench's publishers send their messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PublishOver {
+    /// One Publish call per message.
+    Unary,
+    /// One PublishStream per publisher.
+    Stream,
+}
+
 /// The bench's settings: its command line.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -144,6 +153,11 @@ pub struct BenchConfig {
     /// time, before the event log too; 256 saturates it.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub inflight: u64,
+    /// How the publishers publish: a Publish call per message, or one
+    /// PublishStream each, with --inflight messages awaiting their outcome (the
+    /// server works on at most 256 of a stream's at once).
+    #[arg(long, value_enum, default_value_t = PublishOver::Unary)]
+    pub publish_over: PublishOver,
     /// Loopback addresses the participants connect from, in turn: 127.0.0.1,
     /// 127.0.0.2, and so on. One source address reaches a server over only as
     /// many connections as it has ephemeral ports (about 28,000 on Linux). By
@@ -396,6 +410,11 @@ fn first_report(config: &BenchConfig, joins: Joins) -> Report {
         participants: config.participants as usize,
         publishers: config.publishers as usize,
         message_chars: config.message_chars as usize,
+        publish_over: match config.publish_over {
+            PublishOver::Unary => "unary",
+            PublishOver::Stream => "stream",
+        }
+        .into(),
         offered_msgs_per_s: (config.mode == Mode::Rate).then_some(config.rate),
         window_s: joins.all_notices_seen_s,
         deliveries: joins.deliveries,
@@ -562,6 +581,7 @@ impl<'a> Bench<'a> {
                     pace,
                     config.message_chars as usize,
                     config.inflight as usize,
+                    config.publish_over,
                     Arc::clone(shared),
                 ))
             })

@@ -14,6 +14,9 @@ pub struct Report {
     pub publishers: usize,
     /// Characters per published message.
     pub message_chars: usize,
+    /// How the publishers published: "unary" (a Publish call per message) or
+    /// "stream" (a PublishStream each).
+    pub publish_over: String,
     /// The offered rate in messages per second (rate mode).
     pub offered_msgs_per_s: Option<f64>,
     /// The measured window in seconds.
@@ -179,11 +182,12 @@ impl fmt::Display for Report {
             .unwrap_or_default();
         writeln!(
             f,
-            "chittychat-bench {}: {} participants, {} publisher{}, {}-char messages{offered}",
+            "chittychat-bench {}: {} participants, {} publisher{} ({}), {}-char messages{offered}",
             self.mode,
             self.participants,
             self.publishers,
             if self.publishers == 1 { "" } else { "s" },
+            self.publish_over,
             self.message_chars
         )?;
         let row = |f: &mut fmt::Formatter<'_>, label: &str, value: String| {
