@@ -508,12 +508,14 @@ impl ChittyChat for ChatService {
             "opened"
         );
         let room = Arc::clone(&self.room);
+        let (stopping, stopped) = (Arc::clone(&self.room), Arc::clone(&self.room));
         let outcomes = request
             .into_inner()
             .map(move |request| {
                 // Begun here, as each request is read, so that one stream's messages
                 // are stamped in the order they came; only the wait is concurrent.
                 let request = request?;
+                let started = Instant::now();
                 let begun = room.begin_publish(
                     &request.session_token,
                     &request.text,
@@ -522,7 +524,6 @@ impl ChittyChat for ChatService {
                 );
                 let room = Arc::clone(&room);
                 Ok(async move {
-                    let started = Instant::now();
                     let outcome = match begun {
                         Ok(pending) => room.finish_publish(pending).await,
                         Err(err) => Err(err),
@@ -548,7 +549,18 @@ impl ChittyChat for ChatService {
                     })
                 })
             })
-            .try_buffered(MAX_PUBLISHES_IN_FLIGHT);
+            .try_buffered(MAX_PUBLISHES_IN_FLIGHT)
+            // A shutdown ends the stream at once, with the status that says so; the
+            // requests still in flight are left to the client to send again.
+            .take_until(async move { stopping.stopped().await })
+            .chain(
+                futures::stream::once(async move {
+                    stopped
+                        .is_stopped()
+                        .then(|| Err(Status::from(ChatError::ShuttingDown)))
+                })
+                .filter_map(std::future::ready),
+            );
         Ok(Response::new(Box::pin(outcomes)))
     }
 

@@ -186,3 +186,25 @@ async fn a_rate_limited_request_on_a_stream_says_when_to_retry() {
     assert!(err.to_string().contains("slow down"), "{err}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_shutdown_ends_an_open_stream_with_unavailable() {
+    let mut server = TestServer::start(ServerConfig::default()).await;
+    let (alice, _events) = join(&server.url(), "alice").await;
+    let (mut publisher, mut outcomes) = alice.publish_stream().await.unwrap();
+    publisher.send("before").await.unwrap();
+    let (_, before) = within(DEADLINE, "outcomes.next", outcomes.next())
+        .await
+        .unwrap()
+        .expect("an outcome");
+    before.unwrap();
+    // The stream is open and idle, the publisher still held, when the server stops.
+    server.begin_stop();
+    let err = within(DEADLINE, "outcomes.next", outcomes.next())
+        .await
+        .expect_err("the stream ends with an error");
+    assert_eq!(err.code(), Some(Code::Unavailable), "{err}");
+    assert!(err.server_shut_down(), "{err}");
+    drop(publisher);
+    server.stop().await;
+}

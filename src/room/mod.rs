@@ -218,6 +218,9 @@ pub struct Room {
     /// In a cluster: set while the node applies the records that were in the log
     /// when it started, whose events it does not log one by one.
     replaying: std::sync::atomic::AtomicBool,
+    /// Set once by [`Room::shutdown`], for calls that wait on more than a feed
+    /// ([`Room::stopped`]).
+    stopped: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
 }
 
@@ -490,6 +493,7 @@ impl Room {
             node,
             incarnation: Incarnation::random(),
             replaying: std::sync::atomic::AtomicBool::new(false),
+            stopped: tokio::sync::watch::Sender::new(false),
             state: Mutex::new(state),
         })
     }
@@ -712,6 +716,9 @@ impl Room {
         // one appended now, or the record to propose.
         let (decided, name) = {
             let mut state = self.lock();
+            if state.shutting_down {
+                return Err(ChatError::ShuttingDown);
+            }
             let id = authenticate(&state, token)?;
             let session = &state.sessions[&id];
             let name = Arc::clone(&session.name);
@@ -891,8 +898,20 @@ impl Room {
         }
         crate::metrics::presence(state.names.len(), 0);
         drop(state);
+        self.stopped.send_replace(true);
         self.log.wake_readers();
         present
+    }
+
+    /// Completes once [`Room::shutdown`] has been called.
+    pub async fn stopped(&self) {
+        // The sender lives as long as the room, so the wait ends only when set.
+        let _ = self.stopped.subscribe().wait_for(|stopped| *stopped).await;
+    }
+
+    /// Whether [`Room::shutdown`] has been called.
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow()
     }
 
     /// In a cluster, after [`Room::shutdown`]: has the cluster announce that this
