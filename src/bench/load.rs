@@ -172,9 +172,11 @@ impl Shared {
         self.window_end.store(self.now_ns(), Relaxed);
     }
 
-    /// Records that a publish sent at `sent_ns` was answered now, if it was sent in
-    /// the measured window.
-    fn record_publish(&self, sent_ns: u64) {
+    /// Counts a publish sent at `sent_ns` and accepted now as broadcast `seq`, and
+    /// records its latency if it was sent in the measured window.
+    fn record_publish(&self, sent_ns: u64, seq: u64) {
+        self.accepted.fetch_add(1, Relaxed);
+        self.max_seq.fetch_max(seq, Relaxed);
         let in_window =
             sent_ns >= self.window_start.load(Relaxed) && sent_ns < self.window_end.load(Relaxed);
         if in_window {
@@ -432,11 +434,7 @@ pub(super) async fn publish(
         tokio::spawn(async move {
             let sent = shared.now_ns();
             match session.publish(&text).await {
-                Ok(published) => {
-                    shared.record_publish(sent);
-                    shared.accepted.fetch_add(1, Relaxed);
-                    shared.max_seq.fetch_max(published.seq, Relaxed);
-                }
+                Ok(published) => shared.record_publish(sent, published.seq),
                 Err(err) => shared.fail(format!("{} could not publish: {err}", session.name())),
             }
             drop(slot);
@@ -463,11 +461,7 @@ async fn read_outcomes(
                     return;
                 };
                 match outcome {
-                    Ok(published) => {
-                        shared.record_publish(sent);
-                        shared.accepted.fetch_add(1, Relaxed);
-                        shared.max_seq.fetch_max(published.seq, Relaxed);
-                    }
+                    Ok(published) => shared.record_publish(sent, published.seq),
                     Err(err) => shared.fail(format!("{name} could not publish: {err}")),
                 }
             }
