@@ -698,8 +698,10 @@ impl Publisher {
     pub async fn send_with_id(&mut self, text: &str, id: &PublishId) -> Result<(), ClientError> {
         validate_message(text.as_bytes())?;
         let lamport = self.session.clock.tick();
+        // Logged as a Publish, which it is, so that `chittychat-trace` pairs it with
+        // its broadcast (whose cause is Publish) as it does a unary one.
         tracing::info!(
-            { field::RPC } = rpc::PUBLISH_STREAM,
+            { field::RPC } = rpc::PUBLISH,
             { field::NAME } = %self.session.name,
             { field::TEXT } = text,
             { field::PUBLISH_ID } = id.as_str(),
@@ -755,9 +757,7 @@ impl PublishOutcomes {
         }
         let result = match outcome.outcome {
             Some(pb::publish_outcome::Outcome::Published(reply)) => {
-                let local = self
-                    .session
-                    .replied(rpc::PUBLISH_STREAM, reply.seq, reply.lamport);
+                let local = self.session.replied(rpc::PUBLISH, reply.seq, reply.lamport);
                 Ok(Published {
                     sent_lamport,
                     seq: reply.seq,

@@ -221,7 +221,7 @@ pub fn concurrent_requests(
         .filter(|&id| matches!(&run.event(id).action, Action::Sent { .. }))
         .collect();
     let is_publish = |id: EventId| match &run.event(id).action {
-        Action::Sent { rpc: call, .. } => call == rpc::PUBLISH || call == rpc::PUBLISH_STREAM,
+        Action::Sent { rpc: call, .. } => call == rpc::PUBLISH,
         _ => false,
     };
     let mut pairs = Vec::new();
