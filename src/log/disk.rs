@@ -249,33 +249,42 @@ impl DiskStore {
     ) -> Result<u64, LogError> {
         let mut events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
         let mut ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
-        let mut held = events.len().map_err(|e| self.failed(e))?;
-        let oldest_kept = retention
-            .max_age
-            .map(|age| now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)));
-        loop {
-            let too_many = held > retention.max_events;
-            if !too_many && oldest_kept.is_none() {
-                // Nothing to trim: the oldest event need not be read.
-                break;
-            }
+        let held = events.len().map_err(|e| self.failed(e))?;
+        if held > retention.max_events {
+            // The events held are numbered without a gap, so those beyond the limit
+            // are a range at the front: removed without being read.
             let first = events
                 .first()
                 .map_err(|e| self.failed(e))?
-                .map(|(seq, bytes)| (seq.value(), bytes.value().to_vec()));
-            let Some((seq, bytes)) = first else {
-                break;
-            };
-            let record = self.decode(seq, &bytes)?;
-            let too_old = oldest_kept.is_some_and(|oldest| record.appended_ms() < oldest);
-            if !(too_many || too_old) {
-                break;
+                .map_or(0, |(seq, _)| seq.value());
+            let cut = first + (held - retention.max_events);
+            events
+                .retain_in(..cut, |_, _| false)
+                .map_err(|e| self.failed(e))?;
+            ids.retain_in(..cut, |_, _| false)
+                .map_err(|e| self.failed(e))?;
+        }
+        if let Some(age) = retention.max_age {
+            // By age, the oldest are read one at a time until one is young enough.
+            let oldest_kept =
+                now_ms().saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX));
+            loop {
+                let first = events
+                    .first()
+                    .map_err(|e| self.failed(e))?
+                    .map(|(seq, bytes)| (seq.value(), bytes.value().to_vec()));
+                let Some((seq, bytes)) = first else {
+                    break;
+                };
+                let record = self.decode(seq, &bytes)?;
+                if record.appended_ms() >= oldest_kept {
+                    break;
+                }
+                events.remove(seq).map_err(|e| self.failed(e))?;
+                if record.publish_id().is_some() {
+                    ids.remove(seq).map_err(|e| self.failed(e))?;
+                }
             }
-            events.remove(seq).map_err(|e| self.failed(e))?;
-            if record.publish_id().is_some() {
-                ids.remove(seq).map_err(|e| self.failed(e))?;
-            }
-            held -= 1;
         }
         let first = events
             .first()
@@ -512,8 +521,8 @@ mod tests {
     fn trimming_keeps_the_head_and_forgets_trimmed_ids() {
         let dir = tempfile::tempdir().unwrap();
         let store = DiskStore::open(dir.path()).unwrap();
-        let entries: Vec<Arc<Entry>> = (1..=5)
-            .map(|seq| {
+        let entries = |seqs: std::ops::RangeInclusive<u64>| -> Vec<Arc<Entry>> {
+            seqs.map(|seq| {
                 let event = Event {
                     kind: EventKind::Chat,
                     participant: Arc::from("a"),
@@ -525,11 +534,15 @@ mod tests {
                 let appended = now_ms() - 10_000;
                 Arc::new(Entry::new(event, Some(format!("id{seq}").into()), appended))
             })
-            .collect();
-        assert_eq!(store.append(&entries, &retention(2)).unwrap(), 4);
+            .collect()
+        };
+        assert_eq!(store.append(&entries(1..=3), &retention(10)).unwrap(), 1);
+        // Two more than the limit, from a log that does not start at 1.
+        assert_eq!(store.append(&entries(4..=5), &retention(2)).unwrap(), 4);
         let recovered = store.recover().unwrap();
         assert_eq!((recovered.head, recovered.first_held), (5, 4));
-        assert_eq!(recovered.publish_ids.len(), 2);
+        let kept_ids: Vec<u64> = recovered.publish_ids.iter().map(|(_, s)| s.seq).collect();
+        assert_eq!(kept_ids, [4, 5]);
         assert!(store.read(2, 10).unwrap().is_empty());
         let seqs: Vec<u64> = store.read(4, 10).unwrap().iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [4, 5]);
