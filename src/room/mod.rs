@@ -218,7 +218,8 @@ pub struct Room {
     /// In a cluster: set while the node applies the records that were in the log
     /// when it started, whose events it does not log one by one.
     replaying: std::sync::atomic::AtomicBool,
-    /// Set once by [`Room::shutdown`], for calls that wait on more than a feed
+    /// Set once, under the state's lock, by [`Room::shutdown`]: Join and Publish
+    /// are refused from then on, and calls that wait on more than a feed end
     /// ([`Room::stopped`]).
     stopped: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
@@ -244,7 +245,6 @@ struct State {
     /// names are unique regardless of case, and each is shown as its participant
     /// chose it.
     names: HashMap<Box<str>, Member>,
-    shutting_down: bool,
     /// The stamps of the chat messages the log holds, by their participant and
     /// publish id.
     published: HashMap<PublishKey, Stamp>,
@@ -578,7 +578,7 @@ impl Room {
         let mut logged = Vec::new();
         let (id, proposed) = {
             let mut state = self.lock();
-            if state.shutting_down {
+            if self.is_stopped() {
                 return Err(ChatError::ShuttingDown);
             }
             self.check_log()?;
@@ -716,7 +716,7 @@ impl Room {
         // one appended now, or the record to propose.
         let (decided, name) = {
             let mut state = self.lock();
-            if state.shutting_down {
+            if self.is_stopped() {
                 return Err(ChatError::ShuttingDown);
             }
             let id = authenticate(&state, token)?;
@@ -887,7 +887,9 @@ impl Room {
     /// how many were present.
     pub fn shutdown(&self) -> usize {
         let mut state = self.lock();
-        state.shutting_down = true;
+        // Set under the lock, so that no Join or Publish that checks it under the
+        // lock can slip in after the sessions are drained.
+        self.stopped.send_replace(true);
         let present = state.sessions.len();
         let end = self.log.head() + 1;
         for (_, session) in state.sessions.drain() {
@@ -898,7 +900,6 @@ impl Room {
         }
         crate::metrics::presence(state.names.len(), 0);
         drop(state);
-        self.stopped.send_replace(true);
         self.log.wake_readers();
         present
     }
