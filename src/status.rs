@@ -36,36 +36,36 @@ pub(crate) fn code(err: &ChatError) -> Code {
 impl From<ChatError> for Status {
     fn from(err: ChatError) -> Self {
         let mut status = Status::new(code(&err), err.to_string());
-        match err {
-            ChatError::RateLimited { retry_after_ms, .. }
-            | ChatError::JoinsBusy { retry_after_ms, .. } => {
-                status
-                    .metadata_mut()
-                    .insert(RETRY_AFTER_MS_METADATA, retry_after_ms.into());
-            }
-            ChatError::ShuttingDown => {
-                status
-                    .metadata_mut()
-                    .insert(SHUTTING_DOWN_METADATA, "true".parse().expect("ASCII"));
-            }
-            _ => {}
+        if let Some(ms) = retry_after_ms(&err) {
+            status
+                .metadata_mut()
+                .insert(RETRY_AFTER_MS_METADATA, ms.into());
+        }
+        if matches!(err, ChatError::ShuttingDown) {
+            status
+                .metadata_mut()
+                .insert(SHUTTING_DOWN_METADATA, "true".parse().expect("ASCII"));
         }
         status
+    }
+}
+
+/// How long to wait before asking again, for a refusal that says.
+fn retry_after_ms(err: &ChatError) -> Option<u64> {
+    match err {
+        ChatError::RateLimited { retry_after_ms, .. }
+        | ChatError::JoinsBusy { retry_after_ms, .. } => Some(*retry_after_ms),
+        _ => None,
     }
 }
 
 /// A refusal of one request on a PublishStream: what [`Status::from`] says of it,
 /// with the retry hint as a field instead of metadata.
 pub(crate) fn refusal(err: ChatError) -> crate::pb::PublishRefusal {
-    let retry_after_ms = match &err {
-        ChatError::RateLimited { retry_after_ms, .. }
-        | ChatError::JoinsBusy { retry_after_ms, .. } => *retry_after_ms,
-        _ => 0,
-    };
     crate::pb::PublishRefusal {
         code: code(&err) as i32,
         message: err.to_string(),
-        retry_after_ms,
+        retry_after_ms: retry_after_ms(&err).unwrap_or(0),
     }
 }
 
