@@ -1,10 +1,12 @@
 //! Micro-benchmarks of the work the server does per request and per broadcast:
-//! validating input, the Lamport clock (alone and under contention) and encoding an
-//! event for the wire. Run with `cargo bench`.
+//! validating input, the Lamport clock (alone and under contention), encoding an
+//! event for the wire and committing a batch to the on-disk log. Run with
+//! `cargo bench`; `TMPDIR=/dev/shm cargo bench -- log` keeps the disk's own time
+//! (the fsync) out of the log's figures, leaving what a commit costs in CPU.
 
 use chittychat::event::{Event, EventKind};
 use chittychat::lamport::LamportClock;
-use chittychat::log::Entry;
+use chittychat::log::{DiskStore, Entry, Retention, Store};
 use chittychat::validate::{MAX_MESSAGE_CHARS, validate_message, validate_name};
 use chittychat::wire::{EncodedEvent, encode_event};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -102,5 +104,52 @@ fn encoding(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, validation, lamport, encoding);
+/// Events in one commit: a few, as at a modest rate, to many, as a saturated
+/// publisher's stream gathers between two commits.
+const COMMIT_BATCHES: [u64; 3] = [4, 64, 512];
+
+/// Committing a batch of chat messages, each published under an id, to a log that
+/// is full, so every commit also trims as many events as it appends: the log
+/// writer's steady state under load.
+fn log_commit(c: &mut Criterion) {
+    let mut group = c.benchmark_group("log");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = DiskStore::open(dir.path()).expect("a new log");
+    let retention = Retention {
+        max_events: 20_000,
+        max_age: None,
+    };
+    let entry = |seq: u64| {
+        let event = Event {
+            kind: EventKind::Chat,
+            participant: Arc::from("participant-0042"),
+            text: "x".repeat(100),
+            lamport: seq,
+            seq,
+        };
+        Arc::new(Entry::new(event, Some(format!("{seq:016x}").into()), 0))
+    };
+    let mut next = 1;
+    let mut batch = |size: u64| {
+        let batch: Vec<_> = (next..next + size).map(entry).collect();
+        next += size;
+        batch
+    };
+    for _ in 0..retention.max_events.div_ceil(1024) {
+        store.append(&batch(1024), &retention).expect("a commit");
+    }
+    for size in COMMIT_BATCHES {
+        group.throughput(Throughput::Elements(size));
+        group.bench_function(BenchmarkId::new("commit_full", size), |b| {
+            b.iter_batched(
+                || batch(size),
+                |entries| store.append(&entries, &retention).expect("a commit"),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, validation, lamport, encoding, log_commit);
 criterion_main!(benches);
