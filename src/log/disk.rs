@@ -7,22 +7,24 @@
 //! of each event is a small JSON object, readable by any tool that reads redb.
 //!
 //! Tables, all changed in the same transaction as the events they follow from:
-//! - `events`: sequence number → the event.
-//! - `meta`: the format version, the epoch, the head and the largest Lamport time
-//!   (kept even when every event has been trimmed).
-//! - `publish_ids_by_seq`: sequence number → (participant, publish id, Lamport time)
-//!   of each chat message published under an id. Keyed by sequence number, so a
-//!   commit appends at the end of the table and trimming removes from its start,
-//!   as for `events`; the ids themselves are random, and a table keyed by them took
-//!   a scattered page write per message. The server looks ids up in memory.
+//! - `events`: sequence number → the event, with the publish id of a chat message
+//!   published under one.
+//! - `meta`: the format version, the head and the largest Lamport time (kept even
+//!   when every event has been trimmed); `epoch`: the log's epoch.
 //! - `present`: participants who joined and have not left, so a restart after a
 //!   crash can announce that they left.
+//!
+//! The publish ids the server remembers are those of the events held, and it looks
+//! them up in memory; a restart reads them back from the events' records. Format
+//! version 2 also kept them in a table of their own, which made every commit write
+//! a second table's pages, about a third of a commit's cost, to spare a restart
+//! reading the records; version 3 drops it.
 
 use super::{CACHE_EVENTS, Entry, Epoch, LogError, Recovered, Retention, Store, now_ms};
 use crate::event::{Event, EventKind, PublishKey, Stamp};
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError,
-    TableDefinition,
+    TableDefinition, TableHandle,
 };
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -32,24 +34,33 @@ use std::sync::Arc;
 /// The database's file name inside the data directory.
 pub const DATABASE_FILE: &str = "chittychat.redb";
 
+/// Past this many events to skim for their publish ids, a restart reads the two
+/// halves of them on two threads.
+const PARALLEL_SCAN_EVENTS: u64 = 65_536;
+
 /// The file in the data directory that says which server holds it, so a second
 /// server can name the first.
 pub const OWNER_FILE: &str = "owner";
 
 /// The version of the tables' layout and records this server writes and reads.
-const FORMAT_VERSION: u64 = 2;
+const FORMAT_VERSION: u64 = 3;
 
-/// The earlier layout this server upgrades when it opens it: version 1 kept the
-/// publish ids in a table keyed by "participant\nid" (`OLD_PUBLISH_IDS`).
-const FORMAT_VERSION_1: u64 = 1;
+/// The earlier layouts this server upgrades when it opens them, by dropping the
+/// table in which each kept a copy of the publish ids: version 1 in a table keyed
+/// by "participant\nid" (`V1_PUBLISH_IDS`), version 2 keyed by sequence number
+/// (`V2_PUBLISH_IDS`). Every version's records carry their publish ids.
+const OLDER_FORMATS: [(u64, &str); 2] = [(1, "publish_ids"), (2, "publish_ids_by_seq")];
 
 const EVENTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const EPOCH: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("epoch");
-const PUBLISH_IDS: TableDefinition<'_, u64, (&str, &str, u64)> =
-    TableDefinition::new("publish_ids_by_seq");
 /// Version 1's publish ids: "participant\nid" → (sequence number, Lamport time).
-const OLD_PUBLISH_IDS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("publish_ids");
+#[cfg(test)]
+const V1_PUBLISH_IDS: TableDefinition<'_, &str, (u64, u64)> = TableDefinition::new("publish_ids");
+/// Version 2's: sequence number → (participant, publish id, Lamport time).
+#[cfg(test)]
+const V2_PUBLISH_IDS: TableDefinition<'_, u64, (&str, &str, u64)> =
+    TableDefinition::new("publish_ids_by_seq");
 const PRESENT: TableDefinition<'_, &str, u64> = TableDefinition::new("present");
 
 const META_FORMAT: &str = "format";
@@ -70,6 +81,17 @@ struct Record<'a> {
     #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
     publish_id: Option<Cow<'a, str>>,
     appended_ms: u64,
+}
+
+/// What a restart needs of a stored event that it does not keep: who published it
+/// under which id, and when. The rest of the record is skipped, not copied.
+#[derive(Debug, Deserialize)]
+struct Published<'a> {
+    #[serde(borrow)]
+    participant: Cow<'a, str>,
+    lamport: u64,
+    #[serde(default, borrow)]
+    publish_id: Option<Cow<'a, str>>,
 }
 
 /// The log in a redb database.
@@ -138,15 +160,16 @@ impl DiskStore {
                 .map_err(|e| self.failed(e))?
                 .map(|v| v.value());
             let mut epoch = txn.open_table(EPOCH).map_err(|e| self.failed(e))?;
+            let older = |version| OLDER_FORMATS.iter().find(|(old, _)| *old == version);
             match format {
-                Some(version @ (FORMAT_VERSION | FORMAT_VERSION_1)) => {
+                Some(version) if version == FORMAT_VERSION || older(version).is_some() => {
                     let stored = epoch.get("epoch").map_err(|e| self.failed(e))?;
                     let valid = stored.is_some_and(|v| v.value().len() == 16);
                     if !valid {
                         return Err(self.corrupt("the log has no epoch".into()));
                     }
-                    if version == FORMAT_VERSION_1 {
-                        self.upgrade_from_1(&txn)?;
+                    if let Some((version, ids_table)) = older(version) {
+                        self.upgrade(&txn, *version, ids_table)?;
                         meta.insert(META_FORMAT, FORMAT_VERSION)
                             .map_err(|e| self.failed(e))?;
                     }
@@ -168,37 +191,30 @@ impl DiskStore {
                         .map_err(|e| self.failed(e))?;
                 }
             }
-            txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
             txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
         }
         txn.commit().map_err(|e| self.failed(e))
     }
 
-    /// Moves version 1's publish ids into the table keyed by sequence number, inside
-    /// `txn`, so that the upgrade happens whole or not at all.
-    fn upgrade_from_1(&self, txn: &redb::WriteTransaction) -> Result<(), LogError> {
-        let old = txn
-            .open_table(OLD_PUBLISH_IDS)
-            .map_err(|e| self.failed(e))?;
-        let mut new = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
-        let mut moved = 0_u64;
-        for item in old.iter().map_err(|e| self.failed(e))? {
-            let (key, stamp) = item.map_err(|e| self.failed(e))?;
-            let Some((participant, id)) = key.value().split_once('\n') else {
-                return Err(self.corrupt("a publish id without its participant".into()));
-            };
-            let (seq, lamport) = stamp.value();
-            new.insert(seq, (participant, id, lamport))
-                .map_err(|e| self.failed(e))?;
-            moved += 1;
+    /// Upgrades a log of an earlier format `version` inside `txn`, so that the
+    /// upgrade happens whole or not at all: drops `ids_table`, whose publish ids the
+    /// events themselves carry.
+    fn upgrade(
+        &self,
+        txn: &redb::WriteTransaction,
+        version: u64,
+        ids_table: &str,
+    ) -> Result<(), LogError> {
+        let table = txn
+            .list_tables()
+            .map_err(|e| self.failed(e))?
+            .find(|table| table.name() == ids_table);
+        if let Some(table) = table {
+            txn.delete_table(table).map_err(|e| self.failed(e))?;
         }
-        drop((old, new));
-        txn.delete_table(OLD_PUBLISH_IDS)
-            .map_err(|e| self.failed(e))?;
         tracing::info!(
             path = %self.path.display(),
-            publish_ids = moved,
-            "upgraded the log from format version {FORMAT_VERSION_1} to {FORMAT_VERSION}"
+            "upgraded the log from format version {version} to {FORMAT_VERSION}"
         );
         Ok(())
     }
@@ -218,6 +234,30 @@ impl DiskStore {
             }
             other => LogError::WriteFailed(format!("{}: {other}", self.path.display())),
         }
+    }
+
+    /// The publish ids of the events in `range`, in order, read from their records
+    /// without decoding the rest.
+    fn published_in(
+        &self,
+        events: &redb::ReadOnlyTable<u64, &[u8]>,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<(PublishKey, Stamp)>, LogError> {
+        let mut ids = Vec::new();
+        for item in events.range(range).map_err(|e| self.failed(e))? {
+            let (seq, bytes) = item.map_err(|e| self.failed(e))?;
+            let seq = seq.value();
+            let published: Published<'_> = serde_json::from_slice(bytes.value())
+                .map_err(|err| self.corrupt(format!("event {seq}: {err}")))?;
+            if let Some(id) = published.publish_id {
+                let stamp = Stamp {
+                    lamport: published.lamport,
+                    seq,
+                };
+                ids.push((PublishKey::new(&published.participant, &id), stamp));
+            }
+        }
+        Ok(ids)
     }
 
     fn decode(&self, seq: u64, bytes: &[u8]) -> Result<Arc<Entry>, LogError> {
@@ -248,7 +288,6 @@ impl DiskStore {
         retention: &Retention,
     ) -> Result<u64, LogError> {
         let mut events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
-        let mut ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
         let held = events.len().map_err(|e| self.failed(e))?;
         if held > retention.max_events {
             // The events held are numbered without a gap, so those beyond the limit
@@ -261,8 +300,6 @@ impl DiskStore {
             events
                 .retain_in(..cut, |_, _| false)
                 .map_err(|e| self.failed(e))?;
-            ids.retain_in(..cut, |_, _| false)
-                .map_err(|e| self.failed(e))?;
         }
         if let Some(age) = retention.max_age {
             // By age, the oldest are read one at a time until one is young enough.
@@ -272,18 +309,14 @@ impl DiskStore {
                 let first = events
                     .first()
                     .map_err(|e| self.failed(e))?
-                    .map(|(seq, bytes)| (seq.value(), bytes.value().to_vec()));
-                let Some((seq, bytes)) = first else {
+                    .map(|(seq, bytes)| (seq.value(), self.decode(seq.value(), bytes.value())));
+                let Some((seq, record)) = first else {
                     break;
                 };
-                let record = self.decode(seq, &bytes)?;
-                if record.appended_ms() >= oldest_kept {
+                if record?.appended_ms() >= oldest_kept {
                     break;
                 }
                 events.remove(seq).map_err(|e| self.failed(e))?;
-                if record.publish_id().is_some() {
-                    ids.remove(seq).map_err(|e| self.failed(e))?;
-                }
             }
         }
         let first = events
@@ -321,13 +354,37 @@ impl Store for DiskStore {
             .first()
             .map_err(|e| self.failed(e))?
             .map_or(head + 1, |(seq, _)| seq.value());
+        // The publish ids of every event held, and the newest events in full for
+        // the log's cache. The older events are only skimmed for their ids, the
+        // two halves of them side by side when there are many.
+        let recent_from = head.saturating_sub(CACHE_EVENTS as u64 - 1).max(first_held);
+        let older = first_held..recent_from;
+        let (mut publish_ids, later_ids) = if older.end - older.start < PARALLEL_SCAN_EVENTS {
+            (Vec::new(), self.published_in(&events, older)?)
+        } else {
+            let middle = older.start + (older.end - older.start) / 2;
+            std::thread::scope(|scope| {
+                let first_half = scope.spawn(|| self.published_in(&events, older.start..middle));
+                let second_half = self.published_in(&events, middle..older.end);
+                let first_half = first_half
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+                Ok::<_, LogError>((first_half?, second_half?))
+            })?
+        };
+        publish_ids.extend(later_ids);
         let mut recent = Vec::new();
-        for item in events
-            .range(head.saturating_sub(CACHE_EVENTS as u64 - 1).max(first_held)..)
-            .map_err(|e| self.failed(e))?
-        {
+        for item in events.range(recent_from..).map_err(|e| self.failed(e))? {
             let (seq, bytes) = item.map_err(|e| self.failed(e))?;
-            recent.push(self.decode(seq.value(), bytes.value())?);
+            let entry = self.decode(seq.value(), bytes.value())?;
+            if let Some(id) = entry.publish_id() {
+                let stamp = Stamp {
+                    lamport: entry.lamport,
+                    seq: entry.seq,
+                };
+                publish_ids.push((PublishKey::new(&entry.participant, id), stamp));
+            }
+            recent.push(entry);
         }
         if recent.last().is_some_and(|entry| entry.seq != head) {
             return Err(self.corrupt(format!("the head is {head} but the newest event is not")));
@@ -337,21 +394,6 @@ impl Store for DiskStore {
         for item in present.iter().map_err(|e| self.failed(e))? {
             let (name, _) = item.map_err(|e| self.failed(e))?;
             names.push(Arc::from(name.value()));
-        }
-        let ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
-        let mut publish_ids = Vec::with_capacity(
-            usize::try_from(ids.len().map_err(|e| self.failed(e))?).unwrap_or(0),
-        );
-        for item in ids.iter().map_err(|e| self.failed(e))? {
-            let (seq, value) = item.map_err(|e| self.failed(e))?;
-            let (participant, id, lamport) = value.value();
-            publish_ids.push((
-                PublishKey::new(participant, id),
-                Stamp {
-                    lamport,
-                    seq: seq.value(),
-                },
-            ));
         }
         Ok(Recovered {
             epoch: Epoch::from_bytes(epoch_bytes),
@@ -368,7 +410,6 @@ impl Store for DiskStore {
         let txn = self.db.begin_write().map_err(|e| self.failed(e))?;
         {
             let mut events = txn.open_table(EVENTS).map_err(|e| self.failed(e))?;
-            let mut ids = txn.open_table(PUBLISH_IDS).map_err(|e| self.failed(e))?;
             let mut present = txn.open_table(PRESENT).map_err(|e| self.failed(e))?;
             let mut meta = txn.open_table(META).map_err(|e| self.failed(e))?;
             let mut bytes = Vec::new();
@@ -387,10 +428,6 @@ impl Store for DiskStore {
                 events
                     .insert(entry.seq, bytes.as_slice())
                     .map_err(|e| self.failed(e))?;
-                if let Some(id) = entry.publish_id() {
-                    ids.insert(entry.seq, (&*entry.participant, id, entry.lamport))
-                        .map_err(|e| self.failed(e))?;
-                }
                 match entry.kind {
                     EventKind::Joined => {
                         present
@@ -449,7 +486,7 @@ impl Store for DiskStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::log::Log;
+    use crate::log::{Log, MAX_COMMIT_BATCH};
 
     fn retention(max_events: u64) -> Retention {
         Retention {
@@ -558,56 +595,135 @@ mod tests {
     }
 
     #[test]
-    fn a_log_of_format_version_1_is_upgraded_with_its_publish_ids() {
+    fn a_restart_reads_back_every_publish_id_in_order() {
+        // Enough events that the older ones are skimmed on two threads.
         let dir = tempfile::tempdir().unwrap();
-        let epoch = Epoch::random();
+        let store = DiskStore::open(dir.path()).unwrap();
+        let total = PARALLEL_SCAN_EVENTS + CACHE_EVENTS as u64 + 1_000;
+        let entries: Vec<Arc<Entry>> = (1..=total)
+            .map(|seq| {
+                let (kind, id) = if seq % 3 == 0 {
+                    (EventKind::Joined, None)
+                } else {
+                    (EventKind::Chat, Some(format!("id-{seq}").into()))
+                };
+                let event = Event {
+                    kind,
+                    participant: Arc::from(format!("p{}", seq % 7).as_str()),
+                    text: format!("m{seq}"),
+                    lamport: seq + 10,
+                    seq,
+                };
+                Arc::new(Entry::new(event, id, now_ms()))
+            })
+            .collect();
+        for batch in entries.chunks(MAX_COMMIT_BATCH) {
+            store.append(batch, &retention(total)).unwrap();
+        }
+        let recovered = store.recover().unwrap();
+        let expected: Vec<(PublishKey, Stamp)> = (1..=total)
+            .filter(|seq| seq % 3 != 0)
+            .map(|seq| {
+                let key = PublishKey::new(&format!("p{}", seq % 7), &format!("id-{seq}"));
+                let stamp = Stamp {
+                    lamport: seq + 10,
+                    seq,
+                };
+                (key, stamp)
+            })
+            .collect();
+        assert!(recovered.publish_ids == expected, "the ids differ");
+        assert_eq!(recovered.recent.len(), CACHE_EVENTS);
+        assert_eq!(recovered.recent.last().map(|e| e.seq), Some(total));
+    }
+
+    /// Writes a log in an earlier format's layout, as that server wrote it, with
+    /// its copy of the publish ids in `write_ids`.
+    fn write_older_log(
+        dir: &Path,
+        version: u64,
+        epoch: Epoch,
+        write_ids: impl FnOnce(&redb::WriteTransaction),
+    ) {
+        let db = Database::create(dir.join(DATABASE_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
         {
-            // Version 1's layout, written as the previous server wrote it.
-            let db = Database::create(dir.path().join(DATABASE_FILE)).unwrap();
-            let txn = db.begin_write().unwrap();
-            {
-                let mut meta = txn.open_table(META).unwrap();
-                meta.insert(META_FORMAT, FORMAT_VERSION_1).unwrap();
-                meta.insert(META_HEAD, 2).unwrap();
-                meta.insert(META_LAMPORT, 5).unwrap();
-                let mut epochs = txn.open_table(EPOCH).unwrap();
-                epochs.insert("epoch", epoch.to_bytes().as_slice()).unwrap();
-                let mut events = txn.open_table(EVENTS).unwrap();
-                let joined = br#"{"kind":"joined","participant":"alice","text":"j","lamport":3,"appended_ms":1}"#;
-                let chat = br#"{"kind":"chat","participant":"alice","text":"hi","lamport":5,"publish_id":"id-1","appended_ms":2}"#;
-                events.insert(1, joined.as_slice()).unwrap();
-                events.insert(2, chat.as_slice()).unwrap();
-                let mut ids = txn.open_table(OLD_PUBLISH_IDS).unwrap();
-                ids.insert("alice\nid-1", (2, 5)).unwrap();
-                txn.open_table(PRESENT).unwrap().insert("alice", 1).unwrap();
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert(META_FORMAT, version).unwrap();
+            meta.insert(META_HEAD, 2).unwrap();
+            meta.insert(META_LAMPORT, 5).unwrap();
+            let mut epochs = txn.open_table(EPOCH).unwrap();
+            epochs.insert("epoch", epoch.to_bytes().as_slice()).unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            let joined = br#"{"kind":"joined","participant":"alice","text":"j","lamport":3,"appended_ms":1}"#;
+            let chat = br#"{"kind":"chat","participant":"alice","text":"hi","lamport":5,"publish_id":"id-1","appended_ms":2}"#;
+            events.insert(1, joined.as_slice()).unwrap();
+            events.insert(2, chat.as_slice()).unwrap();
+            txn.open_table(PRESENT).unwrap().insert("alice", 1).unwrap();
+        }
+        write_ids(&txn);
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn logs_of_earlier_formats_are_upgraded_keeping_their_publish_ids() {
+        for (version, ids_table) in OLDER_FORMATS {
+            let dir = tempfile::tempdir().unwrap();
+            let epoch = Epoch::random();
+            write_older_log(dir.path(), version, epoch, |txn| {
+                if version == 1 {
+                    let mut ids = txn.open_table(V1_PUBLISH_IDS).unwrap();
+                    ids.insert("alice\nid-1", (2, 5)).unwrap();
+                } else {
+                    let mut ids = txn.open_table(V2_PUBLISH_IDS).unwrap();
+                    ids.insert(2, ("alice", "id-1", 5)).unwrap();
+                }
+            });
+            for _ in 0..2 {
+                // Upgraded on the first open; the second finds the current version.
+                let store = DiskStore::open(dir.path()).unwrap();
+                let recovered = store.recover().unwrap();
+                assert_eq!(recovered.epoch, epoch);
+                assert_eq!((recovered.head, recovered.first_held), (2, 1));
+                assert_eq!(
+                    recovered.publish_ids,
+                    [(
+                        PublishKey::new("alice", "id-1"),
+                        Stamp { lamport: 5, seq: 2 }
+                    )],
+                    "version {version}"
+                );
+                assert_eq!(recovered.present, [Arc::<str>::from("alice")]);
+                let txn = store.db.begin_read().unwrap();
+                let meta = txn.open_table(META).unwrap();
+                assert_eq!(
+                    meta.get(META_FORMAT).unwrap().unwrap().value(),
+                    FORMAT_VERSION
+                );
+                let tables: Vec<String> = txn
+                    .list_tables()
+                    .unwrap()
+                    .map(|table| table.name().to_owned())
+                    .collect();
+                assert!(
+                    !tables.iter().any(|name| name == ids_table),
+                    "version {version}'s table of ids is gone: {tables:?}"
+                );
             }
-            txn.commit().unwrap();
         }
-        for _ in 0..2 {
-            // Upgraded on the first open; the second finds version 2.
-            let store = DiskStore::open(dir.path()).unwrap();
-            let recovered = store.recover().unwrap();
-            assert_eq!(recovered.epoch, epoch);
-            assert_eq!((recovered.head, recovered.first_held), (2, 1));
-            assert_eq!(recovered.publish_ids.len(), 1);
-            assert_eq!(
-                recovered.publish_ids[0],
-                (
-                    PublishKey::new("alice", "id-1"),
-                    Stamp { lamport: 5, seq: 2 }
-                )
-            );
-            let txn = store.db.begin_read().unwrap();
-            let meta = txn.open_table(META).unwrap();
-            assert_eq!(
-                meta.get(META_FORMAT).unwrap().unwrap().value(),
-                FORMAT_VERSION
-            );
-            assert!(
-                txn.open_table(OLD_PUBLISH_IDS).is_err(),
-                "the old table is gone"
-            );
-        }
+    }
+
+    #[test]
+    fn a_log_of_an_unknown_format_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        write_older_log(dir.path(), FORMAT_VERSION + 1, Epoch::random(), |_| {});
+        let err = DiskStore::open(dir.path()).unwrap_err();
+        assert!(matches!(err, LogError::Corrupt { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("format version {}", FORMAT_VERSION + 1)),
+            "{err}"
+        );
     }
 
     #[test]
