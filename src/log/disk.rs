@@ -359,20 +359,21 @@ impl Store for DiskStore {
         // two halves of them side by side when there are many.
         let recent_from = head.saturating_sub(CACHE_EVENTS as u64 - 1).max(first_held);
         let older = first_held..recent_from;
-        let (mut publish_ids, later_ids) = if older.end - older.start < PARALLEL_SCAN_EVENTS {
-            (Vec::new(), self.published_in(&events, older)?)
+        let mut publish_ids = if older.end - older.start < PARALLEL_SCAN_EVENTS {
+            self.published_in(&events, older)?
         } else {
             let middle = older.start + (older.end - older.start) / 2;
-            std::thread::scope(|scope| {
+            let (mut first_half, second_half) = std::thread::scope(|scope| {
                 let first_half = scope.spawn(|| self.published_in(&events, older.start..middle));
                 let second_half = self.published_in(&events, middle..older.end);
                 let first_half = first_half
                     .join()
                     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
                 Ok::<_, LogError>((first_half?, second_half?))
-            })?
+            })?;
+            first_half.extend(second_half);
+            first_half
         };
-        publish_ids.extend(later_ids);
         let mut recent = Vec::new();
         for item in events.range(recent_from..).map_err(|e| self.failed(e))? {
             let (seq, bytes) = item.map_err(|e| self.failed(e))?;
