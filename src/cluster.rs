@@ -13,13 +13,14 @@
 use crate::error::ChatError;
 use crate::log::{Epoch, Log, LogError, MemoryStore, Retention};
 use crate::room::{Incarnation, Propose, Record, Room, RoomConfig};
+use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// The stream a cluster shares when none is named.
@@ -291,7 +292,7 @@ pub async fn start(
         .state
         .last_sequence;
     let (log, _) = Log::with_store(Arc::new(MemoryStore::with_epoch(epoch)), retention)?;
-    let propose = Arc::new(NatsLog { jetstream, subject });
+    let propose = Arc::new(NatsLog::start(jetstream, subject));
     let room = Room::open_in_cluster(room, log, propose, &config.node);
     let (caught_up, applied) = oneshot::channel();
     let applier = tokio::spawn(apply_records(
@@ -667,26 +668,90 @@ async fn watch_cluster(
     }
 }
 
-/// Proposes records by publishing them to the stream.
+/// Proposes records by publishing them to the stream, in the order they are
+/// proposed: [`NatsLog::propose`] queues a record at once, and one task
+/// ([`send_proposals`]) hands the queued records to the NATS client one after
+/// another, so the stream stores them in that order. Only the stored
+/// acknowledgements are awaited concurrently, each by its proposer.
+///
+/// The queue is not bounded by itself: each record in it is a request the room
+/// admitted (or a leave it noticed) while NATS was reachable, and the room admits
+/// none while it is not; the NATS client waits when `max_ack_inflight` records are
+/// unacknowledged, which holds the rest here.
 #[derive(Debug)]
 pub struct NatsLog {
-    jetstream: jetstream::Context,
-    subject: String,
+    queue: mpsc::UnboundedSender<Proposal>,
+}
+
+/// A record queued for the stream, and where the proposer waits for it to be sent.
+struct Proposal {
+    record: Record,
+    /// By when it must have been handed to the NATS client.
+    deadline: Instant,
+    sent: oneshot::Sender<Result<PublishAckFuture, ChatError>>,
+}
+
+/// How long a proposed record may wait to be handed to the NATS client (the
+/// client's own default for one publish).
+pub const PROPOSE_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl NatsLog {
+    /// Proposes to `subject` through `jetstream`; starts the task that sends.
+    pub fn start(jetstream: jetstream::Context, subject: String) -> Self {
+        let (queue, queued) = mpsc::unbounded_channel();
+        tokio::spawn(send_proposals(jetstream, subject, queued));
+        Self { queue }
+    }
+}
+
+fn unavailable(why: String) -> ChatError {
+    ChatError::ClusterUnavailable(why)
 }
 
 impl Propose for NatsLog {
     fn propose(&self, record: Record) -> BoxFuture<'static, Result<(), ChatError>> {
-        let jetstream = self.jetstream.clone();
-        let subject = self.subject.clone();
+        let (sent, sending) = oneshot::channel();
+        let queued = self.queue.send(Proposal {
+            record,
+            deadline: Instant::now() + PROPOSE_SEND_TIMEOUT,
+            sent,
+        });
         Box::pin(async move {
-            let unavailable = |err: String| ChatError::ClusterUnavailable(err);
-            jetstream
-                .publish(subject, record.to_bytes().into())
-                .await
-                .map_err(|err| unavailable(format!("cannot send to NATS: {err}")))?
-                .await
+            let stopped = || unavailable("cannot send to NATS: the node is stopping".to_owned());
+            queued.map_err(|_| stopped())?;
+            let ack = sending.await.map_err(|_| stopped())??;
+            ack.await
                 .map_err(|err| unavailable(format!("NATS did not store the request: {err}")))?;
             Ok(())
         })
+    }
+}
+
+/// Hands each queued record to the NATS client, in the order queued, and gives
+/// its proposer the acknowledgement to wait for. Ends when the [`NatsLog`] is
+/// dropped.
+async fn send_proposals(
+    jetstream: jetstream::Context,
+    subject: String,
+    mut queued: mpsc::UnboundedReceiver<Proposal>,
+) {
+    while let Some(Proposal {
+        record,
+        deadline,
+        sent,
+    }) = queued.recv().await
+    {
+        let message = PublishMessage::build().payload(record.to_bytes().into());
+        let sending = jetstream.send_publish(subject.clone(), message);
+        let outcome = match tokio::time::timeout_at(deadline.into(), sending).await {
+            Ok(Ok(ack)) => Ok(ack),
+            Ok(Err(err)) => Err(unavailable(format!("cannot send to NATS: {err}"))),
+            Err(_) => Err(unavailable(format!(
+                "cannot send to NATS: not sent within {} s",
+                PROPOSE_SEND_TIMEOUT.as_secs()
+            ))),
+        };
+        // A proposer that gave up drops the acknowledgement with the receiver.
+        let _ = sent.send(outcome);
     }
 }

@@ -916,3 +916,79 @@ async fn a_node_refuses_a_stream_that_no_longer_holds_its_first_record() {
     );
     first.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_s_records_reach_the_stream_in_the_order_it_stamped_them() {
+    // Many requests at once on one node, from several tasks (unary calls) and from
+    // one PublishStream: the stream must store them as the node stamped them, so
+    // that the node's Lamport times rise with sequence numbers and one stream's
+    // messages keep the order they were sent in.
+    const CALLERS: usize = 6;
+    const EACH: usize = 60;
+    const STREAMED: usize = 400;
+    let nats = NatsServer::start().await;
+    let n1 = node(&nats, "n1").await;
+    let n2 = node(&nats, "n2").await;
+    let (_reader, mut reader_events) = join(&n2.url(), "reader").await;
+    // Their feeds are kept open: a dropped feed leaves the room.
+    let mut callers = Vec::new();
+    for i in 0..CALLERS {
+        callers.push(join(&n1.url(), &format!("c{i}")).await);
+    }
+    let (streamer, _streamer_events) = join(&n1.url(), "streamer").await;
+    let (mut publisher, mut outcomes) = within(
+        DEADLINE,
+        "streamer.publish_stream",
+        streamer.publish_stream(),
+    )
+    .await
+    .unwrap();
+    let streaming = tokio::spawn(async move {
+        for n in 0..STREAMED {
+            publisher.send(&format!("streamed {n}")).await.unwrap();
+        }
+    });
+    let calling = callers
+        .iter()
+        .enumerate()
+        .map(|(i, (session, _))| async move {
+            for n in 0..EACH {
+                session.publish(&format!("c{i} says {n}")).await.unwrap();
+            }
+        });
+    within(DEADLINE, "every publish", async {
+        futures::future::join_all(calling).await;
+        streaming.await.unwrap();
+        while let Some((_, outcome)) = outcomes.next().await.unwrap() {
+            outcome.unwrap();
+        }
+    })
+    .await;
+    let mut seen = Seen::new();
+    read_until(&mut reader_events, &mut seen, |seen| {
+        chats(seen) == CALLERS * EACH + STREAMED
+    })
+    .await;
+    // Everything after the reader's join was stamped by n1.
+    let stamped: Vec<(u64, u64)> = seen
+        .iter()
+        .map(|(seq, (lamport, ..))| (*seq, *lamport))
+        .collect();
+    let out_of_order: Vec<_> = stamped
+        .windows(2)
+        .filter(|pair| pair[0].1 >= pair[1].1)
+        .collect();
+    assert!(
+        out_of_order.is_empty(),
+        "n1's Lamport times fall along the log at (seq, lamport) {out_of_order:?}"
+    );
+    let streamed: Vec<String> = seen
+        .values()
+        .filter(|(_, kind, who, _)| *kind == EventKind::Chat && who == "streamer")
+        .map(|(_, _, _, text)| text.clone())
+        .collect();
+    let sent: Vec<String> = (0..STREAMED).map(|n| format!("streamed {n}")).collect();
+    assert_eq!(streamed, sent, "one stream's messages in the order sent");
+    n1.stop().await;
+    n2.stop().await;
+}

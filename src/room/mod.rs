@@ -19,6 +19,7 @@ use crate::lamport::{LamportClock, LamportTime};
 use crate::log::{Entry, Epoch, Log, LogError, Recovered};
 use crate::log_schema::{BroadcastCause, LeaveCause, field, message, rpc};
 use crate::validate::{validate_lamport, validate_message, validate_name, validate_publish_id};
+use futures::future::BoxFuture;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -370,13 +371,16 @@ impl fmt::Debug for PendingPublish {
 
 /// A record on its way to the cluster's log, and where its outcome arrives.
 struct Proposed {
-    propose: Arc<dyn Propose>,
-    record: Record,
+    /// Completes once the cluster's log has stored the record.
+    stored: BoxFuture<'static, Result<(), ChatError>>,
     proposal: ProposalId,
     reply: oneshot::Receiver<Result<Outcome, ChatError>>,
 }
 
 impl Decided {
+    /// Proposes `record` now. Called under the room's lock, in the step that
+    /// stamped the record, so that this node's records reach the cluster's log in
+    /// the order of their Lamport times.
     fn proposed(
         propose: &Arc<dyn Propose>,
         record: Record,
@@ -384,8 +388,7 @@ impl Decided {
         reply: oneshot::Receiver<Result<Outcome, ChatError>>,
     ) -> Self {
         Decided::Proposed(Proposed {
-            propose: Arc::clone(propose),
-            record,
+            stored: propose.propose(record),
             proposal,
             reply,
         })
@@ -921,9 +924,11 @@ impl Room {
         let Mode::Cluster(propose) = &self.mode else {
             return Ok(());
         };
-        propose
-            .propose(self.node_down(self.incarnation, &self.node))
-            .await
+        let stored = {
+            let state = self.lock();
+            propose.propose(self.node_down(&state, self.incarnation, &self.node))
+        };
+        stored.await
     }
 
     /// In a cluster, once the log is applied up to where it stood when the room
@@ -944,9 +949,11 @@ impl Room {
             .map(|member| member.owner.incarnation)
             .collect();
         for &incarnation in &earlier {
-            propose
-                .propose(self.node_down(incarnation, &self.node))
-                .await?;
+            let stored = {
+                let state = self.lock();
+                propose.propose(self.node_down(&state, incarnation, &self.node))
+            };
+            stored.await?;
         }
         Ok(earlier.len())
     }
@@ -969,7 +976,9 @@ impl Room {
     /// `incarnation` of node `node` left (it was not heard from for too long).
     /// Proposed without waiting; repeated, it comes to nothing.
     pub fn retire(&self, incarnation: Incarnation, node: &str) {
-        self.propose_in_background(vec![self.node_down(incarnation, node)]);
+        let state = self.lock();
+        let record = self.node_down(&state, incarnation, node);
+        self.propose_in_background(&state, vec![record]);
     }
 
     /// In a cluster: the node lost the cluster's log. Requests that would change
@@ -999,41 +1008,42 @@ impl Room {
     /// again, and proposes the leave of every participant this node holds in the
     /// cluster's eyes but no longer serves (its feed ended meanwhile).
     pub fn cluster_back(&self) {
-        let records: Vec<Record> = {
-            let mut state = self.lock();
-            state.cluster_down = false;
-            let gone: Vec<(Arc<str>, Owner)> = state
-                .names
-                .values()
-                .filter(|member| member.owner.incarnation == self.incarnation)
-                .filter(|member| {
-                    state
-                        .sessions
-                        .get(&member.owner.session)
-                        .is_none_or(|session| session.leaving)
-                })
-                .map(|member| (Arc::clone(&member.name), member.owner.clone()))
-                .collect();
-            gone.into_iter()
-                .map(|(name, owner)| Record::Leave {
-                    owner,
-                    name: name.to_string(),
-                    lamport: self.clock.tick(),
-                    client_lamport: None,
-                    cause: LeaveCause::Disconnected.as_str().to_owned(),
-                    proposal: None,
-                })
-                .collect()
-        };
-        self.propose_in_background(records);
+        let mut state = self.lock();
+        state.cluster_down = false;
+        let gone: Vec<(Arc<str>, Owner)> = state
+            .names
+            .values()
+            .filter(|member| member.owner.incarnation == self.incarnation)
+            .filter(|member| {
+                state
+                    .sessions
+                    .get(&member.owner.session)
+                    .is_none_or(|session| session.leaving)
+            })
+            .map(|member| (Arc::clone(&member.name), member.owner.clone()))
+            .collect();
+        let records = gone
+            .into_iter()
+            .map(|(name, owner)| Record::Leave {
+                owner,
+                name: name.to_string(),
+                lamport: self.clock.tick(),
+                client_lamport: None,
+                cause: LeaveCause::Disconnected.as_str().to_owned(),
+                proposal: None,
+            })
+            .collect();
+        self.propose_in_background(&state, records);
     }
 
-    /// A record saying that the participants of run `incarnation` of `node` left.
-    fn node_down(&self, incarnation: Incarnation, node: &str) -> Record {
+    /// A record saying that the participants of run `incarnation` of `node` left,
+    /// stamped under the lock (`_stamping`).
+    fn node_down(&self, _stamping: &State, incarnation: Incarnation, node: &str) -> Record {
+        let lamport = self.clock.tick();
         Record::NodeDown {
             node: node.to_owned(),
             incarnation,
-            lamport: self.clock.tick(),
+            lamport,
             cause: LeaveCause::NodeDown.as_str().to_owned(),
             proposer: self.incarnation,
             by: self.node.to_string(),
@@ -1049,7 +1059,7 @@ impl Room {
         let first_held = self.log.first_held();
         let mut logged = Vec::new();
         let mut records = Vec::new();
-        {
+        let proposed = {
             let mut state = self.lock();
             let behind: Vec<(u64, u64)> = state
                 .sessions
@@ -1074,16 +1084,18 @@ impl Room {
                     &mut records,
                 );
             }
-        }
+            let proposed = records.len();
+            self.propose_in_background(&state, records);
+            proposed
+        };
         if !logged.is_empty() {
             self.log.wake_readers();
         }
         log_events(&logged);
-        let cut = logged.len() + records.len();
+        let cut = logged.len() + proposed;
         if cut > 0 {
             crate::metrics::cut_off(cut);
         }
-        self.propose_in_background(records);
         cut
     }
 
@@ -1091,20 +1103,21 @@ impl Room {
     /// `cause`: its feed was dropped, or fell behind what the log holds.
     pub(crate) fn disconnect(&self, session: u64, cause: LeaveCause) {
         let mut logged = Vec::new();
-        let mut records = Vec::new();
         {
             let mut state = self.lock();
             if state.sessions.get(&session).is_none_or(|s| s.leaving) {
                 return;
             }
+            let mut records = Vec::new();
             self.depart(&mut state, session, cause, &mut logged, &mut records);
+            self.propose_in_background(&state, records);
         }
         log_events(&logged);
-        self.propose_in_background(records);
     }
 
     /// A session leaves without a request: alone, it is removed and announced at
-    /// once; in a cluster, its leave is proposed (by the caller, outside the lock).
+    /// once; in a cluster, its leave is added to `records`, for the caller to
+    /// propose before it lets go of the lock.
     fn depart(
         &self,
         state: &mut State,
@@ -1138,28 +1151,27 @@ impl Room {
     }
 
     /// Proposes `records` without waiting for them (a leave noticed where nobody
-    /// waits for an answer). Needs a Tokio runtime; without one (a room dropped
-    /// outside it) the records are dropped and the node's departure covers them.
-    fn propose_in_background(&self, records: Vec<Record>) {
+    /// waits for an answer). The caller holds the lock (`_stamping`) under which
+    /// it stamped them, so that they reach the cluster's log in the order of their
+    /// Lamport times. Needs a Tokio runtime to report a failure; without one (a
+    /// room dropped outside it) the node's departure covers them.
+    fn propose_in_background(&self, _stamping: &State, records: Vec<Record>) {
         let Mode::Cluster(propose) = &self.mode else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         if records.is_empty() {
             return;
         }
-        let proposing: Vec<_> = records
+        let stored: Vec<_> = records
             .into_iter()
             .map(|record| propose.propose(record))
             .collect();
-        // One after another: each was stamped after the one before, and this node's
-        // times must rise along the log (proposed at once, the cluster's container
-        // test saw them stored out of order).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         runtime.spawn(async move {
-            for proposing in proposing {
-                if let Err(err) = proposing.await {
+            for stored in stored {
+                if let Err(err) = stored.await {
                     tracing::warn!(error = %err, "could not propose a leave to the cluster");
                 }
             }
@@ -1344,19 +1356,18 @@ impl Room {
             if let (false, true, Some(stamp)) = (ours, logged.is_empty(), stamp) {
                 self.clock.observe(stamp);
             }
+            self.propose_in_background(&state, orphans);
         }
         if !self.replaying.load(Ordering::Acquire) {
             log_events(&logged);
         }
-        self.propose_in_background(orphans);
     }
 
     /// The outcome of a request: decided already, or once the record it proposed
     /// has been stored by the cluster's log and applied.
     async fn settle(&self, decided: Decided) -> Result<Outcome, ChatError> {
         let Proposed {
-            propose,
-            record,
+            stored,
             proposal,
             reply,
         } = match decided {
@@ -1367,7 +1378,7 @@ impl Room {
             room: self,
             proposal,
         };
-        if let Err(err) = propose.propose(record).await {
+        if let Err(err) = stored.await {
             take_pending(&mut self.lock(), proposal);
             return Err(err);
         }

@@ -187,8 +187,11 @@ pub(crate) fn leave_cause(text: &str) -> LeaveCause {
 
 /// How a room in a cluster hands a record to the shared log.
 pub trait Propose: Send + Sync + fmt::Debug + 'static {
-    /// Appends `record` to the shared log; completes once the log has stored it.
-    /// The record's outcome comes later, when the room applies it.
+    /// Hands `record` to the shared log at once, not when the future is first
+    /// polled: records proposed one after another reach the log in that order. The
+    /// room proposes under its lock, as it stamps, so that a node's records are
+    /// stored in the order of their Lamport times. The future completes once the
+    /// log has stored the record; its outcome comes later, when the room applies it.
     fn propose(&self, record: Record) -> BoxFuture<'static, Result<(), ChatError>>;
 }
 
