@@ -1037,9 +1037,20 @@ impl Room {
     }
 
     /// A record saying that the participants of run `incarnation` of `node` left,
-    /// stamped under the lock (`_stamping`).
-    fn node_down(&self, _stamping: &State, incarnation: Incarnation, node: &str) -> Record {
+    /// stamped under the lock (`state`). Its leave notices take one Lamport time
+    /// each from the record's on, so the clock moves past all of them now: what
+    /// this node stamps before the record is applied comes after them in the log
+    /// and must be later.
+    fn node_down(&self, state: &State, incarnation: Incarnation, node: &str) -> Record {
         let lamport = self.clock.tick();
+        let leaving = state
+            .names
+            .values()
+            .filter(|member| member.owner.incarnation == incarnation)
+            .count();
+        for _ in 1..leaving {
+            self.clock.tick();
+        }
         Record::NodeDown {
             node: node.to_owned(),
             incarnation,
@@ -1811,6 +1822,67 @@ mod tests {
             },
             1000,
         )
+    }
+
+    /// A cluster's log that only keeps what it is given.
+    #[derive(Debug, Default)]
+    struct Kept(Mutex<Vec<Record>>);
+
+    impl Propose for Kept {
+        fn propose(&self, record: Record) -> BoxFuture<'static, Result<(), ChatError>> {
+            self.0.lock().unwrap().push(record);
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_down_record_moves_the_clock_past_every_leave_it_will_make() {
+        let kept = Arc::new(Kept::default());
+        let (log, _) = Log::open(&LogConfig {
+            storage: Storage::Memory,
+            retention: Retention {
+                max_events: 1000,
+                max_age: None,
+            },
+        })
+        .unwrap();
+        let room = Room::open_in_cluster(RoomConfig::default(), log, kept.clone(), "here");
+        let gone = Incarnation(7);
+        for (session, name) in (0..).zip(["ann", "bea", "cid"]) {
+            room.apply(Record::Join {
+                owner: Owner {
+                    node: Arc::from("there"),
+                    incarnation: gone,
+                    session,
+                },
+                name: name.to_owned(),
+                lamport: 1 + session,
+                client_lamport: 0,
+                proposal: session,
+                proof: "00".repeat(32),
+                replaces: None,
+            });
+        }
+        room.retire(gone, "there");
+        let record = kept.0.lock().unwrap().pop().expect("a record proposed");
+        // What the node stamps before its record comes back is later than the
+        // record's leave notices, which it precedes in the log.
+        let stamped_meanwhile = room.clock.tick();
+        room.apply(record);
+        room.durable(room.log().head()).await.unwrap();
+        let leaves: Vec<LamportTime> = room
+            .log()
+            .read_stored(1, 100)
+            .unwrap()
+            .iter()
+            .filter(|entry| entry.kind == EventKind::Left)
+            .map(|entry| entry.lamport)
+            .collect();
+        assert_eq!(leaves.len(), 3, "{leaves:?}");
+        assert!(
+            leaves.iter().all(|&leave| leave < stamped_meanwhile),
+            "leaves at {leaves:?}, stamped meanwhile at {stamped_meanwhile}"
+        );
     }
 
     async fn join(room: &Arc<Room>, name: &str) -> Joined {
