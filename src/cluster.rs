@@ -670,7 +670,7 @@ async fn watch_cluster(
 
 /// Proposes records by publishing them to the stream, in the order they are
 /// proposed: [`NatsLog::propose`] queues a record at once, and one task
-/// ([`send_proposals`]) hands the queued records to the NATS client one after
+/// (`send_proposals`) hands the queued records to the NATS client one after
 /// another, so the stream stores them in that order. Only the stored
 /// acknowledgements are awaited concurrently, each by its proposer.
 ///
