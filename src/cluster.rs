@@ -687,7 +687,7 @@ pub struct NatsLog {
 struct Proposal {
     record: Record,
     /// By when it must have been handed to the NATS client.
-    deadline: Instant,
+    deadline: tokio::time::Instant,
     sent: oneshot::Sender<Result<PublishAckFuture, ChatError>>,
 }
 
@@ -713,11 +713,12 @@ impl Propose for NatsLog {
         let (sent, sending) = oneshot::channel();
         let queued = self.queue.send(Proposal {
             record,
-            deadline: Instant::now() + PROPOSE_SEND_TIMEOUT,
+            deadline: tokio::time::Instant::now() + PROPOSE_SEND_TIMEOUT,
             sent,
         });
         Box::pin(async move {
-            let stopped = || unavailable("cannot send to NATS: the node is stopping".to_owned());
+            let stopped =
+                || unavailable("cannot send to NATS: the node's sender has stopped".to_owned());
             queued.map_err(|_| stopped())?;
             let ack = sending.await.map_err(|_| stopped())??;
             ack.await
@@ -743,7 +744,7 @@ async fn send_proposals(
     {
         let message = PublishMessage::build().payload(record.to_bytes().into());
         let sending = jetstream.send_publish(subject.clone(), message);
-        let outcome = match tokio::time::timeout_at(deadline.into(), sending).await {
+        let outcome = match tokio::time::timeout_at(deadline, sending).await {
             Ok(Ok(ack)) => Ok(ack),
             Ok(Err(err)) => Err(unavailable(format!("cannot send to NATS: {err}"))),
             Err(_) => Err(unavailable(format!(

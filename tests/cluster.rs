@@ -919,8 +919,8 @@ async fn a_node_refuses_a_stream_that_no_longer_holds_its_first_record() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_s_records_reach_the_stream_in_the_order_it_stamped_them() {
-    // Many requests at once on one node, from several tasks (unary calls) and from
-    // one PublishStream: the stream must store them as the node stamped them, so
+    // Many requests at once on one node, unary calls (each its own task on the
+    // server) and one PublishStream: the stream must store them as the node stamped them, so
     // that the node's Lamport times rise with sequence numbers and one stream's
     // messages keep the order they were sent in.
     const CALLERS: usize = 6;

@@ -1040,14 +1040,22 @@ impl Room {
     /// stamped under the lock (`state`). Its leave notices take one Lamport time
     /// each from the record's on, so the clock moves past all of them now: what
     /// this node stamps before the record is applied comes after them in the log
-    /// and must be later.
+    /// and must be later. They are counted as this node knows them: for its own
+    /// run, its joins still on their way count too; another run's joins that this
+    /// node has not applied yet do not.
     fn node_down(&self, state: &State, incarnation: Incarnation, node: &str) -> Record {
         let lamport = self.clock.tick();
-        let leaving = state
-            .names
-            .values()
-            .filter(|member| member.owner.incarnation == incarnation)
-            .count();
+        let joining = if incarnation == self.incarnation {
+            state.joining
+        } else {
+            0
+        };
+        let leaving = joining
+            + state
+                .names
+                .values()
+                .filter(|member| member.owner.incarnation == incarnation)
+                .count();
         for _ in 1..leaving {
             self.clock.tick();
         }
@@ -1180,9 +1188,12 @@ impl Room {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        // Queued in order already: only the acknowledgements are awaited, all at
+        // once, so that none holds its place among NATS's unacknowledged publishes
+        // while the ones before it time out.
         runtime.spawn(async move {
-            for stored in stored {
-                if let Err(err) = stored.await {
+            for result in futures::future::join_all(stored).await {
+                if let Err(err) = result {
                     tracing::warn!(error = %err, "could not propose a leave to the cluster");
                 }
             }
