@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Smoke test of chittychat-bench: a few seconds of each mode against a freshly
-# spawned chittychat-server. chittychat-bench exits non-zero when any event is lost
-# or duplicated or any call fails; no timing is asserted (CI machines are noisy).
+# spawned chittychat-server. chittychat-bench exits non-zero when any event is lost,
+# duplicated or reordered or any call fails; no timing is asserted (CI machines are
+# noisy).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,7 @@ run() {
     timeout 120 "$bench" "$@"
 }
 run saturate --participants 20 --publishers 2 --warmup 0.5 --duration 2
+run saturate --participants 20 --publishers 2 --warmup 0.5 --duration 2 --publish-over stream
 run rate --participants 20 --rate 200 --warmup 0.5 --duration 2
 run idle --participants 50
 run join-storm --participants 200 --json

@@ -70,7 +70,7 @@ fn saturating_a_spawned_server_loses_and_duplicates_nothing() {
 }
 
 #[test]
-fn saturating_over_publish_streams_loses_and_duplicates_nothing() {
+fn saturating_over_publish_streams_loses_duplicates_and_reorders_nothing() {
     let (status, report) = bench(&[
         "saturate",
         "--server-bin",
@@ -90,6 +90,7 @@ fn saturating_over_publish_streams_loses_and_duplicates_nothing() {
     assert_eq!(report["publish_over"], "stream");
     assert_eq!(report["lost"], 0);
     assert_eq!(report["duplicated"], 0);
+    assert_eq!(report["reordered"], 0);
     assert_eq!(report["failures"], 0, "{report}");
     assert!(report["publishes"].as_u64().unwrap() > 0, "{report}");
     assert!(

@@ -507,28 +507,33 @@ async fn the_bench_drives_a_cluster_spread_over_its_nodes_losing_nothing() {
         .map(TestServer::url)
         .collect::<Vec<_>>()
         .join(",");
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_chittychat-bench"))
-            .args(["saturate", "--server", &servers, "--json"])
-            .args(["--participants", "9", "--publishers", "3"])
-            .args(["--warmup", "0.2", "--duration", "1"])
-            .env_remove("CHITTYCHAT_JOIN_SECRET")
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
-        panic!(
-            "no report ({err}): {stdout} {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    });
-    assert!(output.status.success(), "{report}");
-    assert_eq!(report["lost"], 0, "{report}");
-    assert_eq!(report["duplicated"], 0, "{report}");
-    assert!(report["deliveries"].as_u64().unwrap() > 0, "{report}");
+    // Over calls, and over PublishStreams, which keep each publisher's order.
+    for over in ["unary", "stream"] {
+        let servers = servers.clone();
+        let output = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_chittychat-bench"))
+                .args(["saturate", "--server", &servers, "--json"])
+                .args(["--participants", "9", "--publishers", "3"])
+                .args(["--warmup", "0.2", "--duration", "1", "--publish-over", over])
+                .env_remove("CHITTYCHAT_JOIN_SECRET")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+            panic!(
+                "no report ({err}): {stdout} {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
+        assert!(output.status.success(), "{report}");
+        assert_eq!(report["lost"], 0, "{report}");
+        assert_eq!(report["duplicated"], 0, "{report}");
+        assert_eq!(report["reordered"], 0, "{report}");
+        assert!(report["deliveries"].as_u64().unwrap() > 0, "{report}");
+    }
     for server in nodes {
         server.stop().await;
     }

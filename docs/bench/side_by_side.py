@@ -90,7 +90,7 @@ def chitty_run(n, mode, warmup, secs, extra):
             "server_cpu_pct": srv.get("cpu_percent"),
             "p50_us": lat.get("p50_us"), "p99_us": lat.get("p99_us"), "p999_us": lat.get("p999_us"),
             "rss_kib": srv.get("rss_kib"), "kib_per_participant": srv.get("kib_per_participant"),
-            "lost": res["lost"] + res["duplicated"] + res["failures"], "joins": res["joins"]}
+            "lost": res["lost"] + res["duplicated"] + res.get("reordered", 0) + res["failures"], "joins": res["joins"]}
 
 
 def run(args):

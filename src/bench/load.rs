@@ -7,6 +7,7 @@ use crate::client::{
 };
 use crate::event::{Event, EventKind};
 use crate::transport::JoinSecret;
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -139,10 +140,19 @@ pub(super) struct Shared {
     /// The first failure of a participant or a publish.
     failure: Mutex<Option<String>>,
     pub(super) failures: AtomicU64,
+    /// When publishes go over a PublishStream, which keeps one publisher's
+    /// messages in the order sent: the send time of the latest message from each
+    /// publisher that the first participant received. One participant's view is
+    /// enough, since every participant receives the same events in one order.
+    sent_by: Option<Mutex<HashMap<Box<str>, u64>>>,
+    /// Messages the first participant received before one their publisher sent
+    /// earlier (checked only over PublishStreams).
+    pub(super) reordered: AtomicU64,
 }
 
 impl Shared {
-    pub(super) fn new(participants: usize) -> Self {
+    /// Tallies for `participants`; checks each publisher's order when `over` keeps it.
+    pub(super) fn new(participants: usize, over: PublishOver) -> Self {
         Self {
             tallies: (0..participants).map(|_| Tally::default()).collect(),
             epoch: Instant::now(),
@@ -155,6 +165,8 @@ impl Shared {
             publish_latencies: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             failures: AtomicU64::new(0),
+            sent_by: matches!(over, PublishOver::Stream).then(|| Mutex::new(HashMap::new())),
+            reordered: AtomicU64::new(0),
         }
     }
 
@@ -295,6 +307,18 @@ impl Shared {
             return;
         };
         tally.chats.store(tally.chats.load(Relaxed) + 1, Relaxed);
+        if let (0, Some(sent_by)) = (who, &self.sent_by) {
+            let mut sent_by = sent_by.lock().unwrap_or_else(|p| p.into_inner());
+            match sent_by.get_mut(&*event.participant) {
+                Some(latest) if sent < *latest => {
+                    self.reordered.fetch_add(1, Relaxed);
+                }
+                Some(latest) => *latest = sent,
+                None => {
+                    sent_by.insert(Box::from(&*event.participant), sent);
+                }
+            }
+        }
         if sent >= self.window_start.load(Relaxed) && sent < self.window_end.load(Relaxed) {
             let latency = self.now_ns().saturating_sub(sent);
             let latency = u32::try_from(latency).unwrap_or(u32::MAX);

@@ -428,6 +428,7 @@ fn first_report(config: &BenchConfig, joins: Joins) -> Report {
         history_join: None,
         lost: 0,
         duplicated: 0,
+        reordered: 0,
         failures: 0,
         first_failure: None,
         joins,
@@ -456,7 +457,7 @@ impl<'a> Bench<'a> {
         let participants = config.participants as usize;
         Ok(Self {
             sessions: Vec::with_capacity(participants),
-            shared: Arc::new(Shared::new(participants)),
+            shared: Arc::new(Shared::new(participants, config.publish_over)),
             progress: Progress::new(),
             baseline_rss: target.pid().and_then(|pid| status_kib(pid, "VmRSS")),
             target,
@@ -701,6 +702,7 @@ impl<'a> Bench<'a> {
             .iter()
             .map(|t| t.duplicated.load(Relaxed))
             .sum();
+        report.reordered = shared.reordered.load(Relaxed);
         report.failures = shared.failures.load(Relaxed);
         report.first_failure = shared.failure();
         if let (Some(server), Some(baseline)) = (&self.target.spawned, self.baseline_rss) {

@@ -45,6 +45,10 @@ pub struct Report {
     pub lost: u64,
     /// Events a participant received twice or out of order.
     pub duplicated: u64,
+    /// Over PublishStreams: messages delivered before one their publisher sent
+    /// earlier (one participant's view; 0 when publishing over calls, whose
+    /// concurrent messages have no order).
+    pub reordered: u64,
     /// Calls or feeds that failed.
     pub failures: u64,
     /// The first failure.
@@ -156,9 +160,10 @@ pub struct ServerUsage {
 }
 
 impl Report {
-    /// True when every event reached every participant exactly once.
+    /// True when every event reached every participant exactly once, and each
+    /// publisher's messages in the order sent where that is promised.
     pub fn is_clean(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.failures == 0
+        self.lost == 0 && self.duplicated == 0 && self.reordered == 0 && self.failures == 0
     }
 }
 
@@ -240,8 +245,8 @@ impl fmt::Display for Report {
         }
         row(
             f,
-            "lost / duplicated",
-            format!("{} / {}", self.lost, self.duplicated),
+            "lost / duplicated / reordered",
+            format!("{} / {} / {}", self.lost, self.duplicated, self.reordered),
         )?;
         if self.failures > 0 {
             row(

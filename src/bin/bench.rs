@@ -1,5 +1,5 @@
 //! `chittychat-bench`: parses the command line, runs the bench and prints its
-//! report; exits 1 if any event was lost or duplicated or anything failed.
+//! report; exits 1 if any event was lost, duplicated or reordered, or anything failed.
 
 use chittychat::bench::{self, BenchConfig};
 use chittychat::logging::{self, LogFormat};
@@ -34,8 +34,8 @@ async fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         eprintln!(
-            "chittychat-bench: {} lost, {} duplicated, {} failures",
-            report.lost, report.duplicated, report.failures
+            "chittychat-bench: {} lost, {} duplicated, {} reordered, {} failures",
+            report.lost, report.duplicated, report.reordered, report.failures
         );
         ExitCode::FAILURE
     }
