@@ -1,5 +1,6 @@
-//! Every accepted TCP connection as the server holds it: the accept loop that caps
-//! them, and a per-connection handle that can close one at once.
+//! Every accepted TCP connection as the server holds it: the listening socket, the
+//! accept loop that caps them, and a per-connection handle that can close one at
+//! once.
 //!
 //! No peer may hurt the others, so every resource a connection can hold is bounded
 //! here or in the HTTP/2 settings `server::run` applies:
@@ -50,6 +51,49 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::transport::server::Connected;
+
+/// How many connections the kernel may hold, their handshakes done, until the
+/// server accepts them: the listen backlog of [`listen`]. Linux caps it at
+/// `net.core.somaxconn` (4096 by default since Linux 5.4).
+///
+/// tokio's `TcpListener::bind` asks for 1,024. When more clients than that connect
+/// at once (all of them reconnecting after a restart, say), the kernel drops the
+/// SYNs that find the queue full, and each such client tries again a second or
+/// more later: with 10,000 joining at once, some gave up after their 5 s connect
+/// timeout. Go's listeners, NATS's among them, ask for `somaxconn` too.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `address` (`HOST:PORT`, the first of its addresses that can be
+/// bound) with a backlog of [`LISTEN_BACKLOG`], and `SO_REUSEADDR` as the standard
+/// library sets it, so a restarted server can bind its port at once.
+///
+/// The errors are those of binding: `AddrInUse`, `AddrNotAvailable`,
+/// `PermissionDenied`, and `InvalidInput` for an address that does not parse.
+pub async fn listen(address: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for address in tokio::net::lookup_host(address).await? {
+        match listen_on(address) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the address resolves to no address to listen on",
+        )
+    }))
+}
+
+fn listen_on(address: SocketAddr) -> io::Result<TcpListener> {
+    let socket = match address {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// How long a connection may carry no participant before it is closed.
 ///
@@ -908,6 +952,43 @@ mod tests {
         let max = default_max_connections() as u64;
         assert!(max >= 1);
         assert!(max + RESERVED_DESCRIPTORS <= soft.max(RESERVED_DESCRIPTORS + 1));
+    }
+
+    /// More clients than tokio's default backlog of 1,024 connect while the server
+    /// accepts none: each completes its handshake at once, none waits to send its
+    /// SYN again.
+    #[tokio::test]
+    async fn the_listener_queues_more_connections_than_tokio_s_default() {
+        const CLIENTS: usize = 1500;
+        let somaxconn: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+            .unwrap_or(4096);
+        // The kernel caps the backlog at somaxconn: below this, it is not ours.
+        let clients = CLIENTS.min(somaxconn.saturating_sub(1));
+        rlimit::increase_nofile_limit(clients as u64 + 256).unwrap();
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let connects = (0..clients).map(|_| TcpStream::connect(address));
+        // A SYN the kernel drops is sent again after a second, then two more; the
+        // deadline is far past the first retry, so only a queue too short misses it.
+        let connected =
+            tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(connects))
+                .await
+                .expect("every connection completes its handshake while none is accepted");
+        let failed = connected.iter().filter(|c| c.is_err()).count();
+        assert_eq!(failed, 0, "{failed} of {clients} connections failed");
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn listening_on_a_port_in_use_or_a_bad_address_says_which() {
+        let first = listen("127.0.0.1:0").await.unwrap();
+        let taken = first.local_addr().unwrap().to_string();
+        let err = listen(&taken).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        let err = listen("127.0.0.1:notaport").await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
     #[test]

@@ -429,7 +429,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
 /// Binds the listening socket; the errors a newcomer meets say what to do.
 async fn bind(listen: &str) -> anyhow::Result<tokio::net::TcpListener> {
     use std::io::ErrorKind;
-    match tokio::net::TcpListener::bind(listen).await {
+    match chittychat::connection::listen(listen).await {
         Ok(listener) => Ok(listener),
         Err(err) if err.kind() == ErrorKind::AddrInUse => Err(anyhow::anyhow!(
             "{listen} is already in use: is another chittychat-server running? choose \
