@@ -12,7 +12,9 @@
 //!   once per episode, not once per connection.
 //! - **For how long without a participant.** A connection that carries no
 //!   participant's feed for [`ConnectionLimits::join_timeout`] is closed, as NATS
-//!   closes a connection that has not authenticated in time.
+//!   closes a connection that has not authenticated in time. A Join in progress
+//!   ([`ConnectionHandle::joining`]) stops the clock: the peer has asked, and the
+//!   server, busy with a crowd joining at once, is the one that is slow.
 //! - **How much it may leave unsent.** The socket's send buffer is fixed at
 //!   [`SOCKET_SEND_BUFFER_BYTES`] (no autotuning up to megabytes), and a participant's
 //!   feed stops handing events to HTTP/2 while the socket takes no more bytes
@@ -378,6 +380,8 @@ struct State {
     closed: Option<CloseReason>,
     /// Feeds alive on this connection.
     participants: usize,
+    /// Joins in progress on this connection ([`Joining`]).
+    joining: usize,
     /// When the last participant left, or the connection was accepted.
     idle_since: Instant,
     /// Since when the socket has taken no byte while there was one to send.
@@ -448,7 +452,7 @@ impl Shared {
 
     /// The connection's earliest deadline, and what comes due then.
     fn deadline(&self, state: &State) -> Option<(Instant, Due)> {
-        let join = (state.participants == 0).then(|| {
+        let join = (state.participants == 0 && state.joining == 0).then(|| {
             (
                 state.idle_since + self.limits.join_timeout,
                 Due::Close(CloseReason::JoinTimeout),
@@ -541,6 +545,19 @@ impl ConnectionHandle {
         self.shared.peer
     }
 
+    /// Notes a Join in progress on this connection until the [`Joining`] returned is
+    /// dropped: meanwhile the connection is not closed for the join timeout.
+    ///
+    /// For a Join the server has taken up (its secret checked): it may wait for its
+    /// turn, then for its join notice to be stored, and when thousands join at once
+    /// that can take longer than the join timeout.
+    pub fn joining(&self) -> Joining {
+        self.shared.lock().joining += 1;
+        Joining {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// Closes the connection at once.
     pub fn close(&self, reason: CloseReason) {
         let mut state = self.shared.lock();
@@ -567,6 +584,40 @@ impl ConnectionHandle {
         state.cut_off_at.get_or_insert_with(Instant::now);
         // The driver re-arms its timer for the grace period.
         self.shared.driver.wake();
+    }
+}
+
+/// A Join in progress on a connection ([`ConnectionHandle::joining`]).
+///
+/// Dropped with no participant on the connection (the Join was refused or failed),
+/// it leaves the join timeout's deadline where it was, so that refused Joins do
+/// not keep a connection open, but at least [`CUT_OFF_GRACE`] away, time for the
+/// refusal to reach the client.
+pub struct Joining {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Joining {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Joining")
+            .field("connection", &self.shared.id)
+            .finish()
+    }
+}
+
+impl Drop for Joining {
+    fn drop(&mut self) {
+        let mut state = self.shared.lock();
+        state.joining -= 1;
+        if state.joining == 0 && state.participants == 0 {
+            let now = Instant::now();
+            let floor = (now + CUT_OFF_GRACE)
+                .checked_sub(self.shared.limits.join_timeout)
+                .unwrap_or(now);
+            state.idle_since = state.idle_since.max(floor);
+            // The driver re-arms its timer for the join timeout.
+            self.shared.driver.wake();
+        }
     }
 }
 
@@ -771,6 +822,7 @@ impl ConnectionIo {
             state: Mutex::new(State {
                 closed: None,
                 participants: 0,
+                joining: 0,
                 idle_since: now,
                 blocked_since: None,
                 cut_off_at: None,

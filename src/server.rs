@@ -416,6 +416,9 @@ impl ChittyChat for ChatService {
                 .then(|| SessionToken::new(request.replaces_session)),
         };
         secret_checked.inspect_err(refused)?;
+        // From here the server is the slow one, however long the join takes: the
+        // connection is not closed for want of a participant meanwhile.
+        let _joining = connection.as_ref().map(ConnectionHandle::joining);
         // The turn comes before anything the join costs (and so does the secret: a
         // peer without it takes no one's turn).
         self.join_turn().await.inspect_err(refused)?;

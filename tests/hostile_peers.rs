@@ -258,6 +258,54 @@ async fn streams_past_the_limit_are_refused_and_a_peer_that_insists_is_closed() 
 }
 
 #[tokio::test]
+async fn a_join_that_waits_longer_than_the_join_timeout_keeps_its_connection() {
+    use chittychat::pace::JoinRate;
+    use std::num::NonZeroU32;
+    const JOIN_TIMEOUT: Duration = Duration::from_millis(800);
+    // One join a second: the second waits a second for its turn and the third two,
+    // both longer than a connection may go without a participant.
+    let server = TestServer::start(ServerConfig {
+        join_rate: Some(JoinRate {
+            per_second: NonZeroU32::new(1).unwrap(),
+            burst: NonZeroU32::new(1).unwrap(),
+        }),
+        ..config(
+            1024,
+            ConnectionLimits {
+                join_timeout: JOIN_TIMEOUT,
+                ..ConnectionLimits::default()
+            },
+        )
+    })
+    .await;
+    let started = Instant::now();
+    let joins: Vec<_> = ["first", "second", "third"]
+        .into_iter()
+        .map(|name| {
+            let url = server.url();
+            tokio::spawn(async move { join(&url, name).await })
+        })
+        .collect();
+    let mut joined = Vec::new();
+    for join in joins {
+        joined.push(within(DEADLINE, "a paced join", join).await.unwrap());
+    }
+    assert!(
+        started.elapsed() >= 2 * JOIN_TIMEOUT,
+        "the joins did not wait: {:?}",
+        started.elapsed()
+    );
+    // Each kept its connection, and its participant is heard by the others.
+    let [(first, first_events), (_second, _), (third, _)] = &mut joined[..] else {
+        unreachable!()
+    };
+    third.publish("still here").await.unwrap();
+    await_notice(first_events, EventKind::Chat, "third", DEADLINE).await;
+    first.publish("me too").await.unwrap();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn connections_without_a_participant_are_closed_after_the_join_timeout() {
     const JOIN_TIMEOUT: Duration = Duration::from_millis(800);
     let server = TestServer::start(config(
@@ -284,8 +332,13 @@ async fn connections_without_a_participant_are_closed_after_the_join_timeout() {
     drop(feed);
     await_notice(&mut alice_events, EventKind::Left, "brief", DEADLINE).await;
     let brief_left = Instant::now();
+    // One asks to join under a name in use: refused, it has no participant either,
+    // and asking did not buy it more time.
+    let mut refused = RawPeer::connect(server.addr, 65_535, None).await.unwrap();
+    let answer = within(DEADLINE, "refused's Join", refused.join("alice")).await;
+    assert!(answer.is_err(), "a second alice was let in");
 
-    for peer in silent.iter_mut().chain([&mut brief]) {
+    for peer in silent.iter_mut().chain([&mut brief, &mut refused]) {
         let ended = within(
             JOIN_TIMEOUT + DEADLINE / 4,
             "a silent connection to close",
