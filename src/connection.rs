@@ -1016,14 +1016,15 @@ mod tests {
             .ok()
             .and_then(|text| text.trim().parse().ok())
             .unwrap_or(4096);
-        // The kernel caps the backlog at somaxconn: below this, it is not ours.
+        // The kernel caps any backlog at somaxconn: where that is lower, test what
+        // it allows.
         let clients = CLIENTS.min(somaxconn.saturating_sub(1));
         rlimit::increase_nofile_limit(clients as u64 + 256).unwrap();
         let listener = listen("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let connects = (0..clients).map(|_| TcpStream::connect(address));
-        // A SYN the kernel drops is sent again after a second, then two more; the
-        // deadline is far past the first retry, so only a queue too short misses it.
+        // A SYN the kernel drops is sent again 1 s later, then 2 s after that, and
+        // so on: past the deadline only if the queue is too short for it.
         let connected =
             tokio::time::timeout(Duration::from_secs(20), futures::future::join_all(connects))
                 .await

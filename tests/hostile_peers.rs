@@ -31,6 +31,18 @@ fn config(history_limit: u64, connections: ConnectionLimits) -> ServerConfig {
     }
 }
 
+/// The tests' configuration, with connections closed after `join_timeout` without
+/// a participant.
+fn join_timeout_config(join_timeout: Duration) -> ServerConfig {
+    config(
+        1024,
+        ConnectionLimits {
+            join_timeout,
+            ..ConnectionLimits::default()
+        },
+    )
+}
+
 /// Waits until the server no longer holds its socket to `peer`.
 async fn await_socket_closed(server: SocketAddr, peer: SocketAddr, limit: Duration) -> Duration {
     let started = Instant::now();
@@ -269,13 +281,7 @@ async fn a_join_that_waits_longer_than_the_join_timeout_keeps_its_connection() {
             per_second: NonZeroU32::new(1).unwrap(),
             burst: NonZeroU32::new(1).unwrap(),
         }),
-        ..config(
-            1024,
-            ConnectionLimits {
-                join_timeout: JOIN_TIMEOUT,
-                ..ConnectionLimits::default()
-            },
-        )
+        ..join_timeout_config(JOIN_TIMEOUT)
     })
     .await;
     let started = Instant::now();
@@ -308,14 +314,7 @@ async fn a_join_that_waits_longer_than_the_join_timeout_keeps_its_connection() {
 #[tokio::test]
 async fn connections_without_a_participant_are_closed_after_the_join_timeout() {
     const JOIN_TIMEOUT: Duration = Duration::from_millis(800);
-    let server = TestServer::start(config(
-        1024,
-        ConnectionLimits {
-            join_timeout: JOIN_TIMEOUT,
-            ..ConnectionLimits::default()
-        },
-    ))
-    .await;
+    let server = TestServer::start(join_timeout_config(JOIN_TIMEOUT)).await;
     let started = Instant::now();
     let (alice, mut alice_events) = join(&server.url(), "alice").await;
 
