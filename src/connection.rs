@@ -554,7 +554,7 @@ impl ConnectionHandle {
     pub fn joining(&self) -> Joining {
         self.shared.lock().joining += 1;
         Joining {
-            shared: Arc::clone(&self.shared),
+            connection: self.clone(),
         }
     }
 
@@ -593,30 +593,24 @@ impl ConnectionHandle {
 /// it leaves the join timeout's deadline where it was, so that refused Joins do
 /// not keep a connection open, but at least [`CUT_OFF_GRACE`] away, time for the
 /// refusal to reach the client.
+#[derive(Debug)]
 pub struct Joining {
-    shared: Arc<Shared>,
-}
-
-impl fmt::Debug for Joining {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Joining")
-            .field("connection", &self.shared.id)
-            .finish()
-    }
+    connection: ConnectionHandle,
 }
 
 impl Drop for Joining {
     fn drop(&mut self) {
-        let mut state = self.shared.lock();
+        let shared = &self.connection.shared;
+        let mut state = shared.lock();
         state.joining -= 1;
         if state.joining == 0 && state.participants == 0 {
             let now = Instant::now();
             let floor = (now + CUT_OFF_GRACE)
-                .checked_sub(self.shared.limits.join_timeout)
+                .checked_sub(shared.limits.join_timeout)
                 .unwrap_or(now);
             state.idle_since = state.idle_since.max(floor);
             // The driver re-arms its timer for the join timeout.
-            self.shared.driver.wake();
+            shared.driver.wake();
         }
     }
 }
