@@ -7,10 +7,11 @@ mod fixture;
 use chittychat::room::RoomConfig;
 use chittychat::server::ServerConfig;
 use chittychat::transport::JoinSecret;
-use fixture::TestServer;
 use fixture::pki::Pki;
+use fixture::{Relay, TestServer, within};
 use serde_json::Value;
 use std::process::Command;
+use std::time::Duration;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_chittychat-bench");
 const SERVER: &str = env!("CARGO_BIN_EXE_chittychat-server");
@@ -119,6 +120,38 @@ fn idle_and_join_storm_report_memory_and_join_times() {
     // Participant k sees its own notice and every later one: 30 + 29 + ... + 1.
     assert_eq!(report["joins"]["deliveries"], 30 * 31 / 2);
     assert!(report["joins"]["all_notices_seen_s"].as_f64().unwrap() > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_whose_connection_fails_before_the_answer_are_tried_again_and_counted() {
+    let server = TestServer::start(ServerConfig::default()).await;
+    // The relay holds every byte of the first three connections, then closes them:
+    // no Join reaches the server, and each participant's first attempt fails.
+    let relay = Relay::start(server.addr).await;
+    relay.stall();
+    let url = relay.url();
+    let run = tokio::task::spawn_blocking(move || {
+        bench(&["join-storm", "--server", &url, "--participants", "3"])
+    });
+    within(
+        Duration::from_secs(10),
+        "the three participants to connect",
+        async {
+            while relay.accepted() < 3 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        },
+    )
+    .await;
+    relay.cut();
+    let (status, report) = run.await.unwrap();
+    assert!(status.success(), "{report}");
+    assert_eq!(report["joins"]["retried"], 3);
+    assert_eq!(report["failures"], 0);
+    // Participant k sees its own notice and every later one: 3 + 2 + 1.
+    assert_eq!(report["joins"]["deliveries"], 6);
+    assert_eq!(relay.accepted(), 6);
+    server.stop().await;
 }
 
 #[test]

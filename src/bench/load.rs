@@ -22,6 +22,13 @@ const MARK: char = 'b';
 /// The shortest message that holds the mark and the send time.
 pub const MIN_MESSAGE_CHARS: usize = 17;
 
+/// How many times a participant tries to join when its connection fails before the
+/// Join is answered.
+const JOIN_ATTEMPTS: u32 = 3;
+
+/// The pause before a participant joins again, times the attempts so far.
+const JOIN_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// How the bench reaches the server: its URL (or the URLs of a cluster's nodes),
 /// and TLS and the join secret for one that needs them.
 #[derive(Debug)]
@@ -140,6 +147,8 @@ pub(super) struct Shared {
     /// The first failure of a participant or a publish.
     failure: Mutex<Option<String>>,
     pub(super) failures: AtomicU64,
+    /// Joins tried again because their connection failed before they were answered.
+    pub(super) joins_retried: AtomicU64,
     /// When publishes go over a PublishStream, which keeps one publisher's
     /// messages in the order sent: the send time of the latest message from each
     /// publisher that the first participant received. One participant's view is
@@ -165,6 +174,7 @@ impl Shared {
             publish_latencies: Mutex::new(Vec::new()),
             failure: Mutex::new(None),
             failures: AtomicU64::new(0),
+            joins_retried: AtomicU64::new(0),
             sent_by: matches!(over, PublishOver::Stream).then(|| Mutex::new(HashMap::new())),
             reordered: AtomicU64::new(0),
         }
@@ -333,6 +343,12 @@ impl Shared {
 
 /// Connects participant `who` over its own HTTP/2 connection, joins it as
 /// `bench-<who>` and starts tallying its feed. Returns its session.
+///
+/// A Join whose connection fails before it is answered is tried again (as the
+/// chat client rejoins), up to [`JOIN_ATTEMPTS`] times, and counted in
+/// `shared.joins_retried`: with thousands joining at once on the server's own cores,
+/// the bench itself can be too slow to send a Join within the server's join timeout,
+/// and the server then closes the connection, as it closes any that does not join.
 pub(super) async fn join(
     access: Arc<Access>,
     who: usize,
@@ -340,16 +356,37 @@ pub(super) async fn join(
     gate: Arc<Semaphore>,
 ) -> Result<Session, BenchError> {
     let name = format!("bench-{who}");
-    let client_error = |source: ClientError| BenchError::Client {
-        what: format!("participant {name}"),
-        source,
-    };
-    let (session, events) = {
-        let _permit = gate.acquire().await;
-        access.join(&name).await.map_err(client_error)?
+    let mut attempts = 1;
+    let (session, events) = loop {
+        let joined = {
+            let _permit = gate.acquire().await;
+            access.join(&name).await
+        };
+        match joined {
+            Ok(joined) => break joined,
+            Err(err) if attempts < JOIN_ATTEMPTS && worth_joining_again(&err, attempts) => {
+                shared.joins_retried.fetch_add(1, Relaxed);
+                tokio::time::sleep(JOIN_RETRY_PAUSE * attempts).await;
+                attempts += 1;
+            }
+            Err(source) => {
+                return Err(BenchError::Client {
+                    what: format!("participant {name}"),
+                    source,
+                });
+            }
+        }
     };
     tokio::spawn(receive(events, who, shared));
     Ok(session)
+}
+
+/// Whether a Join that failed after `attempts` tries may succeed if tried again: its
+/// connection failed; or, after a failed connection, the server still holds the
+/// name, since the Join reached it before the connection broke and the server has
+/// not yet announced that participant as left.
+fn worth_joining_again(err: &ClientError, attempts: u32) -> bool {
+    err.connection_failed() || (attempts > 1 && err.code() == Some(tonic::Code::AlreadyExists))
 }
 
 async fn receive(mut events: Events, who: usize, shared: Arc<Shared>) {

@@ -520,6 +520,7 @@ impl<'a> Bench<'a> {
                 .and_then(cpu_ns)
                 .zip(began.server_cpu)
                 .map(|(end, start)| (end - start) as f64 / deliveries.max(1) as f64),
+            retried: shared.joins_retried.load(Relaxed),
         };
         Ok((began, joins))
     }

@@ -136,6 +136,8 @@ pub struct Joins {
     pub deliveries: u64,
     /// Server CPU per join-notice delivery, when the bench spawned the server.
     pub server_cpu_ns_per_delivery: Option<f64>,
+    /// Joins tried again because their connection failed before they were answered.
+    pub retried: u64,
 }
 
 /// The server's CPU and memory, read from `/proc`.
@@ -268,12 +270,17 @@ impl fmt::Display for Report {
             f,
             "joins",
             format!(
-                "all joined in {:.2} s, all notices seen in {:.2} s{}",
+                "all joined in {:.2} s, all notices seen in {:.2} s{}{}",
                 j.all_joined_s,
                 j.all_notices_seen_s,
                 j.server_cpu_ns_per_delivery
                     .map(|ns| format!(", {ns:.0} server ns per notice"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                match j.retried {
+                    0 => String::new(),
+                    1 => "; 1 Join tried again after its connection failed".to_owned(),
+                    n => format!("; {n} Joins tried again after their connection failed"),
+                }
             ),
         )?;
         if let Some(s) = &self.server {
