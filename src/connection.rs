@@ -14,7 +14,9 @@
 //!   participant's feed for [`ConnectionLimits::join_timeout`] is closed, as NATS
 //!   closes a connection that has not authenticated in time. A Join in progress
 //!   ([`ConnectionHandle::joining`]) stops the clock: the peer has asked, and the
-//!   server, busy with a crowd joining at once, is the one that is slow.
+//!   server, busy with a crowd joining at once, is the one that is slow. So do bytes
+//!   the peer sent that the server has not read yet when the deadline comes: the
+//!   deadline is put off once, by the join timeout again.
 //! - **How much it may leave unsent.** The socket's send buffer is fixed at
 //!   [`SOCKET_SEND_BUFFER_BYTES`] (no autotuning up to megabytes), and a participant's
 //!   feed stops handing events to HTTP/2 while the socket takes no more bytes
@@ -169,7 +171,8 @@ pub struct ConnectionLimits {
     /// How many connections may be open at once; `None` derives it from the
     /// descriptor limit when the server starts ([`default_max_connections`]).
     pub max_connections: Option<usize>,
-    /// How long a connection may carry no participant.
+    /// How long a connection may carry no participant; put off once, by as much
+    /// again, when bytes the peer sent wait unread as it comes.
     pub join_timeout: Duration,
     /// How long a connection's socket may take no byte while there is something to
     /// send.
@@ -382,8 +385,11 @@ struct State {
     participants: usize,
     /// Joins in progress on this connection ([`Joining`]).
     joining: usize,
-    /// When the last participant left, or the connection was accepted.
+    /// When the last participant left, or the connection was accepted (or, once,
+    /// when the join timeout was put off for bytes the server had not read).
     idle_since: Instant,
+    /// Whether the join timeout has been put off for unread bytes: it is, once.
+    join_put_off: bool,
     /// Since when the socket has taken no byte while there was one to send.
     blocked_since: Option<Instant>,
     /// When a participant of this connection was cut off.
@@ -818,6 +824,7 @@ impl ConnectionIo {
                 participants: 0,
                 joining: 0,
                 idle_since: now,
+                join_put_off: false,
                 blocked_since: None,
                 cut_off_at: None,
                 paused: Vec::new(),
@@ -852,6 +859,15 @@ impl ConnectionIo {
                 break;
             }
             match due {
+                // The peer sent something the server has not read yet: the server,
+                // not the peer, is late. Read it before judging the connection idle.
+                Due::Close(CloseReason::JoinTimeout)
+                    if !state.join_put_off && self.has_unread_bytes() =>
+                {
+                    state.join_put_off = true;
+                    state.idle_since = now;
+                    tracing::debug!(connection = self.shared.id, peer = %self.shared.peer, "join timeout put off: bytes wait unread");
+                }
                 Due::Close(reason) => self.shared.close(&mut state, reason),
                 Due::CheckFeeds => {
                     if self.shared.feed_stalled(&mut state, now) {
@@ -867,6 +883,13 @@ impl ConnectionIo {
                 Err(self.abort(reason))
             }
         }
+    }
+
+    /// Whether the peer has sent bytes the server has not read yet (a peek, which
+    /// takes nothing from the socket).
+    fn has_unread_bytes(&self) -> bool {
+        let mut byte = [std::mem::MaybeUninit::uninit()];
+        matches!(SockRef::from(&self.stream).peek(&mut byte), Ok(n) if n > 0)
     }
 
     /// Makes the socket close with a reset, discarding whatever is unsent, and
@@ -991,6 +1014,8 @@ impl AsyncWrite for ConnectionIo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_stream::StreamExt;
 
     #[test]
     fn the_derived_cap_leaves_descriptors_free() {
@@ -1036,6 +1061,39 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
         let err = listen("127.0.0.1:notaport").await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// A connection whose peer's bytes wait unread when the join timeout comes (the
+    /// server was too busy to read them) is not closed then: it is read first, and
+    /// the deadline put off once.
+    #[tokio::test]
+    async fn the_join_timeout_is_put_off_once_for_bytes_the_server_has_not_read() {
+        let join_timeout = Duration::from_millis(300);
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            join_timeout,
+            ..ConnectionLimits::default()
+        };
+        let mut accepted = Box::pin(accept(listener, limits));
+        let mut client = TcpStream::connect(address).await.unwrap();
+        let Some(Ok(mut io)) = accepted.next().await else {
+            panic!("a connection")
+        };
+        let mut buf = [0u8; 16];
+
+        // Sent at once, read only after the deadline has passed.
+        client.write_all(b"join").await.unwrap();
+        tokio::time::sleep(join_timeout + Duration::from_millis(100)).await;
+        let read = io.read(&mut buf).await.expect("put off, not closed");
+        assert_eq!(&buf[..read], b"join");
+
+        // Put off by the join timeout again, once: the next time, bytes waiting
+        // unread do not save it.
+        client.write_all(b"more").await.unwrap();
+        tokio::time::sleep(join_timeout + Duration::from_millis(100)).await;
+        let err = io.read(&mut buf).await.expect_err("closed the second time");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
     }
 
     #[test]
