@@ -216,6 +216,9 @@ pub enum BenchError {
     /// Something did not happen in time.
     #[error("{0}")]
     Timeout(String),
+    /// A participant lost its feed while the bench waited for it.
+    #[error("{0}")]
+    FeedLost(String),
 }
 
 /// Raises this process's file-descriptor limit so `participants` connections fit;
@@ -493,7 +496,8 @@ impl<'a> Bench<'a> {
             self.progress.set(self.sessions.len() as u64);
         }
         let shared = &self.shared;
-        wait_until(
+        wait_for_everyone(
+            shared,
             "every participant to get its own join notice",
             join_deadline(n as u64),
             || shared.joined() == n,
@@ -502,7 +506,8 @@ impl<'a> Bench<'a> {
         let all_joined_s = began.at.elapsed().as_secs_f64();
         let last_join = shared.max_first_seq();
         self.progress.message("waiting for every join notice");
-        wait_until(
+        wait_for_everyone(
+            shared,
             "every participant to see every join notice",
             join_deadline(n as u64),
             || shared.min_last_seq() >= last_join,
@@ -967,6 +972,26 @@ async fn wait_until(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     Ok(())
+}
+
+/// Waits as [`wait_until`] does for something every participant must see, but
+/// fails at once when one has lost its feed, since then it never will.
+async fn wait_for_everyone(
+    shared: &Shared,
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> bool,
+) -> Result<(), BenchError> {
+    let mut lost = None;
+    wait_until(what, timeout, || {
+        lost = shared.failure();
+        lost.is_some() || done()
+    })
+    .await?;
+    match lost {
+        Some(failure) => Err(BenchError::FeedLost(failure)),
+        None => Ok(()),
+    }
 }
 
 /// A progress bar on stderr when it is a terminal; nothing otherwise.
