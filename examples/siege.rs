@@ -19,9 +19,7 @@ mod peer;
 use chittychat::client::{Events, Session, connect};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use peer::{HUGE_WINDOW, RawPeer, open_remotes};
-use std::collections::HashSet;
-use std::net::SocketAddr;
+use peer::{HUGE_WINDOW, RawPeer};
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -74,14 +72,14 @@ struct Args {
     /// program as much as the server. 0 runs them like everything else.
     #[arg(long, default_value_t = 19, value_parser = clap::value_parser!(i32).range(0..=19))]
     attacker_nice: i32,
+    /// Write every honest round trip to this file, a line each: seconds since the
+    /// siege program started, the phase (0 unloaded, 1 besieged, 2 after), the
+    /// round trip and the part of it until the Publish was answered, in
+    /// microseconds; and the siege's own moments as lines that begin with `#`. For
+    /// finding when the slow ones came, and where they waited.
+    #[arg(long)]
+    timeline: Option<std::path::PathBuf>,
 }
-
-/// Where the silent connections come from. The sampler tells a stalled peer's
-/// connection closed when the server no longer holds a socket to its address and
-/// port; a silent connection, reopened at once, could take over a port a stalled
-/// peer just lost and make it look open again, unless the two come from different
-/// addresses.
-const SILENT_SOURCE: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
 
 /// The spawned server, killed when dropped.
 struct Server {
@@ -169,21 +167,88 @@ const BESIEGED: usize = 1;
 const AFTER: usize = 2;
 const STOPPED: usize = 3;
 
+/// One honest round trip, for the timeline.
+struct RoundTrip {
+    /// When it ended, since the siege program started.
+    at: Duration,
+    phase: usize,
+    micros: u64,
+    /// The part of it until the Publish was answered.
+    answered_micros: u64,
+}
+
 /// What the honest participants measured: round trips per phase, and failures.
 struct Honest {
     phase: AtomicUsize,
     round_trips: StdMutex<Vec<Histogram<u64>>>,
     failures: StdMutex<Vec<String>>,
+    /// Every round trip, when a timeline is asked for: when it ended, its phase
+    /// and its length in microseconds.
+    timeline: Option<StdMutex<Vec<RoundTrip>>>,
+    /// The siege's own moments, for the timeline.
+    moments: StdMutex<Vec<(Duration, String)>>,
+    started: Instant,
 }
 
 impl Honest {
-    fn new() -> Self {
+    fn new(timeline: bool) -> Self {
         let histogram = || Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
         Self {
             phase: AtomicUsize::new(UNLOADED),
             round_trips: StdMutex::new(vec![histogram(), histogram(), histogram()]),
             failures: StdMutex::new(Vec::new()),
+            timeline: timeline.then(|| StdMutex::new(Vec::new())),
+            moments: StdMutex::new(Vec::new()),
+            started: Instant::now(),
         }
+    }
+
+    /// Records a round trip of `micros`, whose Publish was answered after
+    /// `answered_micros`.
+    fn record(&self, phase: usize, micros: u64, answered_micros: u64) {
+        let _ = self.round_trips.lock().expect("not poisoned")[phase].record(micros.max(1));
+        if let Some(timeline) = &self.timeline {
+            let at = self.started.elapsed();
+            timeline.lock().expect("not poisoned").push(RoundTrip {
+                at,
+                phase,
+                micros,
+                answered_micros,
+            });
+        }
+    }
+
+    /// Notes a moment of the siege for the timeline.
+    fn moment(&self, what: impl Into<String>) {
+        if self.timeline.is_some() {
+            let at = self.started.elapsed();
+            self.moments
+                .lock()
+                .expect("not poisoned")
+                .push((at, what.into()));
+        }
+    }
+
+    /// Writes the timeline to `path`.
+    fn write_timeline(&self, path: &std::path::Path) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        for (at, what) in self.moments.lock().expect("not poisoned").iter() {
+            writeln!(out, "# {:.3} {what}", at.as_secs_f64())?;
+        }
+        if let Some(timeline) = &self.timeline {
+            for trip in timeline.lock().expect("not poisoned").iter() {
+                writeln!(
+                    out,
+                    "{:.4} {} {} {}",
+                    trip.at.as_secs_f64(),
+                    trip.phase,
+                    trip.micros,
+                    trip.answered_micros
+                )?;
+            }
+        }
+        out.flush()
     }
 
     fn quantile_ms(&self, phase: usize, quantile: f64) -> f64 {
@@ -216,6 +281,7 @@ async fn honest(session: Session, mut events: Events, rate: u32, record: Arc<Hon
             Ok(published) => published,
             Err(err) => return record.fail(format!("publish: {err}")),
         };
+        let answered = started.elapsed();
         loop {
             match events.next().await {
                 Ok(Some(received)) if received.event.seq == published.seq => break,
@@ -223,8 +289,8 @@ async fn honest(session: Session, mut events: Events, rate: u32, record: Arc<Hon
                 Ok(None) | Err(_) => return record.fail("an honest feed ended".to_owned()),
             }
         }
-        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        let _ = record.round_trips.lock().expect("not poisoned")[phase].record(micros.max(1));
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        record.record(phase, micros(started.elapsed()), micros(answered));
     }
 }
 
@@ -238,7 +304,7 @@ struct Peaks {
 
 /// A stalled participant's connection, as the sampler watches it.
 struct Stalled {
-    local: SocketAddr,
+    peer: RawPeer,
     since: Instant,
     closed_after: Option<Duration>,
 }
@@ -246,42 +312,21 @@ struct Stalled {
 /// How often the sampler reads memory figures.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
-/// How often the sampler lists the server's open connections, while a stalled one
-/// may still be open. The list is `/proc/net/tcp`, which the kernel writes out
-/// socket by socket: with thousands open that takes tens of milliseconds of CPU,
-/// which the honest round trips would otherwise pay for five times a second.
-const LIST_CONNECTIONS_EVERY: Duration = Duration::from_secs(1);
-
 /// Samples the server's memory and the kernel's TCP memory until `until`, and
 /// notes when the server closed each stalled connection (to within
-/// [`LIST_CONNECTIONS_EVERY`]).
-async fn sample_until(
-    pid: u32,
-    until: Instant,
-    server: SocketAddr,
-    stalled: &StdMutex<Vec<Stalled>>,
-) -> Peaks {
+/// [`SAMPLE_EVERY`]), from the state of the peer's own socket: one system call
+/// each, where listing the server's connections (`/proc/net/tcp`) took tens of
+/// milliseconds of CPU with thousands open, which the honest round trips paid for.
+async fn sample_until(pid: u32, until: Instant, stalled: &StdMutex<Vec<Stalled>>) -> Peaks {
     let mut peaks = Peaks::default();
-    let mut listed = Instant::now();
     while Instant::now() < until {
         let (tcp, sockets) = kernel_tcp();
         peaks.rss_kib = peaks.rss_kib.max(rss_kib(pid));
         peaks.tcp_kib = peaks.tcp_kib.max(tcp);
         peaks.sockets = peaks.sockets.max(sockets);
-        {
-            let mut stalled = stalled.lock().expect("not poisoned");
-            let watching = stalled.iter().any(|peer| peer.closed_after.is_none());
-            if watching && listed.elapsed() >= LIST_CONNECTIONS_EVERY {
-                listed = Instant::now();
-                let open: HashSet<SocketAddr> = open_remotes(server).into_iter().collect();
-                for peer in stalled
-                    .iter_mut()
-                    .filter(|peer| peer.closed_after.is_none())
-                {
-                    if !open.contains(&peer.local) {
-                        peer.closed_after = Some(peer.since.elapsed());
-                    }
-                }
+        for stalled in stalled.lock().expect("not poisoned").iter_mut() {
+            if stalled.closed_after.is_none() && !stalled.peer.established() {
+                stalled.closed_after = Some(stalled.since.elapsed());
             }
         }
         tokio::time::sleep(SAMPLE_EVERY).await;
@@ -327,7 +372,7 @@ async fn siege(args: Args) -> ExitCode {
 
     // Honest participants, each on its own connection, on a runtime and thread of
     // their own, so that they never wait behind the attackers' tasks.
-    let record = Arc::new(Honest::new());
+    let record = Arc::new(Honest::new(args.timeline.is_some()));
     let (joined, all_joined) = tokio::sync::oneshot::channel();
     let honest_thread = {
         let (url, record, count, rate) = (
@@ -363,7 +408,7 @@ async fn siege(args: Args) -> ExitCode {
         args.honest, args.rate, args.duration
     );
     let none = StdMutex::new(Vec::new());
-    let unloaded = sample_until(pid, Instant::now() + phase_length, server.addr, &none).await;
+    let unloaded = sample_until(pid, Instant::now() + phase_length, &none).await;
 
     // The siege, in waves.
     record.phase.store(BESIEGED, Ordering::Relaxed);
@@ -373,11 +418,13 @@ async fn siege(args: Args) -> ExitCode {
             "phase 2, wave {wave}: {} stalled participants and {} silent connections, {:.0} s",
             args.stalled, args.silent, args.duration
         );
+        record.moment(format!("wave {wave} begins"));
         let stop = Arc::new(AtomicBool::new(false));
         let stalled: Arc<StdMutex<Vec<Stalled>>> = Arc::default();
         let mut attackers = JoinSet::new();
         for i in 0..args.stalled {
-            let (addr, stalled) = (server.addr, Arc::clone(&stalled));
+            let (addr, stalled, record) = (server.addr, Arc::clone(&stalled), Arc::clone(&record));
+            let count = args.stalled;
             attackers.spawn(async move {
                 let Ok(mut peer) = RawPeer::connect(addr, HUGE_WINDOW, Some(4096)).await else {
                     return;
@@ -390,13 +437,20 @@ async fn siege(args: Args) -> ExitCode {
                     }
                 };
                 peer.gate.stop_reading();
-                // The peer reads nothing, so it learns nothing: the sampler looks at the
-                // server's side of its connection.
-                stalled.lock().expect("not poisoned").push(Stalled {
-                    local: peer.local,
-                    since: Instant::now(),
-                    closed_after: None,
-                });
+                // The peer reads nothing, so it learns nothing: the sampler asks the
+                // kernel for its socket's state.
+                let joined = {
+                    let mut stalled = stalled.lock().expect("not poisoned");
+                    stalled.push(Stalled {
+                        peer,
+                        since: Instant::now(),
+                        closed_after: None,
+                    });
+                    stalled.len()
+                };
+                if joined == count {
+                    record.moment(format!("wave {wave}: every stalled participant joined"));
+                }
                 // Held, unread, until the siege ends.
                 std::future::pending::<()>().await;
             });
@@ -406,7 +460,7 @@ async fn siege(args: Args) -> ExitCode {
             let (addr, stop, closed) = (server.addr, Arc::clone(&stop), Arc::clone(&silent_closed));
             attackers.spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    match RawPeer::connect_from(Some(SILENT_SOURCE), addr, 65_535, None).await {
+                    match RawPeer::connect(addr, 65_535, None).await {
                         Ok(mut peer) => {
                             let _ = (&mut peer.driver).await;
                             closed.fetch_add(1, Ordering::Relaxed);
@@ -416,8 +470,7 @@ async fn siege(args: Args) -> ExitCode {
                 }
             });
         }
-        let besieged =
-            sample_until(pid, Instant::now() + phase_length, server.addr, &stalled).await;
+        let besieged = sample_until(pid, Instant::now() + phase_length, &stalled).await;
         let (stalled_joined, stalled_closed, slowest_close) = {
             let stalled = stalled.lock().expect("not poisoned");
             let closed: Vec<Duration> = stalled.iter().filter_map(|s| s.closed_after).collect();
@@ -429,8 +482,11 @@ async fn siege(args: Args) -> ExitCode {
         };
 
         // The attackers go; memory should come back.
+        record.moment(format!("wave {wave}: the attackers go"));
         stop.store(true, Ordering::Relaxed);
         attackers.shutdown().await;
+        // The stalled peers' own sockets go with them.
+        stalled.lock().expect("not poisoned").clear();
         let settle = Instant::now();
         while kernel_tcp().1 > idle_sockets + 8 && settle.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -469,7 +525,6 @@ async fn siege(args: Args) -> ExitCode {
     let after = sample_until(
         pid,
         Instant::now() + phase_length.min(Duration::from_secs(5)),
-        server.addr,
         &none,
     )
     .await;
@@ -477,6 +532,11 @@ async fn siege(args: Args) -> ExitCode {
     let after_tcp = kernel_tcp();
     record.phase.store(STOPPED, Ordering::Relaxed);
     let _ = honest_thread.join();
+    if let Some(path) = &args.timeline
+        && let Err(err) = record.write_timeline(path)
+    {
+        failed.push(format!("cannot write {}: {err}", path.display()));
+    }
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!();
