@@ -18,14 +18,15 @@
 //!   the peer sent that the server has not read yet when the deadline comes: the
 //!   deadline is put off once, by the join timeout again.
 //! - **How much it may leave unsent.** The socket's send buffer is fixed at
-//!   [`SOCKET_SEND_BUFFER_BYTES`] (no autotuning up to megabytes), and a participant's
-//!   feed stops handing events to HTTP/2 while the socket takes no more bytes
-//!   ([`ParticipantFeed`]), so the events wait in the room's bounded queue, where
-//!   falling behind is noticed, instead of piling up in HTTP/2's send buffer. A
-//!   connection is closed when, for [`ConnectionLimits::send_timeout`], its socket
-//!   has taken no byte while there was something to send, or HTTP/2 has taken
-//!   nothing more from a feed that had an event ready (the peer granted no
-//!   flow-control window).
+//!   [`SOCKET_SEND_BUFFER_BYTES`] (no autotuning up to megabytes), the socket refuses
+//!   more once [`SOCKET_UNSENT_BYTES`] wait that the peer has not let through, and a
+//!   participant's feed stops handing events to HTTP/2 while the socket takes no
+//!   more bytes ([`ParticipantFeed`]), so the events wait in the room's bounded
+//!   queue, where falling behind is noticed, instead of piling up in HTTP/2's send
+//!   buffer or the kernel's. A connection is closed when, for
+//!   [`ConnectionLimits::send_timeout`], its socket has taken no byte while there
+//!   was something to send, or HTTP/2 has taken nothing more from a feed that had
+//!   an event ready (the peer granted no flow-control window).
 //! - **After its participant is cut off.** When a feed ends with an error (the
 //!   participant fell too far behind, say), the connection is closed: once the
 //!   status has had [`CUT_OFF_GRACE`] to reach the client, or at once if the socket
@@ -141,6 +142,19 @@ pub const CUT_OFF_GRACE: Duration = Duration::from_secs(1);
 /// connection lives. 64 KiB (128 KiB as Linux counts it) carries more than a chat
 /// produces in a round trip, at any realistic round-trip time.
 pub const SOCKET_SEND_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How many bytes a connection's socket holds that the peer has not yet let
+/// through before it refuses more (`TCP_NOTSENT_LOWAT`, on Linux).
+///
+/// The send buffer bounds the bytes in flight and those not sent yet together. A
+/// peer that stops reading closes its window: nothing is in flight any more, and
+/// without this limit the whole buffer fills with bytes it will never read, some
+/// hundreds of events per stalled participant, each one a write the server made for
+/// nobody while honest messages waited. With it the socket refuses more at 16 KiB,
+/// the feed pauses ([`ParticipantFeed`]), and the events wait in the log, where
+/// they cost nothing. Bytes in flight do not count, so a peer that reads is sent
+/// as much as before.
+pub const SOCKET_UNSENT_BYTES: u32 = 16 * 1024;
 
 /// The socket receive buffer of every accepted connection (`SO_RCVBUF`). Requests
 /// are at most a few KiB; the server need not accept megabytes it has not read.
@@ -355,6 +369,11 @@ fn configure(stream: &TcpStream) {
         (
             "SO_RCVBUF",
             socket.set_recv_buffer_size(SOCKET_RECEIVE_BUFFER_BYTES),
+        ),
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        (
+            "TCP_NOTSENT_LOWAT",
+            socket.set_tcp_notsent_lowat(SOCKET_UNSENT_BYTES),
         ),
     ];
     for (option, result) in results {
@@ -1094,6 +1113,48 @@ mod tests {
         tokio::time::sleep(join_timeout + Duration::from_millis(100)).await;
         let err = io.read(&mut buf).await.expect_err("closed the second time");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    /// A peer that stops reading leaves at most about `SOCKET_UNSENT_BYTES` waiting
+    /// in the server's socket, beyond what its own receive buffer took: the socket
+    /// refuses more long before its send buffer is full.
+    #[tokio::test]
+    async fn a_peer_that_reads_nothing_leaves_little_unsent_in_the_socket() {
+        use futures::FutureExt;
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepted = Box::pin(accept(listener, ConnectionLimits::default()));
+        // A small receive buffer, set before connecting so that the window it
+        // advertises is small from the start.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let client = socket.connect(address).await.unwrap();
+        let Some(Ok(mut io)) = accepted.next().await else {
+            panic!("a connection")
+        };
+        assert_eq!(
+            SockRef::from(&io.stream).tcp_notsent_lowat().unwrap(),
+            SOCKET_UNSENT_BYTES
+        );
+        let taken_by_peer = SockRef::from(&client).recv_buffer_size().unwrap();
+
+        // Written until the socket refuses more; on loopback a write reaches the
+        // peer's receive buffer before it returns.
+        let chunk = [0u8; 1024];
+        let mut written = 0;
+        while let Some(result) = io.write(&chunk).now_or_never() {
+            written += result.expect("the socket takes bytes or would block");
+            assert!(written < 4 * 1024 * 1024, "the socket never refused more");
+        }
+        // The kernel checks the limit as it fills each segment, so a write may go a
+        // little over it: twice the limit is room enough. Without the limit the
+        // socket took 96 KiB here, all but the peer's few KiB unsent.
+        let unsent = written.saturating_sub(taken_by_peer);
+        assert!(
+            unsent <= 2 * SOCKET_UNSENT_BYTES as usize,
+            "{unsent} bytes wait unsent ({written} written, the peer's buffer {taken_by_peer})"
+        );
+        drop(client);
     }
 
     #[test]
