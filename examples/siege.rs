@@ -19,7 +19,9 @@ mod peer;
 use chittychat::client::{Events, Session, connect};
 use clap::Parser;
 use hdrhistogram::Histogram;
-use peer::{HUGE_WINDOW, RawPeer};
+use peer::{HUGE_WINDOW, RawPeer, open_remotes};
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -471,15 +473,34 @@ async fn siege(args: Args) -> ExitCode {
             });
         }
         let besieged = sample_until(pid, Instant::now() + phase_length, &stalled).await;
-        let (stalled_joined, stalled_closed, slowest_close) = {
+        let (stalled_joined, stalled_closed, slowest_close, missed) = {
             let stalled = stalled.lock().expect("not poisoned");
             let closed: Vec<Duration> = stalled.iter().filter_map(|s| s.closed_after).collect();
+            // A peer whose kernel dropped the server's reset still looks open: the
+            // server's side, listed once, says whether it is.
+            let looks_open: Vec<SocketAddr> = stalled
+                .iter()
+                .filter(|s| s.closed_after.is_none())
+                .map(|s| s.peer.local)
+                .collect();
+            let missed = if looks_open.is_empty() {
+                0
+            } else {
+                let open: HashSet<SocketAddr> = open_remotes(server.addr).into_iter().collect();
+                looks_open.iter().filter(|a| !open.contains(a)).count() as u64
+            };
             (
                 stalled.len() as u64,
-                closed.len() as u64,
+                closed.len() as u64 + missed,
                 closed.into_iter().max().unwrap_or_default(),
+                missed,
             )
         };
+        if missed > 0 {
+            println!(
+                "  wave {wave}: {missed} stalled connections closed by the server still looked open to their peer (a reset it dropped)"
+            );
+        }
 
         // The attackers go; memory should come back.
         record.moment(format!("wave {wave}: the attackers go"));
