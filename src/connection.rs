@@ -11,12 +11,13 @@
 //!   out of memory) make the loop back off instead of spinning, and both are logged
 //!   once per episode, not once per connection.
 //! - **For how long without a participant.** A connection that carries no
-//!   participant's feed for [`ConnectionLimits::join_timeout`] is closed, as NATS
-//!   closes a connection that has not authenticated in time. A Join in progress
-//!   ([`ConnectionHandle::joining`]) stops the clock: the peer has asked, and the
-//!   server, busy with a crowd joining at once, is the one that is slow. So do bytes
-//!   the peer sent that the server has not read yet when the deadline comes: the
-//!   deadline is put off once, by the join timeout again.
+//!   participant's feed for [`ConnectionLimits::join_timeout`] (and its share of
+//!   [`JOIN_TIMEOUT_SPREAD`]) is closed, as NATS closes a connection that has not
+//!   authenticated in time. A Join in progress ([`ConnectionHandle::joining`])
+//!   stops the clock: the peer has asked, and the server, busy with a crowd joining
+//!   at once, is the one that is slow. So do bytes the peer sent that the server
+//!   has not read yet when the deadline comes: the deadline is put off once, by
+//!   the join timeout again.
 //! - **How much it may leave unsent.** The socket's send buffer is fixed at
 //!   [`SOCKET_SEND_BUFFER_BYTES`] (no autotuning up to megabytes), the socket refuses
 //!   more once [`SOCKET_UNSENT_BYTES`] wait that the peer has not let through, and a
@@ -107,6 +108,18 @@ fn listen_on(address: SocketAddr) -> io::Result<TcpListener> {
 /// for no longer than that. Like NATS's authorization timeout.
 pub const DEFAULT_JOIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much later than the join timeout a connection's own deadline may fall, as
+/// a share of it: each connection draws its deadline at random between the join
+/// timeout and a fifth more (10 to 12 s at the default).
+///
+/// Connections that came together and never joined would otherwise be closed in
+/// the same millisecond, and reconnect together: in the siege, 2,000 closed at once
+/// made honest messages wait up to 40 ms behind the closing. Spread over 2 s, they are
+/// closed a few at a time. gRPC spreads its connections' maximum age the same way
+/// (by up to 10% either side); this spread only adds, so the join timeout remains
+/// the least time a connection is given.
+pub const JOIN_TIMEOUT_SPREAD: f64 = 0.2;
+
 /// How long a connection's socket may take no byte while the server has something
 /// to send before the connection is closed.
 ///
@@ -185,8 +198,9 @@ pub struct ConnectionLimits {
     /// How many connections may be open at once; `None` derives it from the
     /// descriptor limit when the server starts ([`default_max_connections`]).
     pub max_connections: Option<usize>,
-    /// How long a connection may carry no participant; put off once, by as much
-    /// again, when bytes the peer sent wait unread as it comes.
+    /// How long a connection may carry no participant, at least: each connection
+    /// draws its own deadline up to [`JOIN_TIMEOUT_SPREAD`] later. Put off once, by
+    /// as much again, when bytes the peer sent wait unread as it comes.
     pub join_timeout: Duration,
     /// How long a connection's socket may take no byte while there is something to
     /// send.
@@ -388,6 +402,9 @@ struct Shared {
     id: u64,
     peer: SocketAddr,
     limits: ConnectionLimits,
+    /// This connection's join timeout: the limit's, and its share of
+    /// [`JOIN_TIMEOUT_SPREAD`].
+    join_timeout: Duration,
     /// Whether the socket refused the last write (its send buffer is full); read by
     /// every feed poll, so kept outside the mutex.
     write_blocked: AtomicBool,
@@ -479,7 +496,7 @@ impl Shared {
     fn deadline(&self, state: &State) -> Option<(Instant, Due)> {
         let join = (state.participants == 0 && state.joining == 0).then(|| {
             (
-                state.idle_since + self.limits.join_timeout,
+                state.idle_since + self.join_timeout,
                 Due::Close(CloseReason::JoinTimeout),
             )
         });
@@ -631,7 +648,7 @@ impl Drop for Joining {
         if state.joining == 0 && state.participants == 0 {
             let now = Instant::now();
             let floor = (now + CUT_OFF_GRACE)
-                .checked_sub(shared.limits.join_timeout)
+                .checked_sub(shared.join_timeout)
                 .unwrap_or(now);
             state.idle_since = state.idle_since.max(floor);
             // The driver re-arms its timer for the join timeout.
@@ -832,10 +849,15 @@ impl ConnectionIo {
     ) -> Self {
         configure(&stream);
         let now = Instant::now();
+        let join_timeout = limits.join_timeout
+            + limits
+                .join_timeout
+                .mul_f64(JOIN_TIMEOUT_SPREAD * rand::random::<f64>());
         let shared = Arc::new(Shared {
             id,
             peer,
             limits,
+            join_timeout,
             write_blocked: AtomicBool::new(false),
             driver: AtomicWaker::new(),
             state: Mutex::new(State {
@@ -854,7 +876,7 @@ impl ConnectionIo {
         Self {
             stream,
             shared,
-            timer: Box::pin(tokio::time::sleep_until(now + limits.join_timeout)),
+            timer: Box::pin(tokio::time::sleep_until(now + join_timeout)),
             _slot: slot,
         }
     }
@@ -1103,16 +1125,51 @@ mod tests {
 
         // Sent at once, read only after the deadline has passed.
         client.write_all(b"join").await.unwrap();
-        tokio::time::sleep(join_timeout + Duration::from_millis(100)).await;
+        let latest = join_timeout.mul_f64(1.0 + JOIN_TIMEOUT_SPREAD);
+        tokio::time::sleep(latest + Duration::from_millis(100)).await;
         let read = io.read(&mut buf).await.expect("put off, not closed");
         assert_eq!(&buf[..read], b"join");
 
         // Put off by the join timeout again, once: the next time, bytes waiting
         // unread do not save it.
         client.write_all(b"more").await.unwrap();
-        tokio::time::sleep(join_timeout + Duration::from_millis(100)).await;
+        tokio::time::sleep(latest + Duration::from_millis(100)).await;
         let err = io.read(&mut buf).await.expect_err("closed the second time");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted);
+    }
+
+    /// Connections accepted together get deadlines spread between the join timeout
+    /// and a fifth more, so that they are not all closed at once.
+    #[tokio::test]
+    async fn join_deadlines_are_spread_over_a_fifth_of_the_join_timeout() {
+        let join_timeout = Duration::from_secs(10);
+        let listener = listen("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let limits = ConnectionLimits {
+            join_timeout,
+            ..ConnectionLimits::default()
+        };
+        let mut accepted = Box::pin(accept(listener, limits));
+        let mut clients = Vec::new();
+        let mut deadlines = Vec::new();
+        for _ in 0..50 {
+            clients.push(TcpStream::connect(address).await.unwrap());
+            let Some(Ok(io)) = accepted.next().await else {
+                panic!("a connection")
+            };
+            deadlines.push(io.shared.join_timeout);
+        }
+        let latest = join_timeout.mul_f64(1.0 + JOIN_TIMEOUT_SPREAD);
+        assert!(
+            deadlines
+                .iter()
+                .all(|d| (join_timeout..=latest).contains(d)),
+            "{deadlines:?}"
+        );
+        let earliest = deadlines.iter().min().unwrap();
+        let last = deadlines.iter().max().unwrap();
+        // 50 draws from 2 s all within a tenth of it: about one chance in 10^48.
+        assert!(*last - *earliest > join_timeout / 50, "{deadlines:?}");
     }
 
     /// A peer that stops reading leaves at most about `SOCKET_UNSENT_BYTES` waiting

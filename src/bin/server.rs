@@ -104,7 +104,9 @@ struct Args {
           value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: Option<u32>,
     /// Seconds a connection may go without a participant (a client that joined and
-    /// has not left) before the server closes it.
+    /// has not left) before the server closes it: each connection is given between
+    /// this and a fifth more, so that connections that came together are not all
+    /// closed together.
     #[arg(long, env = "CHITTYCHAT_JOIN_TIMEOUT", value_name = "SECONDS",
           default_value_t = Seconds(DEFAULT_JOIN_TIMEOUT))]
     join_timeout: Seconds,
