@@ -178,9 +178,15 @@ pub enum BadJoinSecret {
 }
 
 /// A duration written in seconds, whole or fractional ("10", "0.5"), as the command
-/// line takes it; at least a millisecond.
+/// line takes it; at least a millisecond, at most [`LONGEST_SECONDS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Seconds(pub Duration);
+
+/// The longest duration the command line takes, in seconds: a century. Far beyond
+/// any timeout or age worth setting, and far enough from the clocks' limits that a
+/// deadline made by adding it to the time now cannot overflow (as 10^19 s did,
+/// which stopped the server at its first connection).
+pub const LONGEST_SECONDS: u64 = 100 * 365 * 24 * 60 * 60;
 
 impl std::str::FromStr for Seconds {
     type Err = String;
@@ -191,9 +197,14 @@ impl std::str::FromStr for Seconds {
             .parse()
             .map_err(|_| format!("\"{text}\" is not a number of seconds"))?;
         match Duration::try_from_secs_f64(seconds) {
-            Ok(duration) if duration >= Duration::from_millis(1) => Ok(Self(duration)),
+            Ok(duration)
+                if duration >= Duration::from_millis(1)
+                    && duration <= Duration::from_secs(LONGEST_SECONDS) =>
+            {
+                Ok(Self(duration))
+            }
             _ => Err(format!(
-                "{text} s is out of range; give at least 0.001 seconds"
+                "{text} s is out of range; give from 0.001 to {LONGEST_SECONDS} seconds"
             )),
         }
     }
@@ -251,6 +262,11 @@ mod tests {
         assert!(parse("-1").is_err());
         assert!(parse("soon").is_err());
         assert!(parse("inf").is_err());
+        assert_eq!(
+            parse(&LONGEST_SECONDS.to_string()),
+            Ok(Duration::from_secs(LONGEST_SECONDS))
+        );
+        assert!(parse("1e19").is_err());
         assert_eq!(Seconds(Duration::from_millis(1500)).to_string(), "1.5");
     }
 
