@@ -234,3 +234,41 @@ async fn a_join_whose_reply_was_lost_does_not_keep_its_own_name_from_the_client(
     let (status, _, _) = alice.finish().await;
     assert!(status.success(), "{status}");
 }
+
+/// A first Join that reached the server but whose answer was lost to a broken
+/// connection is tried again: the server was there a moment ago. The participant
+/// the lost Join made is announced as left, and the client joins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_join_whose_connection_broke_before_the_answer_is_tried_again() {
+    let logs = tempfile::tempdir().unwrap();
+    let mut server = ServerProcess::start(&[]).await;
+    let relay = Relay::start(server.addr).await;
+    // The Join reaches the server through the relay; nothing comes back.
+    relay.stall_replies();
+    let mut alice = ClientProcess::start(&relay.url(), "alice", &[], &[], logs.path());
+    loop {
+        let line = server.await_log("broadcast").await;
+        if line["participant"] == "alice" && line["kind"] == "joined" {
+            break;
+        }
+    }
+    // The connection breaks before the answer.
+    relay.cut();
+    alice
+        .stderr
+        .await_line("alice to say she joins again", |l| {
+            l.contains("lost the connection to the server while joining; joining again in")
+        })
+        .await;
+    alice.await_joined("alice").await;
+    alice.say("here after all");
+    alice
+        .stdout
+        .await_line("alice's own line", |l| {
+            is_chat(l, "alice", "here after all")
+        })
+        .await;
+    let (status, out, _) = alice.finish().await;
+    assert!(status.success(), "{status}");
+    assert_no_duplicates("alice", &out.seen);
+}

@@ -171,26 +171,87 @@ fn worth_another_server(err: &ClientError) -> bool {
 /// once, retry in …"; then the client says so on stderr, waits that long (and a
 /// little more at random, so that a crowd does not come back in lockstep) and tries
 /// again, for up to the reconnect timeout.
+///
+/// A Join that was sent and went unanswered (the connection broke, or the server
+/// began to shut down) is tried again too, with backoff, unless reconnecting is
+/// off: the server was there a moment ago. Its participant may then hold the name
+/// until the server notices the connection gone, so a name found taken is asked
+/// for again for up to [`UNANSWERED_JOIN_WAIT`]. A server that cannot be reached at
+/// all fails at once, as a mistyped address should.
 async fn first_join(options: &ClientOptions) -> Result<(Session, Events), ClientError> {
     let started = Instant::now();
+    // One clock for every attempt: a Join that was sent was an event of this
+    // process, and the next one must come later in its time.
+    let clock = Arc::new(LamportClock::default());
+    let mut unanswered_since: Option<Instant> = None;
+    let mut delay = RECONNECT_FIRST_DELAY;
     loop {
-        match join(options, None, None, None).await {
-            Err(err) if err.code() == Some(Code::ResourceExhausted) => {
-                let Some(wait) = err.retry_after() else {
-                    return Err(err);
-                };
+        let err = match join(options, Some(Arc::clone(&clock)), None, None).await {
+            Ok(joined) => return Ok(joined),
+            Err(err) => err,
+        };
+        let again = match join_again(options, &err, unanswered_since) {
+            Some(again) => again,
+            None => return Err(err),
+        };
+        let wait = match again {
+            JoinAgain::Busy(wait) => {
                 let wait = wait + wait.mul_f64(rand::random::<f64>() / 2.0);
-                if started.elapsed() + wait > options.reconnect_timeout {
-                    return Err(err);
-                }
                 eprintln!(
                     "chittychat-client: the server is busy admitting joins; joining in {:.1} s",
                     wait.as_secs_f64()
                 );
-                tokio::time::sleep(wait).await;
+                wait
             }
-            joined => return joined,
+            JoinAgain::Unanswered => {
+                unanswered_since.get_or_insert_with(Instant::now);
+                // "Equal jitter", as a rejoin waits.
+                let wait = delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0);
+                delay = (delay * 2).min(RECONNECT_MAX_DELAY);
+                eprintln!(
+                    "chittychat-client: {} while joining; joining again in {:.1} s",
+                    session_lost(&err),
+                    wait.as_secs_f64()
+                );
+                wait
+            }
+            JoinAgain::MaybeOurs => {
+                tracing::info!("the name may be held by this client's own unanswered Join");
+                UNANSWERED_JOIN_RETRY
+            }
+        };
+        if started.elapsed() + wait > options.reconnect_timeout {
+            return Err(err);
         }
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Why a first Join that failed is tried again.
+enum JoinAgain {
+    /// The server paces joins, and says when.
+    Busy(Duration),
+    /// It was sent and went unanswered: the connection was made, then broke (or
+    /// the server could not serve it) before the answer came.
+    Unanswered,
+    /// The name is taken, perhaps by the participant an unanswered Join made.
+    MaybeOurs,
+}
+
+/// Whether, and why, a first Join that failed with `err` is tried again, given
+/// since when an earlier attempt went unanswered.
+fn join_again(
+    options: &ClientOptions,
+    err: &ClientError,
+    unanswered_since: Option<Instant>,
+) -> Option<JoinAgain> {
+    match err.code() {
+        Some(Code::ResourceExhausted) => err.retry_after().map(JoinAgain::Busy),
+        Some(Code::AlreadyExists) => unanswered_since
+            .is_some_and(|since| since.elapsed() < UNANSWERED_JOIN_WAIT)
+            .then_some(JoinAgain::MaybeOurs),
+        Some(_) if options.reconnect && worth_another_server(err) => Some(JoinAgain::Unanswered),
+        _ => None,
     }
 }
 
