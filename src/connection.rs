@@ -1104,19 +1104,30 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
-    /// A connection whose peer's bytes wait unread when the join timeout comes (the
-    /// server was too busy to read them) is not closed then: it is read first, and
-    /// the deadline put off once.
-    #[tokio::test]
-    async fn the_join_timeout_is_put_off_once_for_bytes_the_server_has_not_read() {
-        let join_timeout = Duration::from_millis(300);
+    /// A listener on 127.0.0.1:0 and its accepted connections, closed after
+    /// `join_timeout` (and its spread) without a participant.
+    async fn accepting(
+        join_timeout: Duration,
+    ) -> (
+        SocketAddr,
+        Pin<Box<impl Stream<Item = Result<ConnectionIo, Infallible>>>>,
+    ) {
         let listener = listen("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let limits = ConnectionLimits {
             join_timeout,
             ..ConnectionLimits::default()
         };
-        let mut accepted = Box::pin(accept(listener, limits));
+        (address, Box::pin(accept(listener, limits)))
+    }
+
+    /// A connection whose peer's bytes wait unread when the join timeout comes (the
+    /// server was too busy to read them) is not closed then: it is read first, and
+    /// the deadline put off once.
+    #[tokio::test]
+    async fn the_join_timeout_is_put_off_once_for_bytes_the_server_has_not_read() {
+        let join_timeout = Duration::from_millis(300);
+        let (address, mut accepted) = accepting(join_timeout).await;
         let mut client = TcpStream::connect(address).await.unwrap();
         let Some(Ok(mut io)) = accepted.next().await else {
             panic!("a connection")
@@ -1143,13 +1154,7 @@ mod tests {
     #[tokio::test]
     async fn join_deadlines_are_spread_over_a_fifth_of_the_join_timeout() {
         let join_timeout = Duration::from_secs(10);
-        let listener = listen("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let limits = ConnectionLimits {
-            join_timeout,
-            ..ConnectionLimits::default()
-        };
-        let mut accepted = Box::pin(accept(listener, limits));
+        let (address, mut accepted) = accepting(join_timeout).await;
         let mut clients = Vec::new();
         let mut deadlines = Vec::new();
         for _ in 0..50 {
@@ -1178,9 +1183,7 @@ mod tests {
     #[tokio::test]
     async fn a_peer_that_reads_nothing_leaves_little_unsent_in_the_socket() {
         use futures::FutureExt;
-        let listener = listen("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut accepted = Box::pin(accept(listener, ConnectionLimits::default()));
+        let (address, mut accepted) = accepting(DEFAULT_JOIN_TIMEOUT).await;
         // A small receive buffer, set before connecting so that the window it
         // advertises is small from the start.
         let socket = tokio::net::TcpSocket::new_v4().unwrap();

@@ -205,12 +205,7 @@ async fn a_join_whose_reply_was_lost_does_not_keep_its_own_name_from_the_client(
         &[],
         logs.path(),
     );
-    loop {
-        let line = server.await_log("broadcast").await;
-        if line["participant"] == "alice" && line["kind"] == "joined" {
-            break;
-        }
-    }
+    await_broadcast_of(&mut server, "alice", "joined").await;
     // Nor does the client's giving up reach the server: to it, the first
     // participant is still there, as to a cluster whose node took the Join and
     // then fell silent.
@@ -246,12 +241,7 @@ async fn a_first_join_whose_connection_broke_before_the_answer_is_tried_again() 
     // The Join reaches the server through the relay; nothing comes back.
     relay.stall_replies();
     let mut alice = ClientProcess::start(&relay.url(), "alice", &[], &[], logs.path());
-    loop {
-        let line = server.await_log("broadcast").await;
-        if line["participant"] == "alice" && line["kind"] == "joined" {
-            break;
-        }
-    }
+    await_broadcast_of(&mut server, "alice", "joined").await;
     // The connection breaks before the answer.
     relay.cut();
     alice
@@ -271,4 +261,14 @@ async fn a_first_join_whose_connection_broke_before_the_answer_is_tried_again() 
     let (status, out, _) = alice.finish().await;
     assert!(status.success(), "{status}");
     assert_no_duplicates("alice", &out.seen);
+}
+
+/// Waits until the server's log says it broadcast `participant`'s `kind` notice.
+async fn await_broadcast_of(server: &mut ServerProcess, participant: &str, kind: &str) {
+    loop {
+        let line = server.await_log("broadcast").await;
+        if line["participant"] == participant && line["kind"] == kind {
+            return;
+        }
+    }
 }
