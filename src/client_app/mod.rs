@@ -205,8 +205,7 @@ async fn first_join(options: &ClientOptions) -> Result<(Session, Events), Client
             }
             JoinAgain::Unanswered => {
                 unanswered_since.get_or_insert_with(Instant::now);
-                // "Equal jitter", as a rejoin waits.
-                let wait = delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0);
+                let wait = equal_jitter(delay);
                 delay = (delay * 2).min(RECONNECT_MAX_DELAY);
                 eprintln!(
                     "chittychat-client: {} while joining; joining again in {:.1} s",
@@ -253,6 +252,12 @@ fn join_again(
         Some(_) if options.reconnect && worth_another_server(err) => Some(JoinAgain::Unanswered),
         _ => None,
     }
+}
+
+/// "Equal jitter": half of `delay`, plus up to as much again at random, so that
+/// clients cut off together do not come back in lockstep.
+fn equal_jitter(delay: Duration) -> Duration {
+    delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0)
 }
 
 /// Whether the client runs with a prompt: stdin and stdout are both terminals.
@@ -952,9 +957,7 @@ async fn rejoin(
     let mut delay = RECONNECT_FIRST_DELAY;
     let mut failed: Option<ClientError> = None;
     loop {
-        // "Equal jitter": half the delay, plus up to as much again at random, so
-        // clients cut off together do not come back in lockstep.
-        let wait = delay / 2 + delay.mul_f64(rand::random::<f64>() / 2.0);
+        let wait = equal_jitter(delay);
         let at = match options.clock {
             Some(offset) => format!("at {}", wall_clock_in(offset, wait)),
             None => format!("in {:.1} s", wait.as_secs_f64()),
