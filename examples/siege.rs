@@ -269,9 +269,24 @@ impl Honest {
 
 /// One honest participant: publishes at `rate` and waits for its own message back,
 /// recording the round trip, until the phase is [`STOPPED`].
-async fn honest(session: Session, mut events: Events, rate: u32, record: Arc<Honest>) {
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+///
+/// It publishes on a grid of its own, `phase` into the period, and keeps to that
+/// grid after a late round trip (it skips the ticks it missed): independent people
+/// do not fall into step. Restarting the period from the late answer, as it once
+/// did, put every honest participant into step after the first stall they shared,
+/// and from then on all of them published in the same instant and queued behind
+/// one another: the median round trip doubled with no attacker at all.
+async fn honest(
+    session: Session,
+    mut events: Events,
+    rate: u32,
+    phase: f64,
+    record: Arc<Honest>,
+) {
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let first = tokio::time::Instant::now() + period.mul_f64(phase);
+    let mut tick = tokio::time::interval_at(first, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tick.tick().await;
         let phase = record.phase.load(Ordering::Relaxed);
@@ -395,7 +410,9 @@ async fn siege(args: Args) -> ExitCode {
                     let (session, events) = Session::join(channel, &format!("honest-{i}"))
                         .await
                         .expect("an honest join");
-                    tasks.spawn(honest(session, events, rate, Arc::clone(&record)));
+                    // Evenly spread over the period: the server sees a steady stream.
+                    let phase = i as f64 / count as f64;
+                    tasks.spawn(honest(session, events, rate, phase, Arc::clone(&record)));
                 }
                 let _ = joined.send(());
                 while tasks.join_next().await.is_some() {}
