@@ -276,13 +276,7 @@ impl Honest {
 /// did, put every honest participant into step after the first stall they shared,
 /// and from then on all of them published in the same instant and queued behind
 /// one another: the median round trip doubled with no attacker at all.
-async fn honest(
-    session: Session,
-    mut events: Events,
-    rate: u32,
-    phase: f64,
-    record: Arc<Honest>,
-) {
+async fn honest(session: Session, mut events: Events, rate: u32, phase: f64, record: Arc<Honest>) {
     let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let first = tokio::time::Instant::now() + period.mul_f64(phase);
     let mut tick = tokio::time::interval_at(first, period);
