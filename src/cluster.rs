@@ -640,6 +640,10 @@ async fn watch_cluster(
             }
             _ = tick.tick() => {
                 let _ = client.publish(subject.clone(), me.to_string().into()).await;
+                let forgotten = room.forget_abandoned();
+                if forgotten > 0 {
+                    tracing::debug!(forgotten, "forgot requests nobody waits for");
+                }
                 // Runs long gone are forgotten.
                 heard.retain(|_, at| at.elapsed() < 10 * NODE_SILENCE_LIMIT);
                 accused.retain(|_, at| at.elapsed() < 10 * NODE_SILENCE_LIMIT);

@@ -958,6 +958,28 @@ impl Room {
         Ok(earlier.len())
     }
 
+    /// In a cluster: forgets the requests waiting for their record that nobody
+    /// waits for any more, and returns how many. A request dropped while it waits
+    /// is forgotten at once (`Waiting`), but a publish begun on a PublishStream
+    /// ([`Room::begin_publish`]) and dropped with the stream before
+    /// [`Room::finish_publish`] ran never got that far: when its record then did
+    /// not reach the cluster's log, nothing would ever come back to take it.
+    /// Forgetting one is what `Waiting` does: a record that comes back later is
+    /// applied for nobody.
+    pub fn forget_abandoned(&self) -> usize {
+        let mut state = self.lock();
+        let abandoned: Vec<ProposalId> = state
+            .pending
+            .iter()
+            .filter(|(_, pending)| pending.reply.is_closed())
+            .map(|(proposal, _)| *proposal)
+            .collect();
+        for proposal in &abandoned {
+            take_pending(&mut state, *proposal);
+        }
+        abandoned.len()
+    }
+
     /// In a cluster: the other nodes' runs that hold participants, with their
     /// nodes' names.
     pub fn other_runs(&self) -> Vec<(Incarnation, Arc<str>)> {
@@ -1894,6 +1916,62 @@ mod tests {
             leaves.iter().all(|&leave| leave < stamped_meanwhile),
             "leaves at {leaves:?}, stamped meanwhile at {stamped_meanwhile}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_publish_dropped_before_it_waited_is_forgotten_when_its_record_never_comes_back() {
+        let kept = Arc::new(Kept::default());
+        let (log, _) = Log::open(&LogConfig {
+            storage: Storage::Memory,
+            retention: Retention {
+                max_events: 1000,
+                max_age: None,
+            },
+        })
+        .unwrap();
+        let room = Room::open_in_cluster(RoomConfig::default(), log, kept.clone(), "here");
+        // Join: the record is proposed, and applied as the cluster's log would.
+        let joining = tokio::spawn({
+            let room = Arc::clone(&room);
+            async move { room.join(b"ann", 0, JoinOptions::default()).await }
+        });
+        let record = loop {
+            if let Some(record) = kept.0.lock().unwrap().pop() {
+                break record;
+            }
+            tokio::task::yield_now().await;
+        };
+        room.apply(record);
+        let joined = joining.await.unwrap().unwrap();
+        let token = joined.token.expose().to_owned();
+
+        // One publish is begun and dropped, as with its PublishStream, before it
+        // waited; its record never comes back. Another is begun and kept.
+        drop(room.begin_publish(&token, b"lost", 0, "").unwrap());
+        let kept_publish = room.begin_publish(&token, b"kept", 0, "").unwrap();
+        assert_eq!(room.lock().pending.len(), 2);
+        assert_eq!(room.forget_abandoned(), 1);
+        assert_eq!(
+            room.lock().pending.len(),
+            1,
+            "the one still waited for stays"
+        );
+
+        // The kept one is answered as ever when its record comes back.
+        let record = kept
+            .0
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the kept publish's record");
+        let finishing = tokio::spawn({
+            let room = Arc::clone(&room);
+            async move { room.finish_publish(kept_publish).await }
+        });
+        room.apply(record);
+        let stamp = finishing.await.unwrap().unwrap();
+        assert!(stamp.seq > joined.stamp.seq);
+        assert!(room.lock().pending.is_empty());
     }
 
     async fn join(room: &Arc<Room>, name: &str) -> Joined {
