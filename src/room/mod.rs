@@ -1078,13 +1078,16 @@ impl Room {
                 .values()
                 .filter(|member| member.owner.incarnation == incarnation)
                 .count();
-        for _ in 1..leaving {
+        // The record's own time is one of them, even when nobody is left to go.
+        let leaves = leaving.max(1);
+        for _ in 1..leaves {
             self.clock.tick();
         }
         Record::NodeDown {
             node: node.to_owned(),
             incarnation,
             lamport,
+            leaves: Some(leaves as u64),
             cause: LeaveCause::NodeDown.as_str().to_owned(),
             proposer: self.incarnation,
             by: self.node.to_string(),
@@ -1355,8 +1358,10 @@ impl Room {
                     }
                 }
                 Record::NodeDown {
+                    node,
                     incarnation,
                     lamport,
+                    leaves,
                     cause,
                     ..
                 } => {
@@ -1369,6 +1374,16 @@ impl Room {
                         })
                         .collect();
                     leaving.sort_by(|a, b| a.0.cmp(&b.0));
+                    // Joins of that run applied since the proposer counted them have
+                    // no time reserved: the proposer stamped later events with those
+                    // times, which must stay later than every leave notice before
+                    // them in the log. They leave by the next record, which the
+                    // proposer stamps now. Every node takes the same ones: the first
+                    // by name, of the same participants.
+                    let reserved =
+                        leaves.map_or(leaving.len(), |n| usize::try_from(n).unwrap_or(usize::MAX));
+                    let left_over = leaving.len().saturating_sub(reserved);
+                    leaving.truncate(reserved);
                     let cause = leave_cause(&cause);
                     // This node's own run declared gone while it still serves (it was
                     // cut off too long): its participants must join again.
@@ -1386,6 +1401,16 @@ impl Room {
                         let entry =
                             self.announce_leave(&mut state, name, &owner, lamport, reason.clone());
                         logged.push(Logged::new(entry, cause.into(), None, &state));
+                    }
+                    if ours && left_over > 0 {
+                        tracing::info!(
+                            %node,
+                            %incarnation,
+                            left_over,
+                            "more of the run's participants than counted: announcing the rest"
+                        );
+                        let record = self.node_down(&state, incarnation, &node);
+                        self.propose_in_background(&state, vec![record]);
                     }
                 }
             }
@@ -1915,6 +1940,82 @@ mod tests {
         assert!(
             leaves.iter().all(|&leave| leave < stamped_meanwhile),
             "leaves at {leaves:?}, stamped meanwhile at {stamped_meanwhile}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_s_joins_applied_after_its_node_down_was_stamped_leave_by_a_record_of_their_own()
+    {
+        let kept = Arc::new(Kept::default());
+        let (log, _) = Log::open(&LogConfig {
+            storage: Storage::Memory,
+            retention: Retention {
+                max_events: 1000,
+                max_age: None,
+            },
+        })
+        .unwrap();
+        let room = Room::open_in_cluster(RoomConfig::default(), log, kept.clone(), "here");
+        let gone = Incarnation(7);
+        let join = |session: u64, name: &str| Record::Join {
+            owner: Owner {
+                node: Arc::from("there"),
+                incarnation: gone,
+                session,
+            },
+            name: name.to_owned(),
+            lamport: 1 + session,
+            client_lamport: 0,
+            proposal: session,
+            proof: "00".repeat(32),
+            replaces: None,
+        };
+        for (session, name) in (0..).zip(["ann", "bea", "cid"]) {
+            room.apply(join(session, name));
+        }
+        // Three counted; a fourth join of the gone run was in the cluster's log
+        // before the record, but this node had not applied it when it stamped it.
+        room.retire(gone, "there");
+        let node_down = kept.0.lock().unwrap().pop().expect("a record proposed");
+        room.apply(join(3, "abe"));
+        let stamped_meanwhile = room.clock.tick();
+        room.apply(node_down);
+        room.durable(room.log().head()).await.unwrap();
+        let leaves = |room: &Room| -> Vec<(String, LamportTime)> {
+            room.log()
+                .read_stored(1, 100)
+                .unwrap()
+                .iter()
+                .filter(|entry| entry.kind == EventKind::Left)
+                .map(|entry| (entry.participant.to_string(), entry.lamport))
+                .collect()
+        };
+        let first = leaves(&room);
+        assert_eq!(
+            first
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .collect::<Vec<_>>(),
+            ["abe", "ann", "bea"],
+            "as many as counted leave, the first by name"
+        );
+        assert!(
+            first.iter().all(|&(_, leave)| leave < stamped_meanwhile),
+            "leaves {first:?}, stamped meanwhile at {stamped_meanwhile}"
+        );
+
+        // The proposer sent another record for the one left over, later than
+        // everything it stamped meanwhile.
+        let again = kept.0.lock().unwrap().pop().expect("a record for the rest");
+        room.apply(again);
+        room.durable(room.log().head()).await.unwrap();
+        let all = leaves(&room);
+        assert_eq!(all.len(), 4, "{all:?}");
+        assert_eq!(all[3].0, "cid");
+        assert!(all[3].1 > stamped_meanwhile, "{all:?}");
+        assert!(
+            room.other_runs().is_empty(),
+            "nobody of the gone run is left"
         );
     }
 

@@ -123,6 +123,12 @@ pub enum Record {
         incarnation: Incarnation,
         /// The Lamport time of the first leave notice; each next one is one later.
         lamport: LamportTime,
+        /// How many leave notices the proposer moved its clock past: at most this
+        /// many participants leave by this record (the first by name), and the
+        /// proposer sends another record for any left over. None in records of
+        /// builds before it was added: then all of them leave.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leaves: Option<u64>,
         /// Why they left, as the log names it.
         cause: String,
         /// The run that proposes it.
@@ -240,6 +246,7 @@ mod tests {
                 node: "n1".into(),
                 incarnation: Incarnation(1),
                 lamport: 9,
+                leaves: Some(3),
                 cause: "node_down".into(),
                 proposer: Incarnation(2),
                 by: "n2".into(),
