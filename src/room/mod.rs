@@ -1893,8 +1893,8 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_node_down_record_moves_the_clock_past_every_leave_it_will_make() {
+    /// A node "here" of a cluster whose log is `Kept`, with its events in memory.
+    fn cluster_room() -> (Arc<Room>, Arc<Kept>) {
         let kept = Arc::new(Kept::default());
         let (log, _) = Log::open(&LogConfig {
             storage: Storage::Memory,
@@ -1905,23 +1905,36 @@ mod tests {
         })
         .unwrap();
         let room = Room::open_in_cluster(RoomConfig::default(), log, kept.clone(), "here");
-        let gone = Incarnation(7);
-        for (session, name) in (0..).zip(["ann", "bea", "cid"]) {
-            room.apply(Record::Join {
-                owner: Owner {
-                    node: Arc::from("there"),
-                    incarnation: gone,
-                    session,
-                },
-                name: name.to_owned(),
-                lamport: 1 + session,
-                client_lamport: 0,
-                proposal: session,
-                proof: "00".repeat(32),
-                replaces: None,
-            });
+        (room, kept)
+    }
+
+    /// The run of node "there" that the tests find gone.
+    const GONE: Incarnation = Incarnation(7);
+
+    /// A join held by [`GONE`], as the cluster's log would carry it.
+    fn gone_join(session: u64, name: &str) -> Record {
+        Record::Join {
+            owner: Owner {
+                node: Arc::from("there"),
+                incarnation: GONE,
+                session,
+            },
+            name: name.to_owned(),
+            lamport: 1 + session,
+            client_lamport: 0,
+            proposal: session,
+            proof: "00".repeat(32),
+            replaces: None,
         }
-        room.retire(gone, "there");
+    }
+
+    #[tokio::test]
+    async fn a_node_down_record_moves_the_clock_past_every_leave_it_will_make() {
+        let (room, kept) = cluster_room();
+        for (session, name) in (0..).zip(["ann", "bea", "cid"]) {
+            room.apply(gone_join(session, name));
+        }
+        room.retire(GONE, "there");
         let record = kept.0.lock().unwrap().pop().expect("a record proposed");
         // What the node stamps before its record comes back is later than the
         // record's leave notices, which it precedes in the log.
@@ -1946,38 +1959,15 @@ mod tests {
     #[tokio::test]
     async fn a_run_s_joins_applied_after_its_node_down_was_stamped_leave_by_a_record_of_their_own()
     {
-        let kept = Arc::new(Kept::default());
-        let (log, _) = Log::open(&LogConfig {
-            storage: Storage::Memory,
-            retention: Retention {
-                max_events: 1000,
-                max_age: None,
-            },
-        })
-        .unwrap();
-        let room = Room::open_in_cluster(RoomConfig::default(), log, kept.clone(), "here");
-        let gone = Incarnation(7);
-        let join = |session: u64, name: &str| Record::Join {
-            owner: Owner {
-                node: Arc::from("there"),
-                incarnation: gone,
-                session,
-            },
-            name: name.to_owned(),
-            lamport: 1 + session,
-            client_lamport: 0,
-            proposal: session,
-            proof: "00".repeat(32),
-            replaces: None,
-        };
+        let (room, kept) = cluster_room();
         for (session, name) in (0..).zip(["ann", "bea", "cid"]) {
-            room.apply(join(session, name));
+            room.apply(gone_join(session, name));
         }
         // Three counted; a fourth join of the gone run was in the cluster's log
         // before the record, but this node had not applied it when it stamped it.
-        room.retire(gone, "there");
+        room.retire(GONE, "there");
         let node_down = kept.0.lock().unwrap().pop().expect("a record proposed");
-        room.apply(join(3, "abe"));
+        room.apply(gone_join(3, "abe"));
         let stamped_meanwhile = room.clock.tick();
         room.apply(node_down);
         room.durable(room.log().head()).await.unwrap();
@@ -2021,16 +2011,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_publish_dropped_before_it_waited_is_forgotten_when_its_record_never_comes_back() {
-        let kept = Arc::new(Kept::default());
-        let (log, _) = Log::open(&LogConfig {
-            storage: Storage::Memory,
-            retention: Retention {
-                max_events: 1000,
-                max_age: None,
-            },
-        })
-        .unwrap();
-        let room = Room::open_in_cluster(RoomConfig::default(), log, kept.clone(), "here");
+        let (room, kept) = cluster_room();
         // Join: the record is proposed, and applied as the cluster's log would.
         let joining = tokio::spawn({
             let room = Arc::clone(&room);
