@@ -31,7 +31,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 
 /// How many events the log keeps by default (`--history-limit`); older ones are
 /// trimmed. At a few hundred bytes an event, about 30 MB on disk.
@@ -287,6 +287,9 @@ struct Progress {
     /// Set while a commit holds back waking the feeds for a newcomer
     /// ([`NEWCOMER_HEAD_START`]).
     held: AtomicBool,
+    /// Told once, when the log fails: what waits only for that ([`Log::failed`])
+    /// waits here, not on `durable`, which changes at every commit.
+    failed: Notify,
 }
 
 /// A request waiting for its event to be durable: told `Ok`, or why it never will be.
@@ -317,6 +320,11 @@ impl Progress {
             }
             false
         });
+        if failed.is_some() {
+            // Before the answers, so that a request told of the failure finds
+            // `Log::failed` told too.
+            self.failed.notify_waiters();
+        }
         let answered = match (&failed, seq) {
             (Some(_), _) => std::mem::take(&mut *waiters),
             (None, Some(seq)) => {
@@ -415,6 +423,7 @@ impl Log {
             durable,
             waiters: Mutex::new(BTreeMap::new()),
             held: AtomicBool::new(false),
+            failed: Notify::new(),
         });
         let (to_writer, from_log) = std::sync::mpsc::channel();
         let log = Arc::new(Log {
@@ -463,14 +472,15 @@ impl Log {
 
     /// Completes when the log fails (a write to the store failed); never otherwise.
     pub async fn failed(&self) {
-        let mut watch = self.progress.durable.subscribe();
-        if watch
-            .wait_for(|durable| durable.failed.is_some())
-            .await
-            .is_err()
-        {
-            // The log is gone without failing: wait for ever.
-            std::future::pending::<()>().await;
+        loop {
+            let notified = self.progress.failed.notified();
+            tokio::pin!(notified);
+            // Registered before looking, so a failure in between is not missed.
+            notified.as_mut().enable();
+            if self.failure().is_some() {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -745,6 +755,86 @@ mod tests {
         log.append(EventKind::Chat, Arc::from("a"), text.into(), 1, None)
     }
 
+    /// A memory store whose appends fail once told to, as a full disk's would.
+    #[derive(Debug, Default)]
+    struct FailingStore {
+        inner: MemoryStore,
+        fail: AtomicBool,
+    }
+
+    impl Store for FailingStore {
+        fn recover(&self) -> Result<Recovered, LogError> {
+            self.inner.recover()
+        }
+
+        fn append(&self, entries: &[Arc<Entry>], retention: &Retention) -> Result<u64, LogError> {
+            if self.fail.load(Ordering::Acquire) {
+                return Err(LogError::WriteFailed("no space left on device".into()));
+            }
+            self.inner.append(entries, retention)
+        }
+
+        fn trim(&self, retention: &Retention) -> Result<u64, LogError> {
+            self.inner.trim(retention)
+        }
+
+        fn read(&self, from: u64, max: usize) -> Result<Vec<Arc<Entry>>, LogError> {
+            self.inner.read(from, max)
+        }
+    }
+
+    /// A waker that counts how often it is woken.
+    #[derive(Debug, Default)]
+    struct CountingWaker(AtomicU64);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_is_woken_by_a_failure_and_not_by_commits() {
+        let store = Arc::new(FailingStore::default());
+        let retention = Retention {
+            max_events: 100,
+            max_age: None,
+        };
+        let log = Log::with_store(Arc::clone(&store) as Arc<dyn Store>, retention)
+            .unwrap()
+            .0;
+        let wakes = Arc::new(CountingWaker::default());
+        let waker = std::task::Waker::from(Arc::clone(&wakes));
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut failed = std::pin::pin!(log.failed());
+        assert!(failed.as_mut().poll(&mut cx).is_pending());
+
+        // Commits wake the feeds, not what waits only for a failure (the server's
+        // main task, which would otherwise be woken a thousand times a second).
+        for text in ["one", "two", "three"] {
+            let entry = append(&log, text);
+            log.durable(entry.seq).await.unwrap();
+        }
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "woken by a commit");
+        assert!(failed.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(log.failure(), None);
+
+        store.fail.store(true, Ordering::Release);
+        let refused = append(&log, "refused");
+        let err = log.durable(refused.seq).await.unwrap_err();
+        assert!(matches!(err, LogError::WriteFailed(_)), "{err:?}");
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "woken once by the failure"
+        );
+        assert!(failed.as_mut().poll(&mut cx).is_ready());
+        assert_eq!(log.failure(), Some(err));
+        // Whoever asks later finds it failed at once.
+        let mut later = std::pin::pin!(log.failed());
+        assert!(later.as_mut().poll(&mut cx).is_ready());
+    }
+
     #[tokio::test]
     async fn appends_are_numbered_without_gaps_and_read_back_once_durable() {
         let log = open(100);
@@ -801,6 +891,7 @@ mod tests {
             durable,
             waiters: Mutex::new(BTreeMap::new()),
             held: AtomicBool::new(false),
+            failed: Notify::new(),
         };
         let mut feed = progress.durable.subscribe();
         let wait = |seq, newcomer| {
