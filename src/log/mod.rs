@@ -28,7 +28,7 @@ use std::fmt;
 use std::ops::Deref;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot, watch};
@@ -284,9 +284,6 @@ struct Progress {
     /// each commit wakes only those it answers, not every request in flight.
     /// Changed together with `durable`'s sequence number, under this lock.
     waiters: Mutex<BTreeMap<u64, Vec<Waiter>>>,
-    /// Set while a commit holds back waking the feeds for a newcomer
-    /// ([`NEWCOMER_HEAD_START`]).
-    held: AtomicBool,
     /// Told once, when the log fails: what waits only for that ([`Log::failed`])
     /// waits here, not on `durable`, which changes at every commit.
     failed: Notify,
@@ -303,8 +300,9 @@ struct Waiter {
 impl Progress {
     /// Records that every event up to `seq` is durable (or, with `failed`, that
     /// none after it will be), answers the requests that waited for it and wakes
-    /// the feeds, unless one of the requests was a Join: then the wake is held
-    /// back until [`Progress::release`], and this returns true.
+    /// the feeds, unless one of the requests was a Join: then this returns true,
+    /// and the writer wakes them ([`Progress::wake_feeds`]) when the newcomer's
+    /// head start ends.
     fn advance(&self, seq: Option<u64>, failed: Option<LogError>) -> bool {
         let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
         // Readers see the new mark at once, but are woken only after the requests
@@ -347,19 +345,16 @@ impl Progress {
             }
         }
         let hold = newcomer && failed.is_none();
-        self.held.store(hold, Ordering::Release);
         if !hold {
             // Now the feeds: the mark moved (or the log failed), so each must look.
-            self.durable.send_modify(|_| {});
+            self.wake_feeds();
         }
         hold
     }
 
-    /// Wakes the feeds if the last commit held them back for a newcomer.
-    fn release(&self) {
-        if self.held.swap(false, Ordering::AcqRel) {
-            self.durable.send_modify(|_| {});
-        }
+    /// Wakes every feed to look at the log again.
+    fn wake_feeds(&self) {
+        self.durable.send_modify(|_| {});
     }
 }
 
@@ -422,7 +417,6 @@ impl Log {
             first_held: AtomicU64::new(recovered.first_held),
             durable,
             waiters: Mutex::new(BTreeMap::new()),
-            held: AtomicBool::new(false),
             failed: Notify::new(),
         });
         let (to_writer, from_log) = std::sync::mpsc::channel();
@@ -569,7 +563,7 @@ impl Log {
 
     /// Wakes every reader waiting for the log to move on, to look at its session again.
     pub fn wake_readers(&self) {
-        self.progress.durable.send_modify(|_| {});
+        self.progress.wake_feeds();
     }
 
     /// Durable events from `from` up to `max` of them (and before `until`, when
@@ -680,7 +674,8 @@ fn write_batches(
     events: std::sync::mpsc::Receiver<Arc<Entry>>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    // Whether the last commit holds back waking the feeds for a newcomer.
+    // Whether the last commit held back waking the feeds for a newcomer: they are
+    // woken once, when its head start ends.
     let mut holding = false;
     loop {
         let wait = if holding {
@@ -691,7 +686,7 @@ fn write_batches(
         let received = events.recv_timeout(wait);
         if std::mem::take(&mut holding) {
             // The newcomer's head start ends here: it ran out, or more events came.
-            progress.release();
+            progress.wake_feeds();
             if matches!(received, Err(RecvTimeoutError::Timeout)) {
                 continue;
             }
@@ -740,6 +735,7 @@ fn write_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicBool;
 
     fn open(max_events: u64) -> Arc<Log> {
         let retention = Retention {
@@ -890,7 +886,6 @@ mod tests {
             first_held: AtomicU64::new(1),
             durable,
             waiters: Mutex::new(BTreeMap::new()),
-            held: AtomicBool::new(false),
             failed: Notify::new(),
         };
         let mut feed = progress.durable.subscribe();
@@ -919,12 +914,9 @@ mod tests {
         assert!(!feed.has_changed().unwrap());
         // The new mark is there for any reader that looks.
         assert_eq!(feed.borrow().seq, 3);
-        progress.release();
+        // The writer wakes them when the head start ends.
+        progress.wake_feeds();
         assert!(feed.has_changed().unwrap());
-        feed.borrow_and_update();
-        // Released once only.
-        progress.release();
-        assert!(!feed.has_changed().unwrap());
     }
 
     #[tokio::test]
