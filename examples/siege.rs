@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -323,6 +323,79 @@ struct Stalled {
 /// How often the sampler reads memory figures.
 const SAMPLE_EVERY: Duration = Duration::from_millis(200);
 
+/// The attackers' threads (their runtime's), by thread id, for their CPU time.
+static ATTACKER_THREADS: StdMutex<Vec<u32>> = StdMutex::new(Vec::new());
+
+/// The honest participants' thread id, for its CPU time.
+static HONEST_THREAD: AtomicU32 = AtomicU32::new(0);
+
+/// The calling thread's id.
+fn this_thread() -> u32 {
+    // SAFETY: gettid takes nothing and cannot fail.
+    u32::try_from(unsafe { libc::gettid() }).unwrap_or(0)
+}
+
+/// CPU time used so far by the server, the attackers and the honest participants.
+#[derive(Debug, Clone, Copy)]
+struct CpuMark {
+    at: Instant,
+    server: u64,
+    attackers: u64,
+    honest: u64,
+}
+
+impl CpuMark {
+    fn now(server: u32) -> Self {
+        let me = std::process::id();
+        let thread = |tid: u32| chittychat::bench::thread_cpu_ns(me, tid).unwrap_or(0);
+        let attackers = ATTACKER_THREADS
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|&tid| thread(tid))
+            .sum();
+        Self {
+            at: Instant::now(),
+            server: chittychat::bench::cpu_ns(server).unwrap_or(0),
+            attackers,
+            honest: thread(HONEST_THREAD.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// What the server, the attackers and the honest participants took of the
+/// machine's CPUs over one or more spans of time.
+#[derive(Debug, Default, Clone, Copy)]
+struct CpuShare {
+    wall_ns: u128,
+    server: u64,
+    attackers: u64,
+    honest: u64,
+}
+
+impl CpuShare {
+    /// Adds the span between two marks.
+    fn add(&mut self, from: CpuMark, to: CpuMark) {
+        self.wall_ns += to.at.duration_since(from.at).as_nanos();
+        self.server += to.server.saturating_sub(from.server);
+        // A thread that ended took its CPU time with it: never below zero.
+        self.attackers += to.attackers.saturating_sub(from.attackers);
+        self.honest += to.honest.saturating_sub(from.honest);
+    }
+
+    /// "server / attackers / honest", each in percent of all the machine's CPUs.
+    fn percents(&self) -> String {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+        let percent = |ns: u64| ns as f64 * 100.0 / (self.wall_ns.max(1) as f64 * cpus);
+        format!(
+            "{:.0} / {:.0} / {:.0}",
+            percent(self.server),
+            percent(self.attackers),
+            percent(self.honest)
+        )
+    }
+}
+
 /// Samples the server's memory and the kernel's TCP memory until `until`, and
 /// notes when the server closed each stalled connection (to within
 /// [`SAMPLE_EVERY`]), from the state of the peer's own socket: one system call
@@ -353,7 +426,13 @@ fn main() -> ExitCode {
     let nice = args.attacker_nice;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_start(move || lower_priority(nice))
+        .on_thread_start(move || {
+            ATTACKER_THREADS
+                .lock()
+                .expect("not poisoned")
+                .push(this_thread());
+            lower_priority(nice);
+        })
         .build()
         .expect("a runtime");
     runtime.block_on(siege(args))
@@ -393,6 +472,7 @@ async fn siege(args: Args) -> ExitCode {
             args.rate,
         );
         std::thread::spawn(move || {
+            HONEST_THREAD.store(this_thread(), Ordering::Relaxed);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -421,7 +501,10 @@ async fn siege(args: Args) -> ExitCode {
         args.honest, args.rate, args.duration
     );
     let none = StdMutex::new(Vec::new());
+    let mut cpu = [CpuShare::default(); 3];
+    let mark = CpuMark::now(pid);
     let unloaded = sample_until(pid, Instant::now() + phase_length, &none).await;
+    cpu[UNLOADED].add(mark, CpuMark::now(pid));
 
     // The siege, in waves.
     record.phase.store(BESIEGED, Ordering::Relaxed);
@@ -483,7 +566,9 @@ async fn siege(args: Args) -> ExitCode {
                 }
             });
         }
+        let mark = CpuMark::now(pid);
         let besieged = sample_until(pid, Instant::now() + phase_length, &stalled).await;
+        cpu[BESIEGED].add(mark, CpuMark::now(pid));
         let (stalled_joined, stalled_closed, slowest_close, missed) = {
             let stalled = stalled.lock().expect("not poisoned");
             let closed: Vec<Duration> = stalled.iter().filter_map(|s| s.closed_after).collect();
@@ -554,12 +639,14 @@ async fn siege(args: Args) -> ExitCode {
     let stalled_closed = waves.iter().map(|w| w.1).min().unwrap_or(0);
     let slowest_close = waves.iter().map(|w| w.2).max().unwrap_or_default();
     let silent_closed: u64 = waves.iter().map(|w| w.3).sum();
+    let mark = CpuMark::now(pid);
     let after = sample_until(
         pid,
         Instant::now() + phase_length.min(Duration::from_secs(5)),
         &none,
     )
     .await;
+    cpu[AFTER].add(mark, CpuMark::now(pid));
     let after_rss = rss_kib(pid);
     let after_tcp = kernel_tcp();
     record.phase.store(STOPPED, Ordering::Relaxed);
@@ -589,6 +676,12 @@ async fn siege(args: Args) -> ExitCode {
     println!(
         "| TCP sockets in use, peak | {} | {} | {} |",
         unloaded.sockets, besieged.sockets, after_tcp.1
+    );
+    println!(
+        "| CPU, % of the machine: server / attackers / honest | {} | {} | {} |",
+        cpu[UNLOADED].percents(),
+        cpu[BESIEGED].percents(),
+        cpu[AFTER].percents()
     );
     let q = |phase, quantile| record.quantile_ms(phase, quantile);
     println!(

@@ -3,7 +3,7 @@
 //! loss and duplication, and the server's CPU and memory.
 //!
 //! - `load`: the participants and publishers.
-//! - `process`: the spawned server and its `/proc` readings ([`cpu_ns`],
+//! - `process`: the spawned server and its `/proc` readings ([`cpu_ns`], [`thread_cpu_ns`],
 //!   [`status_kib`]).
 //! - `report`: the results ([`Report`]), as a table or JSON.
 
@@ -24,7 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 
 pub use load::MIN_MESSAGE_CHARS;
-pub use process::{BENCH_JOIN_RATE, BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib};
+pub use process::{
+    BENCH_JOIN_RATE, BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib, thread_cpu_ns,
+};
 pub use report::{HistoryJoined, Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 
 /// How long, after publishing stops, every participant has to receive everything;

@@ -180,7 +180,18 @@ impl Drop for SpawnedServer {
 
 /// A process's CPU time (user + system, all threads) in nanoseconds.
 pub fn cpu_ns(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_ns(&format!("/proc/{pid}/stat"))
+}
+
+/// One thread's CPU time (user + system) in nanoseconds: thread `tid` of process
+/// `pid`.
+pub fn thread_cpu_ns(pid: u32, tid: u32) -> Option<u64> {
+    stat_cpu_ns(&format!("/proc/{pid}/task/{tid}/stat"))
+}
+
+/// The CPU time (user + system) in a `stat` file of `/proc`, in nanoseconds.
+fn stat_cpu_ns(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may contain spaces; the fields after its ")" do not.
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after ")".
     let mut fields = stat
