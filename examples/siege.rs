@@ -515,6 +515,7 @@ async fn siege(args: Args) -> ExitCode {
             args.stalled, args.silent, args.duration
         );
         record.moment(format!("wave {wave} begins"));
+        let mark = CpuMark::now(pid);
         let stop = Arc::new(AtomicBool::new(false));
         let stalled: Arc<StdMutex<Vec<Stalled>>> = Arc::default();
         let mut attackers = JoinSet::new();
@@ -566,7 +567,6 @@ async fn siege(args: Args) -> ExitCode {
                 }
             });
         }
-        let mark = CpuMark::now(pid);
         let besieged = sample_until(pid, Instant::now() + phase_length, &stalled).await;
         cpu[BESIEGED].add(mark, CpuMark::now(pid));
         let (stalled_joined, stalled_closed, slowest_close, missed) = {
