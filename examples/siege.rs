@@ -441,8 +441,8 @@ fn main() -> ExitCode {
 /// Lowers the calling thread's CPU priority to `nice` (Linux gives each thread its
 /// own nice value).
 fn lower_priority(nice: i32) {
-    // SAFETY: setpriority reads no memory of ours; `gettid` names this thread.
-    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    // SAFETY: setpriority reads no memory of ours.
+    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, this_thread(), nice) };
     if done != 0 {
         eprintln!(
             "siege: cannot lower an attacker thread's priority: {}",
