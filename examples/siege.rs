@@ -118,6 +118,8 @@ async fn start_server(args: &Args, log: &std::path::Path, data_dir: &std::path::
         .args(["--max-participants", &places.to_string()])
         .args(&args.server_args)
         .env_remove("RUST_LOG")
+        // Its log must go to standard error, where the address is read from.
+        .env_remove("CHITTYCHAT_LOG_FILE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).expect("the server's log file"))
@@ -420,6 +422,17 @@ async fn sample_until(pid: u32, until: Instant, stalled: &StdMutex<Vec<Stalled>>
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args
+        .server_args
+        .iter()
+        .any(|arg| arg == "--log-file" || arg.starts_with("--log-file="))
+    {
+        // The siege learns where the server listens from its standard error.
+        eprintln!(
+            "siege: --log-file cannot be among --server-args: the server's log goes to a file the siege names, kept when the siege fails"
+        );
+        return ExitCode::from(2);
+    }
     // The attackers run on this runtime's worker threads; the sampler runs on the
     // main thread and the honest participants on a thread of their own, both at the
     // usual priority.

@@ -71,6 +71,35 @@ fn saturating_a_spawned_server_loses_and_duplicates_nothing() {
 }
 
 #[test]
+fn a_log_file_named_in_the_environment_does_not_hide_the_spawned_servers_address() {
+    // The bench reads the address from the server's standard error; a log file
+    // the user's environment names (here one that cannot even be created) must not
+    // take the server's log away from it.
+    let output = command(&[
+        "saturate",
+        "--server-bin",
+        SERVER,
+        "--participants",
+        "2",
+        "--publishers",
+        "1",
+        "--warmup",
+        "0",
+        "--duration",
+        "0.3",
+        "--json",
+    ])
+    .env("CHITTYCHAT_LOG_FILE", "/nonexistent/chittychat/server.log")
+    .output()
+    .expect("chittychat-bench runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
 fn saturating_over_publish_streams_loses_duplicates_and_reorders_nothing() {
     let (status, report) = bench(&[
         "saturate",

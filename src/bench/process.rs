@@ -135,6 +135,8 @@ impl SpawnedServer {
             .args(["--history-limit", &history_limit.to_string()])
             .args(["--max-streams", &streams.to_string()])
             .env_remove("RUST_LOG")
+            // Its log must go to standard error, where the address is read from.
+            .env_remove("CHITTYCHAT_LOG_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
