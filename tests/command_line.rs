@@ -77,6 +77,25 @@ fn a_port_in_use_is_one_line_with_a_hint_even_with_backtraces_on() {
     assert!(said.contains("--listen takes HOST:PORT"), "{said}");
 }
 
+#[test]
+fn a_log_file_that_cannot_be_opened_is_one_line_naming_it() {
+    let output = Command::new(SERVER)
+        .args(["--ephemeral", "--listen", "127.0.0.1:0"])
+        .args(["--log-file", "/nonexistent/chittychat/server.log"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let said = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "chittychat-server: error: cannot open the log file /nonexistent/chittychat/server.log: No such file or directory (os error 2)"
+        ],
+        "{said}"
+    );
+}
+
 /// Each option of a `--help` text, with the block of text that explains it.
 fn options(help: &str) -> Vec<(String, String)> {
     let mut options: Vec<(String, String)> = Vec::new();

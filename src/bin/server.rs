@@ -213,9 +213,14 @@ fn main() -> ExitCode {
     let log = match logging::init(args.log_format, args.log_file.as_deref(), "info") {
         Ok(log) => log,
         Err(err) => {
+            // Only opening the file can fail, so there is one.
+            let path = args
+                .log_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new("-"));
             eprintln!(
-                "chittychat-server: error: cannot open the log file {:?}: {err}",
-                args.log_file
+                "chittychat-server: error: cannot open the log file {}: {err}",
+                path.display()
             );
             return ExitCode::FAILURE;
         }
