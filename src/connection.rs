@@ -28,6 +28,13 @@
 //!   [`ConnectionLimits::send_timeout`], its socket has taken no byte while there
 //!   was something to send, or HTTP/2 has taken nothing more from a feed that had
 //!   an event ready (the peer granted no flow-control window).
+//! - **Whose CPU a crowd uses.** Connections accepted while more than
+//!   [`CROWD_ACCEPTS`] arrive within [`CROWD_WINDOW`] (a flood, or everyone
+//!   reconnecting at once) are handed to a second stream ([`accept_with_crowd`]),
+//!   which the server serves on a runtime of its own whose threads run at a lower
+//!   CPU priority: the crowd's handshakes, joins and first deliveries take the CPU
+//!   that the connections already being served leave over, instead of queueing
+//!   ahead of their messages.
 //! - **After its participant is cut off.** When a feed ends with an error (the
 //!   participant fell too far behind, say), the connection is closed: once the
 //!   status has had [`CUT_OFF_GRACE`] to reach the client, or at once if the socket
@@ -192,6 +199,22 @@ const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
 /// responsive once some free up, at the cost of one failed `accept` a second.
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// How many connections may be accepted within [`CROWD_WINDOW`] before the next
+/// ones count as a crowd ([`accept_with_crowd`]): 300 a second. Honest clients
+/// connect a few at a time; a flood, or a whole room reconnecting after a
+/// restart, comes by the hundred.
+pub const CROWD_ACCEPTS: usize = 30;
+
+/// The window in which [`CROWD_ACCEPTS`] connections make a crowd.
+pub const CROWD_WINDOW: Duration = Duration::from_millis(100);
+
+/// How much lower than the server's own the CPU priority (Unix niceness) of the
+/// threads serving crowds is ([`accept_with_crowd`]), unless told otherwise
+/// (`--crowd-niceness`): at 10 lower, a thread gets about a tenth of the CPU a
+/// thread at the server's own priority gets when both want it, and all of it when
+/// nothing else does.
+pub const DEFAULT_CROWD_NICENESS: u8 = 10;
+
 /// What bounds the connections a server holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
@@ -207,6 +230,9 @@ pub struct ConnectionLimits {
     pub send_timeout: Duration,
     /// How many HTTP/2 streams one connection may have open at once.
     pub max_streams: u32,
+    /// How much lower the CPU priority of the threads serving crowds is (Unix
+    /// niceness, up to 19); 0 serves crowds like every other connection.
+    pub crowd_niceness: u8,
 }
 
 impl Default for ConnectionLimits {
@@ -216,6 +242,7 @@ impl Default for ConnectionLimits {
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            crowd_niceness: DEFAULT_CROWD_NICENESS,
         }
     }
 }
@@ -267,30 +294,100 @@ pub fn accept(
     listener: TcpListener,
     limits: ConnectionLimits,
 ) -> impl Stream<Item = Result<ConnectionIo, Infallible>> + Send + 'static {
-    let max = limits
-        .max_connections
-        .unwrap_or_else(default_max_connections)
-        .max(1);
-    tracing::info!(
-        max_connections = max,
-        join_timeout_secs = limits.join_timeout.as_secs_f64(),
-        send_timeout_secs = limits.send_timeout.as_secs_f64(),
-        max_streams = limits.max_streams,
-        "connection limits"
-    );
-    let acceptor = Acceptor {
-        listener,
-        slots: Arc::new(Semaphore::new(max)),
-        max,
-        limits,
-        next_id: 0,
-        refused: None,
-        failed: None,
+    Acceptor::new(listener, limits, None).into_stream()
+}
+
+/// Serves `listener`'s connections as [`accept`] does, in two streams: the
+/// connections accepted while a crowd connects ([`CrowdDetector`]) come out of the
+/// second, for the server to serve on a runtime whose threads run
+/// `limits.crowd_niceness` lower in CPU priority. Both share one cap on
+/// connections. With a `crowd_niceness` of 0 there is no second stream.
+///
+/// The second stream makes each connection's [`ConnectionIo`] when it is polled,
+/// so that the socket and its timers belong to the runtime that polls it. It ends
+/// when the first is dropped.
+pub fn accept_with_crowd(
+    listener: TcpListener,
+    limits: ConnectionLimits,
+) -> (
+    impl Stream<Item = Result<ConnectionIo, Infallible>> + Send + 'static,
+    Option<impl Stream<Item = Result<ConnectionIo, Infallible>> + Send + 'static>,
+) {
+    use tokio_stream::StreamExt;
+    if limits.crowd_niceness == 0 {
+        return (Acceptor::new(listener, limits, None).into_stream(), None);
+    }
+    let (handoff, handed) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
+    let crowd = Crowd {
+        detector: CrowdDetector::default(),
+        handoff,
+        episode: None,
     };
-    futures::stream::unfold(acceptor, |mut acceptor| async move {
-        let io = acceptor.next().await;
-        Some((Ok(io), acceptor))
-    })
+    let calm = Acceptor::new(listener, limits, Some(crowd)).into_stream();
+    let crowd = tokio_stream::wrappers::UnboundedReceiverStream::new(handed).filter_map(
+        |handoff: Handoff| match TcpStream::from_std(handoff.stream) {
+            Ok(stream) => Some(Ok(ConnectionIo::new(
+                stream,
+                handoff.peer,
+                handoff.id,
+                handoff.limits,
+                handoff.slot,
+            ))),
+            Err(err) => {
+                tracing::warn!(peer = %handoff.peer, error = %err, "cannot serve a connection of the crowd");
+                None
+            }
+        },
+    );
+    (calm, Some(crowd))
+}
+
+/// Tells a crowd from connections that come a few at a time: a connection is part
+/// of a crowd when more than [`CROWD_ACCEPTS`] were accepted within the
+/// [`CROWD_WINDOW`] that ends with it.
+#[derive(Debug, Default)]
+pub struct CrowdDetector {
+    /// When the connections of the last window were accepted, oldest first.
+    recent: std::collections::VecDeque<Instant>,
+}
+
+impl CrowdDetector {
+    /// Counts a connection accepted at `now` (which never goes back); true when it
+    /// is part of a crowd.
+    pub fn accepted(&mut self, now: Instant) -> bool {
+        while self
+            .recent
+            .front()
+            .is_some_and(|&at| now.duration_since(at) >= CROWD_WINDOW)
+        {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(now);
+        // Bounded: the window holds one more than the limit at most.
+        if self.recent.len() > CROWD_ACCEPTS + 1 {
+            self.recent.pop_front();
+        }
+        self.recent.len() > CROWD_ACCEPTS
+    }
+}
+
+/// The crowd's side of the accept loop.
+struct Crowd {
+    detector: CrowdDetector,
+    /// Where the crowd's connections go.
+    handoff: tokio::sync::mpsc::UnboundedSender<Handoff>,
+    /// How many connections of the crowd now connecting were handed over.
+    episode: Option<u64>,
+}
+
+/// A connection of the crowd on its way to the runtime that serves it: its socket
+/// leaves the accept loop's runtime, to be registered with that one.
+struct Handoff {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    limits: ConnectionLimits,
+    slot: OwnedSemaphorePermit,
 }
 
 /// The accept loop's state.
@@ -305,9 +402,93 @@ struct Acceptor {
     refused: Option<u64>,
     /// Accept errors in a row, and the pause before the next attempt.
     failed: Option<(u64, Duration)>,
+    /// Where the connections of a crowd go, if they go elsewhere.
+    crowd: Option<Crowd>,
 }
 
 impl Acceptor {
+    fn new(listener: TcpListener, limits: ConnectionLimits, crowd: Option<Crowd>) -> Self {
+        let max = limits
+            .max_connections
+            .unwrap_or_else(default_max_connections)
+            .max(1);
+        tracing::info!(
+            max_connections = max,
+            join_timeout_secs = limits.join_timeout.as_secs_f64(),
+            send_timeout_secs = limits.send_timeout.as_secs_f64(),
+            max_streams = limits.max_streams,
+            crowd_niceness = limits.crowd_niceness,
+            "connection limits"
+        );
+        Self {
+            listener,
+            slots: Arc::new(Semaphore::new(max)),
+            max,
+            limits,
+            next_id: 0,
+            refused: None,
+            failed: None,
+            crowd,
+        }
+    }
+
+    /// The connections this loop accepts that it does not hand to the crowd's
+    /// runtime, for tonic's `serve_with_incoming`.
+    fn into_stream(self) -> impl Stream<Item = Result<ConnectionIo, Infallible>> + Send + 'static {
+        futures::stream::unfold(self, |mut acceptor| async move {
+            let io = acceptor.next().await;
+            Some((Ok(io), acceptor))
+        })
+    }
+
+    /// Hands `stream` to the crowd's runtime when it is part of a crowd; gives it
+    /// back otherwise (or when it cannot be handed over).
+    fn hand_to_crowd(
+        &mut self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        id: u64,
+        slot: OwnedSemaphorePermit,
+    ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+        let Some(crowd) = &mut self.crowd else {
+            return Some((stream, slot));
+        };
+        if !crowd.detector.accepted(Instant::now()) {
+            if let Some(connections) = crowd.episode.take() {
+                tracing::info!(connections, "the crowd has connected");
+            }
+            return Some((stream, slot));
+        }
+        let stream = match stream.into_std() {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "cannot hand a connection to the crowd's runtime");
+                return None;
+            }
+        };
+        let handoff = Handoff {
+            stream,
+            peer,
+            id,
+            limits: self.limits,
+            slot,
+        };
+        if crowd.handoff.send(handoff).is_err() {
+            // The crowd's runtime has stopped: the server is stopping.
+            return None;
+        }
+        let handed = crowd.episode.get_or_insert_with(|| {
+            tracing::info!(
+                accepts = CROWD_ACCEPTS,
+                window_ms = CROWD_WINDOW.as_millis() as u64,
+                "a crowd is connecting; serving it at a lower CPU priority"
+            );
+            0
+        });
+        *handed += 1;
+        None
+    }
+
     async fn next(&mut self) -> ConnectionIo {
         loop {
             let (stream, peer) = match self.listener.accept().await {
@@ -340,6 +521,9 @@ impl Acceptor {
                 );
             }
             self.next_id += 1;
+            let Some((stream, slot)) = self.hand_to_crowd(stream, peer, self.next_id, slot) else {
+                continue;
+            };
             return ConnectionIo::new(stream, peer, self.next_id, self.limits, slot);
         }
     }
@@ -1057,6 +1241,33 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_stream::StreamExt;
+
+    #[test]
+    fn more_than_the_crowd_accepts_within_the_window_are_a_crowd_and_the_window_moves_on() {
+        let mut crowd = CrowdDetector::default();
+        let start = Instant::now();
+        let step = CROWD_WINDOW / 100;
+        let mut at = start;
+        for n in 1..=CROWD_ACCEPTS {
+            assert!(!crowd.accepted(at), "connection {n} is not a crowd yet");
+            at += step;
+        }
+        // Within the window of the first: one more is a crowd, and so are the next.
+        assert!(crowd.accepted(at));
+        assert!(crowd.accepted(at + step));
+        // Connections a window apart are never a crowd, however many.
+        let mut calm = CrowdDetector::default();
+        for n in 0..(3 * CROWD_ACCEPTS as u32) {
+            assert!(!calm.accepted(start + CROWD_WINDOW * n));
+        }
+        // A window after the crowd, the next connection is calm again.
+        assert!(!crowd.accepted(at + step + CROWD_WINDOW));
+        // What it remembers stays bounded, whatever the crowd.
+        for n in 0..10_000 {
+            crowd.accepted(at + CROWD_WINDOW * 2 + step * n);
+        }
+        assert!(crowd.recent.len() <= CROWD_ACCEPTS + 1);
+    }
 
     #[test]
     fn the_derived_cap_leaves_descriptors_free() {

@@ -133,6 +133,9 @@ pub enum ServerError {
     /// The node cannot join its cluster, or lost it for good.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The runtime for crowds of connections cannot be started (out of threads).
+    #[error("cannot start the threads that serve crowds of connections: {0}")]
+    CrowdRuntime(std::io::Error),
 }
 
 /// Serves Chitty-Chat on `listener` until `shutdown` completes.
@@ -254,7 +257,9 @@ async fn serve(
     }
     let health_follower =
         reachable.map(|reachable| tokio::spawn(health::follow(health_reporter.clone(), reachable)));
-    let incoming = connection::accept(listener, config.connections);
+    let (incoming, crowd_incoming) = connection::accept_with_crowd(listener, config.connections);
+    // The crowd's server stops when this one begins to (or is dropped).
+    let (crowd_stop, crowd_stopping) = tokio::sync::oneshot::channel::<()>();
     let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
     let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<ServerError>();
     let signal = async move {
@@ -271,6 +276,7 @@ async fn serve(
         health::shutting_down(&health_reporter).await;
         let present = room.shutdown();
         tracing::info!(present, "shutting down: told every participant");
+        drop(crowd_stop);
         match tokio::time::timeout(CLUSTER_LEAVE_TIMEOUT, room.leave_cluster()).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::warn!(error = %err, "could not tell the cluster"),
@@ -278,8 +284,8 @@ async fn serve(
         }
         let _ = stopped_tx.send(());
     };
-    let serve = builder
-        .layer(layer_fn(|inner| OversizeExplained {
+    let router = builder
+        .layer(layer_fn(move |inner| OversizeExplained {
             inner,
             max: max_request_bytes,
         }))
@@ -291,8 +297,26 @@ async fn serve(
         )
         .add_service(health_service)
         .add_optional_service(reflection_v1)
-        .add_optional_service(reflection_v1alpha)
-        .serve_with_incoming_shutdown(incoming, signal);
+        .add_optional_service(reflection_v1alpha);
+    let crowd_done = match crowd_incoming {
+        Some(crowd_incoming) => {
+            let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+            let crowd_serve =
+                router
+                    .clone()
+                    .serve_with_incoming_shutdown(crowd_incoming, async move {
+                        let _ = crowd_stopping.await;
+                        let _ = stopping_tx.send(());
+                    });
+            Some(serve_crowd(
+                crowd_serve,
+                stopping,
+                config.connections.crowd_niceness,
+            )?)
+        }
+        None => None,
+    };
+    let serve = router.serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(serve);
     tokio::select! {
         result = &mut serve => return Ok(result?),
@@ -308,12 +332,90 @@ async fn serve(
             );
         }
     }
+    // The crowd's server was told to stop with this one, and takes as long at most.
+    if let Some(crowd_done) = crowd_done {
+        let _ = tokio::time::timeout(SHUTDOWN_GRACE, crowd_done).await;
+    }
     sweeper.abort();
     match fatal_rx.try_recv() {
         Ok(err) => Err(err),
         Err(_) => Ok(()),
     }
 }
+
+/// Runs `serve`, the server of the crowds' connections
+/// ([`connection::accept_with_crowd`]), on a runtime of its own, whose threads
+/// (`chittychat-crowd`) run `niceness` below the server's priority. Once
+/// `stopping` is told (or dropped: `serve`'s shutdown signal has begun), it gives
+/// `serve` at most [`SHUTDOWN_GRACE`] more while its connections close. The
+/// receiver it returns is dropped when it has stopped.
+///
+/// The runtime lives on a thread of its own because a runtime may not be dropped
+/// from inside another one.
+fn serve_crowd(
+    serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    stopping: tokio::sync::oneshot::Receiver<()>,
+    niceness: u8,
+) -> Result<tokio::sync::oneshot::Receiver<()>, ServerError> {
+    let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("chittychat-crowd")
+        .on_thread_start(move || lower_priority(niceness))
+        .enable_all()
+        .build()
+        .map_err(ServerError::CrowdRuntime)?;
+    std::thread::Builder::new()
+        .name("chittychat-crowd".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                tokio::pin!(serve);
+                let served = tokio::select! {
+                    served = &mut serve => served,
+                    _ = stopping => match tokio::time::timeout(SHUTDOWN_GRACE, serve).await {
+                        Ok(served) => served,
+                        Err(_) => Ok(()),
+                    },
+                };
+                if let Err(err) = served {
+                    tracing::warn!(error = %err, "serving the crowd's connections failed");
+                }
+            });
+            // The runtime drops here, outside any other: its connections close.
+            drop(runtime);
+            drop(done);
+        })
+        .map_err(ServerError::CrowdRuntime)?;
+    Ok(done_rx)
+}
+
+/// Lowers the calling thread's CPU priority by `niceness` (to 19 at most).
+/// Raising one's niceness needs no privilege; if it fails, the thread keeps the
+/// server's priority and the crowd's connections still have their own queues.
+#[cfg(target_os = "linux")]
+fn lower_priority(niceness: u8) {
+    // SAFETY: getpriority and setpriority take integers and touch no memory; on
+    // Linux, PRIO_PROCESS with `who` 0 means the calling thread. getpriority's -1
+    // may be an error, which only makes the niceness asked for lower.
+    let failed = unsafe {
+        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+        libc::setpriority(
+            libc::PRIO_PROCESS,
+            0,
+            (current + i32::from(niceness)).min(19),
+        ) != 0
+    };
+    if failed {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower the CPU priority of a crowd's thread"
+        );
+    }
+}
+
+/// Elsewhere the threads keep the server's priority: there `setpriority` would
+/// apply to the whole process.
+#[cfg(not(target_os = "linux"))]
+fn lower_priority(_niceness: u8) {}
 
 /// How often the server looks for participants whose position the log trimmed.
 /// A reader that stopped reading is not polled by its stream, so it must be found.

@@ -4,7 +4,10 @@
 
 mod fixture;
 
-use chittychat::connection::{CUT_OFF_GRACE, ConnectionLimits, DEFAULT_MAX_STREAMS_PER_CONNECTION};
+use chittychat::connection::{
+    CROWD_ACCEPTS, CUT_OFF_GRACE, ConnectionLimits, DEFAULT_CROWD_NICENESS,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION,
+};
 use chittychat::event::EventKind;
 use chittychat::server::{MAX_LOCAL_RESET_STREAMS, ServerConfig};
 use chittychat::transport::Keepalive;
@@ -469,4 +472,123 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_once() {
     // And it serves again.
     let (alice, _events) = join(&server.url(), "alice").await;
     alice.publish("back").await.unwrap();
+}
+
+/// The nice value of each of process `pid`'s threads named `name` (Linux's
+/// `/proc/PID/task/*/stat`, the 19th field).
+#[cfg(target_os = "linux")]
+fn thread_nice(pid: u32, name: &str) -> Vec<i64> {
+    let mut nice = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        // After the name in parentheses: state is field 3, nice field 19.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        nice.push(fields[16].parse().unwrap());
+    }
+    nice
+}
+
+#[tokio::test]
+async fn a_crowd_connecting_at_once_is_served_on_threads_of_lower_priority() {
+    const CROWD: usize = CROWD_ACCEPTS + 20;
+    let mut server = ServerProcess::start(&["--publish-rate", "0"]).await;
+    let (alice, mut alice_events) = join(&server.url(), "alice").await;
+
+    // Connections come all at once: past the first CROWD_ACCEPTS, they are a crowd.
+    let url = server.url();
+    let channels = within(
+        DEADLINE,
+        "the crowd to connect",
+        futures::future::join_all((0..CROWD).map(|_| chittychat::client::connect(&url))),
+    )
+    .await;
+    let line = server
+        .await_log("a crowd is connecting; serving it at a lower CPU priority")
+        .await;
+    assert_eq!(line["level"], "INFO", "{line}");
+    assert_eq!(line["accepts"], CROWD_ACCEPTS, "{line}");
+
+    // Every one of them is served: each joins, and they and alice hear each other.
+    let mut crowd = Vec::new();
+    for (n, channel) in channels.into_iter().enumerate() {
+        let name = format!("crowd{n}");
+        let joined = within(
+            DEADLINE,
+            "a Join from the crowd",
+            chittychat::client::Session::join(channel.unwrap(), &name),
+        )
+        .await
+        .unwrap();
+        await_notice(&mut alice_events, EventKind::Joined, &name, DEADLINE).await;
+        crowd.push(joined);
+    }
+    let (last, last_events) = crowd.last_mut().unwrap();
+    last.publish("from the crowd").await.unwrap();
+    let last_name = format!("crowd{}", CROWD - 1);
+    await_notice(&mut alice_events, EventKind::Chat, &last_name, DEADLINE).await;
+    alice.publish("to the crowd").await.unwrap();
+    await_notice(last_events, EventKind::Chat, "alice", DEADLINE).await;
+
+    // The crowd's threads run at a lower priority than the server's own.
+    #[cfg(target_os = "linux")]
+    {
+        let own = thread_nice(server.pid(), "tokio-rt-worker");
+        // Linux keeps 15 bytes of a thread's name: `chittychat-crowd` is this.
+        let crowds = thread_nice(server.pid(), "chittychat-crow");
+        assert!(!own.is_empty() && !crowds.is_empty(), "{own:?} {crowds:?}");
+        let lowered = (own[0] + i64::from(DEFAULT_CROWD_NICENESS)).min(19);
+        // The thread that drives the crowd's runtime keeps its priority; its
+        // workers, which run the connections, have the lower one.
+        assert!(crowds.contains(&lowered), "{own:?} {crowds:?}");
+        assert!(own.iter().all(|&nice| nice == own[0]), "{own:?}");
+    }
+
+    // Once the crowd is in, the next connection is calm again, and the episode is
+    // logged once, with how many connections it handed over.
+    let calm = within(DEADLINE, "a calm connection", async {
+        loop {
+            let joined = async {
+                let channel = chittychat::client::connect(&url).await.ok()?;
+                chittychat::client::Session::join(channel, "bob").await.ok()
+            };
+            if let Some(joined) = joined.await {
+                return joined;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let line = server.await_log("the crowd has connected").await;
+    assert!(
+        line["connections"].as_u64().unwrap() >= (CROWD - CROWD_ACCEPTS) as u64,
+        "{line}"
+    );
+    drop(calm);
+    let episodes = server
+        .log
+        .drain()
+        .iter()
+        .filter(|l| l.contains("a crowd is connecting"))
+        .count();
+    assert_eq!(episodes, 1, "the crowd was logged more than once");
+
+    // The server stops cleanly with the crowd still connected.
+    drop(alice);
+    let status = within(DEADLINE, "the server to stop", server.terminate()).await;
+    assert!(status.success(), "{status:?}");
+    drop(crowd);
 }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use chittychat::cli::KeepaliveArgs;
 use chittychat::cluster::{self, ClusterConfig};
 use chittychat::connection::{
-    ConnectionLimits, DEFAULT_JOIN_TIMEOUT, DEFAULT_MAX_STREAMS_PER_CONNECTION,
-    DEFAULT_SEND_TIMEOUT,
+    ConnectionLimits, DEFAULT_CROWD_NICENESS, DEFAULT_JOIN_TIMEOUT,
+    DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_SEND_TIMEOUT,
 };
 use chittychat::health_probe::{self, Probed};
 use chittychat::log::{DEFAULT_HISTORY_LIMIT, Log, LogConfig, Recovered, Retention, Storage};
@@ -120,6 +120,13 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_streams: u32,
+    /// How much lower the CPU priority (niceness) of the threads that serve crowds
+    /// is: connections that arrive more than 30 within a tenth of a second, such
+    /// as a flood, are served at this priority for as long as they live, so that
+    /// they take the CPU the others leave over. 0 serves them like the rest.
+    #[arg(long, env = "CHITTYCHAT_CROWD_NICENESS", default_value_t = DEFAULT_CROWD_NICENESS,
+          value_parser = clap::value_parser!(u8).range(0..=19))]
+    crowd_niceness: u8,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Clients then
     /// connect with https:// URLs.
     #[arg(
@@ -423,6 +430,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
             join_timeout: args.join_timeout.0,
             send_timeout: args.send_timeout.0,
             max_streams: args.max_streams,
+            crowd_niceness: args.crowd_niceness,
         },
         cluster: args.node.as_ref().map(|node| ClusterConfig {
             servers: args.nats.clone(),
