@@ -402,28 +402,12 @@ async fn connections_past_the_limit_are_refused_and_the_honest_are_served() {
     let closing = holders.pop().unwrap();
     closing.driver.abort();
     drop(closing);
-    let (_bob, _bob_events) = within(DEADLINE, "bob to find a free place", async {
-        loop {
-            let attempt = async {
-                let channel = chittychat::client::connect(&server.url()).await.ok()?;
-                chittychat::client::Session::join(channel, "bob").await.ok()
-            };
-            if let Some(joined) = attempt.await {
-                return joined;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let (_bob, _bob_events) =
+        join_once_let_in(&server.url(), "bob", "bob to find a free place").await;
     // One warning for the whole episode, however many were refused.
     let line = server.await_log("below the connection limit again").await;
     assert!(line["refused"].as_u64().unwrap() >= EXTRA as u64, "{line}");
-    let warnings = server
-        .log
-        .drain()
-        .iter()
-        .filter(|l| l.contains("connection limit reached"))
-        .count();
+    let warnings = server.logged("connection limit reached");
     assert_eq!(
         warnings, 1,
         "the limit was logged more than once per episode"
@@ -462,16 +446,33 @@ async fn out_of_descriptors_the_accept_loop_backs_off_and_logs_once() {
     drop(held);
     let line = server.await_log("accepting connections again").await;
     assert!(line["failures"].as_u64().unwrap() >= 1, "{line}");
-    let warnings = server
-        .log
-        .drain()
-        .iter()
-        .filter(|l| l.contains("cannot accept connections"))
-        .count();
+    let warnings = server.logged("cannot accept connections");
     assert_eq!(warnings, 1, "the episode was logged more than once");
     // And it serves again.
     let (alice, _events) = join(&server.url(), "alice").await;
     alice.publish("back").await.unwrap();
+}
+
+/// Connects and joins as `name`, again every 20 ms until the server lets it in,
+/// within the deadline (`what` says what is awaited).
+async fn join_once_let_in(
+    url: &str,
+    name: &str,
+    what: &str,
+) -> (chittychat::client::Session, chittychat::client::Events) {
+    within(DEADLINE, what, async {
+        loop {
+            let attempt = async {
+                let channel = chittychat::client::connect(url).await.ok()?;
+                chittychat::client::Session::join(channel, name).await.ok()
+            };
+            if let Some(joined) = attempt.await {
+                return joined;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
 }
 
 /// The nice value of each of process `pid`'s threads named `name` (Linux's
@@ -559,31 +560,14 @@ async fn a_crowd_connecting_at_once_is_served_on_threads_of_lower_priority() {
 
     // Once the crowd is in, the next connection is calm again, and the episode is
     // logged once, with how many connections it handed over.
-    let calm = within(DEADLINE, "a calm connection", async {
-        loop {
-            let joined = async {
-                let channel = chittychat::client::connect(&url).await.ok()?;
-                chittychat::client::Session::join(channel, "bob").await.ok()
-            };
-            if let Some(joined) = joined.await {
-                return joined;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    let calm = join_once_let_in(&url, "bob", "a calm connection").await;
     let line = server.await_log("the crowd has connected").await;
     assert!(
         line["connections"].as_u64().unwrap() >= (CROWD - CROWD_ACCEPTS) as u64,
         "{line}"
     );
     drop(calm);
-    let episodes = server
-        .log
-        .drain()
-        .iter()
-        .filter(|l| l.contains("a crowd is connecting"))
-        .count();
+    let episodes = server.logged("a crowd is connecting");
     assert_eq!(episodes, 1, "the crowd was logged more than once");
 
     // The server stops cleanly with the crowd still connected.
