@@ -210,10 +210,64 @@ pub const CROWD_WINDOW: Duration = Duration::from_millis(100);
 
 /// How much lower than the server's own the CPU priority (Unix niceness) of the
 /// threads serving crowds is ([`accept_with_crowd`]), unless told otherwise
-/// (`--crowd-niceness`): at 10 lower, a thread gets about a tenth of the CPU a
+/// (`--crowd-priority`): at 10 lower, a thread gets about a tenth of the CPU a
 /// thread at the server's own priority gets when both want it, and all of it when
 /// nothing else does.
 pub const DEFAULT_CROWD_NICENESS: u8 = 10;
+
+/// The priority crowds are served at unless told otherwise: [`DEFAULT_CROWD_NICENESS`]
+/// lower.
+pub const DEFAULT_CROWD_PRIORITY: CrowdPriority = CrowdPriority::Lower(DEFAULT_CROWD_NICENESS);
+
+/// The lowest a Unix niceness goes.
+const LOWEST_NICENESS: u8 = 19;
+
+/// How the threads that serve crowds ([`accept_with_crowd`]) run beside the
+/// server's own. Written on the command line as the niceness to lower by, 0 to 19
+/// (0 for [`Same`](CrowdPriority::Same)), or `idle`. Elsewhere than Linux, the
+/// crowd's threads keep the server's priority.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrowdPriority {
+    /// No threads of their own: crowds are served like every other connection.
+    Same,
+    /// Threads this much lower in CPU priority (Unix niceness, 1 to 19).
+    Lower(u8),
+    /// Threads under Linux's `SCHED_IDLE` policy: they run on the CPU nothing else
+    /// on the machine wants, and a thread of the normal policy that wakes takes
+    /// their CPU at once. Below any niceness: while anything else on the machine
+    /// keeps its CPUs busy, a crowd's connections wait (seconds, where a niceness
+    /// of 10 keeps them served), so it is for a machine that serves chat alone.
+    Idle,
+}
+
+impl std::str::FromStr for CrowdPriority {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("idle") {
+            return Ok(Self::Idle);
+        }
+        match text.parse::<u8>() {
+            Ok(0) => Ok(Self::Same),
+            Ok(niceness) if niceness <= LOWEST_NICENESS => Ok(Self::Lower(niceness)),
+            _ => Err(format!(
+                "\"{text}\" is not a crowd priority; give a niceness to lower by, \
+                 0 to {LOWEST_NICENESS}, or idle"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for CrowdPriority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Same => f.write_str("0"),
+            Self::Lower(niceness) => write!(f, "{niceness}"),
+            Self::Idle => f.write_str("idle"),
+        }
+    }
+}
 
 /// What bounds the connections a server holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,9 +284,9 @@ pub struct ConnectionLimits {
     pub send_timeout: Duration,
     /// How many HTTP/2 streams one connection may have open at once.
     pub max_streams: u32,
-    /// How much lower the CPU priority of the threads serving crowds is (Unix
-    /// niceness, up to 19); 0 serves crowds like every other connection.
-    pub crowd_niceness: u8,
+    /// How the threads serving crowds run: [`CrowdPriority::Same`] serves crowds
+    /// like every other connection.
+    pub crowd_priority: CrowdPriority,
 }
 
 impl Default for ConnectionLimits {
@@ -242,7 +296,7 @@ impl Default for ConnectionLimits {
             join_timeout: DEFAULT_JOIN_TIMEOUT,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             max_streams: DEFAULT_MAX_STREAMS_PER_CONNECTION,
-            crowd_niceness: DEFAULT_CROWD_NICENESS,
+            crowd_priority: DEFAULT_CROWD_PRIORITY,
         }
     }
 }
@@ -299,9 +353,9 @@ pub fn accept(
 
 /// Serves `listener`'s connections as [`accept`] does, in two streams: the
 /// connections accepted while a crowd connects ([`CrowdDetector`]) come out of the
-/// second, for the server to serve on a runtime whose threads run
-/// `limits.crowd_niceness` lower in CPU priority. Both share one cap on
-/// connections. With a `crowd_niceness` of 0 there is no second stream.
+/// second, for the server to serve on a runtime whose threads run at
+/// `limits.crowd_priority`. Both share one cap on connections. With
+/// [`CrowdPriority::Same`] there is no second stream.
 ///
 /// The second stream makes each connection's [`ConnectionIo`] when it is polled,
 /// so that the socket and its timers belong to the runtime that polls it. It ends
@@ -314,7 +368,7 @@ pub fn accept_with_crowd(
     Option<impl Stream<Item = Result<ConnectionIo, Infallible>> + Send + 'static>,
 ) {
     use tokio_stream::StreamExt;
-    if limits.crowd_niceness == 0 {
+    if limits.crowd_priority == CrowdPriority::Same {
         return (Acceptor::new(listener, limits, None).into_stream(), None);
     }
     let (handoff, handed) = tokio::sync::mpsc::unbounded_channel::<Handoff>();
@@ -417,7 +471,7 @@ impl Acceptor {
             join_timeout_secs = limits.join_timeout.as_secs_f64(),
             send_timeout_secs = limits.send_timeout.as_secs_f64(),
             max_streams = limits.max_streams,
-            crowd_niceness = limits.crowd_niceness,
+            crowd_priority = %limits.crowd_priority,
             "connection limits"
         );
         Self {
@@ -1267,6 +1321,25 @@ mod tests {
             crowd.accepted(at + CROWD_WINDOW * 2 + step * n);
         }
         assert!(crowd.recent.len() <= CROWD_ACCEPTS + 1);
+    }
+
+    #[test]
+    fn a_crowd_priority_is_a_niceness_or_idle_and_reads_back_as_written() {
+        for (text, priority) in [
+            ("0", CrowdPriority::Same),
+            ("1", CrowdPriority::Lower(1)),
+            ("10", CrowdPriority::Lower(10)),
+            ("19", CrowdPriority::Lower(19)),
+            ("idle", CrowdPriority::Idle),
+        ] {
+            assert_eq!(text.parse::<CrowdPriority>(), Ok(priority));
+            assert_eq!(priority.to_string(), text);
+        }
+        assert_eq!(" IDLE ".parse::<CrowdPriority>(), Ok(CrowdPriority::Idle));
+        for bad in ["20", "-1", "", "low", "1.5"] {
+            let err = bad.parse::<CrowdPriority>().unwrap_err();
+            assert!(err.contains("0 to 19, or idle"), "{bad}: {err}");
+        }
     }
 
     #[test]

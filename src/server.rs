@@ -6,7 +6,7 @@
 //! Accepted calls are logged by the room, one line per event.
 
 use crate::cluster::{self, ClusterConfig, ClusterError};
-use crate::connection::{self, ConnectionHandle, ConnectionLimits, ParticipantFeed};
+use crate::connection::{self, ConnectionHandle, ConnectionLimits, CrowdPriority, ParticipantFeed};
 use crate::error::ChatError;
 use crate::feed::Feed;
 use crate::health;
@@ -311,7 +311,7 @@ async fn serve(
             Some(serve_crowd(
                 crowd_serve,
                 stopping,
-                config.connections.crowd_niceness,
+                config.connections.crowd_priority,
             )?)
         }
         None => None,
@@ -345,7 +345,7 @@ async fn serve(
 
 /// Runs `serve`, the server of the crowds' connections
 /// ([`connection::accept_with_crowd`]), on a runtime of its own, whose threads
-/// (`chittychat-crowd`) run `niceness` below the server's priority. Once
+/// (`chittychat-crowd`) run at `priority`. Once
 /// `stopping` is told (or dropped: `serve`'s shutdown signal has begun), it gives
 /// `serve` at most [`SHUTDOWN_GRACE`] more while its connections close. The
 /// receiver it returns is dropped when it has stopped.
@@ -355,12 +355,12 @@ async fn serve(
 fn serve_crowd(
     serve: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
     stopping: tokio::sync::oneshot::Receiver<()>,
-    niceness: u8,
+    priority: CrowdPriority,
 ) -> Result<tokio::sync::oneshot::Receiver<()>, ServerError> {
     let (done, done_rx) = tokio::sync::oneshot::channel::<()>();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("chittychat-crowd")
-        .on_thread_start(move || lower_priority(niceness))
+        .on_thread_start(move || lower_priority(priority))
         .enable_all()
         .build()
         .map_err(ServerError::CrowdRuntime)?;
@@ -388,25 +388,37 @@ fn serve_crowd(
     Ok(done_rx)
 }
 
-/// Lowers the calling thread's CPU priority by `niceness` (to 19 at most).
-/// Raising one's niceness needs no privilege; if it fails, the thread keeps the
-/// server's priority and the crowd's connections still have their own queues.
+/// Lowers the calling thread's CPU priority to `priority`. Lowering one's own
+/// priority needs no privilege (and cannot be undone without it); if it fails, the
+/// thread keeps the server's priority and the crowd's connections still have their
+/// own queues.
 #[cfg(target_os = "linux")]
-fn lower_priority(niceness: u8) {
-    // SAFETY: getpriority and setpriority take integers and touch no memory; on
-    // Linux, PRIO_PROCESS with `who` 0 means the calling thread. getpriority's -1
-    // may be an error, which only makes the niceness asked for lower.
-    let failed = unsafe {
-        let current = libc::getpriority(libc::PRIO_PROCESS, 0);
-        libc::setpriority(
-            libc::PRIO_PROCESS,
-            0,
-            (current + i32::from(niceness)).min(19),
-        ) != 0
+fn lower_priority(priority: CrowdPriority) {
+    let failed = match priority {
+        CrowdPriority::Same => false,
+        // SAFETY: getpriority and setpriority take integers and touch no memory;
+        // on Linux, PRIO_PROCESS with `who` 0 means the calling thread.
+        // getpriority's -1 may be an error, which only makes the niceness asked
+        // for lower.
+        CrowdPriority::Lower(niceness) => unsafe {
+            let current = libc::getpriority(libc::PRIO_PROCESS, 0);
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                0,
+                (current + i32::from(niceness)).min(19),
+            ) != 0
+        },
+        CrowdPriority::Idle => {
+            let param = libc::sched_param { sched_priority: 0 };
+            // SAFETY: `param` outlives the call, which only reads it; pid 0 means
+            // the calling thread.
+            unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 }
+        }
     };
     if failed {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
+            %priority,
             "cannot lower the CPU priority of a crowd's thread"
         );
     }
@@ -415,7 +427,7 @@ fn lower_priority(niceness: u8) {
 /// Elsewhere the threads keep the server's priority: there `setpriority` would
 /// apply to the whole process.
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_niceness: u8) {}
+fn lower_priority(_priority: CrowdPriority) {}
 
 /// How often the server looks for participants whose position the log trimmed.
 /// A reader that stopped reading is not polled by its stream, so it must be found.
@@ -834,5 +846,40 @@ mod tests {
         assert_eq!(chat_rpc(&publish), Some("Publish"));
         assert_eq!(chat_rpc("/grpc.health.v1.Health/Check"), None);
         assert_eq!(chat_rpc("/"), None);
+    }
+
+    /// The calling thread's scheduling policy and niceness.
+    #[cfg(target_os = "linux")]
+    fn own_priority() -> (i32, i32) {
+        // SAFETY: both take integers and touch no memory; 0 means the calling
+        // thread.
+        unsafe {
+            (
+                libc::sched_getscheduler(0),
+                libc::getpriority(libc::PRIO_PROCESS, 0),
+            )
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_crowd_s_thread_lowers_its_own_priority_and_no_other() {
+        let on_a_thread = |priority| {
+            std::thread::spawn(move || {
+                let before = own_priority();
+                lower_priority(priority);
+                (before, own_priority())
+            })
+            .join()
+            .unwrap()
+        };
+        let ((policy, nice), after) = on_a_thread(CrowdPriority::Lower(3));
+        assert_eq!(after, (policy, (nice + 3).min(19)));
+        let ((_, nice), after) = on_a_thread(CrowdPriority::Idle);
+        assert_eq!(after, (libc::SCHED_IDLE, nice));
+        let (before, after) = on_a_thread(CrowdPriority::Same);
+        assert_eq!(after, before);
+        // This thread, like the server's own, kept its priority.
+        assert_eq!(own_priority(), before);
     }
 }

@@ -138,7 +138,9 @@ impl SpawnedServer {
             // The bench connects its participants in crowds and shares the machine
             // with the server: served at a lower priority, they would measure the
             // load generator. An environment variable, which a server from before
-            // it ignores, so that earlier builds can be measured side by side.
+            // it ignores, so that earlier builds can be measured side by side (those
+            // of 2026-12-06 read the second name).
+            .env("CHITTYCHAT_CROWD_PRIORITY", "0")
             .env("CHITTYCHAT_CROWD_NICENESS", "0")
             // Its log must go to standard error, where the address is read from.
             .env_remove("CHITTYCHAT_LOG_FILE")

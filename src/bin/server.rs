@@ -7,7 +7,7 @@ use bytes::Bytes;
 use chittychat::cli::KeepaliveArgs;
 use chittychat::cluster::{self, ClusterConfig};
 use chittychat::connection::{
-    ConnectionLimits, DEFAULT_CROWD_NICENESS, DEFAULT_JOIN_TIMEOUT,
+    ConnectionLimits, CrowdPriority, DEFAULT_CROWD_PRIORITY, DEFAULT_JOIN_TIMEOUT,
     DEFAULT_MAX_STREAMS_PER_CONNECTION, DEFAULT_SEND_TIMEOUT,
 };
 use chittychat::health_probe::{self, Probed};
@@ -120,13 +120,15 @@ struct Args {
     #[arg(long, env = "CHITTYCHAT_MAX_STREAMS", default_value_t = DEFAULT_MAX_STREAMS_PER_CONNECTION,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_streams: u32,
-    /// How much lower the CPU priority (niceness) of the threads that serve crowds
-    /// is: connections that arrive more than 30 within a tenth of a second, such
-    /// as a flood, are served at this priority for as long as they live, so that
-    /// they take the CPU the others leave over. 0 serves them like the rest.
-    #[arg(long, env = "CHITTYCHAT_CROWD_NICENESS", default_value_t = DEFAULT_CROWD_NICENESS,
-          value_parser = clap::value_parser!(u8).range(0..=19))]
-    crowd_niceness: u8,
+    /// The CPU priority of the threads that serve crowds: connections that arrive
+    /// more than 30 within a tenth of a second, such as a flood, are served at it
+    /// for as long as they live, so that they take the CPU the others leave over.
+    /// A niceness to lower by, 1 to 19; 0 serves them like the rest; idle (Linux's
+    /// SCHED_IDLE) serves them only on CPU nothing else on the machine wants,
+    /// which suits a machine that serves chat alone.
+    #[arg(long, alias = "crowd-niceness", env = "CHITTYCHAT_CROWD_PRIORITY",
+          value_name = "NICENESS|idle", default_value_t = DEFAULT_CROWD_PRIORITY)]
+    crowd_priority: CrowdPriority,
     /// Serve TLS with this certificate chain (PEM); needs --tls-key. Clients then
     /// connect with https:// URLs.
     #[arg(
@@ -430,7 +432,7 @@ fn server_config(args: &Args) -> anyhow::Result<ServerConfig> {
             join_timeout: args.join_timeout.0,
             send_timeout: args.send_timeout.0,
             max_streams: args.max_streams,
-            crowd_niceness: args.crowd_niceness,
+            crowd_priority: args.crowd_priority,
         },
         cluster: args.node.as_ref().map(|node| ClusterConfig {
             servers: args.nats.clone(),
