@@ -379,12 +379,12 @@ pub fn accept_with_crowd(
     };
     let calm = Acceptor::new(listener, limits, Some(crowd)).into_stream();
     let crowd = tokio_stream::wrappers::UnboundedReceiverStream::new(handed).filter_map(
-        |handoff: Handoff| match TcpStream::from_std(handoff.stream) {
+        move |handoff: Handoff| match TcpStream::from_std(handoff.stream) {
             Ok(stream) => Some(Ok(ConnectionIo::new(
                 stream,
                 handoff.peer,
                 handoff.id,
-                handoff.limits,
+                limits,
                 handoff.slot,
             ))),
             Err(err) => {
@@ -440,7 +440,6 @@ struct Handoff {
     stream: std::net::TcpStream,
     peer: SocketAddr,
     id: u64,
-    limits: ConnectionLimits,
     slot: OwnedSemaphorePermit,
 }
 
@@ -524,7 +523,6 @@ impl Acceptor {
             stream,
             peer,
             id,
-            limits: self.limits,
             slot,
         };
         if crowd.handoff.send(handoff).is_err() {
