@@ -220,7 +220,7 @@ pub const DEFAULT_CROWD_NICENESS: u8 = 10;
 pub const DEFAULT_CROWD_PRIORITY: CrowdPriority = CrowdPriority::Lower(DEFAULT_CROWD_NICENESS);
 
 /// The lowest a Unix niceness goes.
-const LOWEST_NICENESS: u8 = 19;
+pub(crate) const LOWEST_NICENESS: u8 = 19;
 
 /// How the threads that serve crowds ([`accept_with_crowd`]) run beside the
 /// server's own. Written on the command line as the niceness to lower by, 0 to 19

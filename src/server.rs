@@ -405,7 +405,7 @@ fn lower_priority(priority: CrowdPriority) {
             libc::setpriority(
                 libc::PRIO_PROCESS,
                 0,
-                (current + i32::from(niceness)).min(19),
+                (current + i32::from(niceness)).min(i32::from(connection::LOWEST_NICENESS)),
             ) != 0
         },
         CrowdPriority::Idle => {
