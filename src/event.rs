@@ -85,7 +85,7 @@ pub struct Stamp {
 /// client can choose ids whose digests collide; two different ids share one with a
 /// probability of about 2^-128. (The nodes of a cluster each draw their own key;
 /// they decide a repeat alike unless that happens.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublishKey(u64, u64);
 
 impl PublishKey {
