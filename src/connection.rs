@@ -386,6 +386,7 @@ pub fn accept_with_crowd(
                 handoff.id,
                 limits,
                 handoff.slot,
+                Arrival::InACrowd,
             ))),
             Err(err) => {
                 tracing::warn!(peer = %handoff.peer, error = %err, "cannot serve a connection of the crowd");
@@ -432,6 +433,19 @@ struct Crowd {
     handoff: tokio::sync::mpsc::UnboundedSender<Handoff>,
     /// How many connections of the crowd now connecting were handed over.
     episode: Option<u64>,
+}
+
+/// How a connection came, and so which threads serve its I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// Among a few: served on the server's own runtime.
+    Alone,
+    /// In a crowd ([`CrowdDetector`]): served on the crowd's runtime, whose threads
+    /// may run at a lower priority (`limits.crowd_priority`). Work that takes a
+    /// lock the rest of the server shares must not be done there: a thread that
+    /// loses its CPU while holding one keeps everyone waiting for as long
+    /// ([`crate::server`] moves the calls of such a connection to its own runtime).
+    InACrowd,
 }
 
 /// A connection of the crowd on its way to the runtime that serves it: its socket
@@ -576,7 +590,14 @@ impl Acceptor {
             let Some((stream, slot)) = self.hand_to_crowd(stream, peer, self.next_id, slot) else {
                 continue;
             };
-            return ConnectionIo::new(stream, peer, self.next_id, self.limits, slot);
+            return ConnectionIo::new(
+                stream,
+                peer,
+                self.next_id,
+                self.limits,
+                slot,
+                Arrival::Alone,
+            );
         }
     }
 
@@ -636,6 +657,7 @@ fn configure(stream: &TcpStream) {
 /// What a connection's I/O and its handles share.
 struct Shared {
     id: u64,
+    arrival: Arrival,
     peer: SocketAddr,
     limits: ConnectionLimits,
     /// This connection's join timeout: the limit's, and its share of
@@ -723,6 +745,40 @@ enum Due {
 }
 
 impl Shared {
+    fn new(
+        id: u64,
+        arrival: Arrival,
+        peer: SocketAddr,
+        limits: ConnectionLimits,
+        now: Instant,
+    ) -> Self {
+        let join_timeout = limits.join_timeout
+            + limits
+                .join_timeout
+                .mul_f64(JOIN_TIMEOUT_SPREAD * rand::random::<f64>());
+        Shared {
+            id,
+            arrival,
+            peer,
+            limits,
+            join_timeout,
+            write_blocked: AtomicBool::new(false),
+            driver: AtomicWaker::new(),
+            state: Mutex::new(State {
+                closed: None,
+                participants: 0,
+                joining: 0,
+                idle_since: now,
+                join_put_off: false,
+                blocked_since: None,
+                cut_off_at: None,
+                paused: Vec::new(),
+                feeds: Vec::new(),
+                next_feed_check: now,
+            }),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // The state stays consistent whatever panicked while holding the lock.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -813,9 +869,25 @@ impl ConnectionHandle {
         extensions.get::<ConnectionHandle>().cloned()
     }
 
+    /// A handle on a connection with no socket, which came as `arrival` says.
+    #[cfg(test)]
+    pub(crate) fn detached(arrival: Arrival) -> Self {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 1));
+        let limits = ConnectionLimits::default();
+        Self {
+            shared: Arc::new(Shared::new(0, arrival, peer, limits, Instant::now())),
+        }
+    }
+
     /// The connection's number, in order of acceptance; for logs.
     pub fn id(&self) -> u64 {
         self.shared.id
+    }
+
+    /// Whether the connection came alone or in a crowd, whose threads run at a
+    /// lower priority ([`accept_with_crowd`]).
+    pub fn arrival(&self) -> Arrival {
+        self.shared.arrival
     }
 
     /// The peer's address.
@@ -1082,37 +1154,16 @@ impl ConnectionIo {
         id: u64,
         limits: ConnectionLimits,
         slot: OwnedSemaphorePermit,
+        arrival: Arrival,
     ) -> Self {
         configure(&stream);
         let now = Instant::now();
-        let join_timeout = limits.join_timeout
-            + limits
-                .join_timeout
-                .mul_f64(JOIN_TIMEOUT_SPREAD * rand::random::<f64>());
-        let shared = Arc::new(Shared {
-            id,
-            peer,
-            limits,
-            join_timeout,
-            write_blocked: AtomicBool::new(false),
-            driver: AtomicWaker::new(),
-            state: Mutex::new(State {
-                closed: None,
-                participants: 0,
-                joining: 0,
-                idle_since: now,
-                join_put_off: false,
-                blocked_since: None,
-                cut_off_at: None,
-                paused: Vec::new(),
-                feeds: Vec::new(),
-                next_feed_check: now,
-            }),
-        });
+        let shared = Arc::new(Shared::new(id, arrival, peer, limits, now));
+        let timer = Box::pin(tokio::time::sleep_until(now + shared.join_timeout));
         Self {
             stream,
             shared,
-            timer: Box::pin(tokio::time::sleep_until(now + join_timeout)),
+            timer,
             _slot: slot,
         }
     }

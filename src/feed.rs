@@ -16,6 +16,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_stream::Stream;
@@ -98,6 +99,11 @@ pub struct Feed {
     /// A read from the store in progress, for a feed behind what memory holds.
     loading: Option<JoinHandle<Result<Vec<Arc<Entry>>, LogError>>>,
     finished: bool,
+    /// Where the feed does what takes locks the rest of the server shares, when not
+    /// on the thread that polls or drops it ([`Feed::lock_elsewhere`]).
+    elsewhere: Option<Handle>,
+    /// Whether the feed has told the room its participant left.
+    left: bool,
 }
 
 impl std::fmt::Debug for Feed {
@@ -137,6 +143,33 @@ impl Feed {
             wake,
             loading: None,
             finished: false,
+            elsewhere: None,
+            left: false,
+        }
+    }
+
+    /// Does what takes locks the rest of the server shares (announcing that its
+    /// participant left, reading from the store) as tasks on `runtime`, not on
+    /// the thread that polls or drops the feed: for a feed served on a crowd's
+    /// threads of lower priority, where a thread that loses its CPU while holding
+    /// the room's lock keeps every request waiting ([`crate::connection::Arrival`]).
+    pub fn lock_elsewhere(&mut self, runtime: Handle) {
+        self.elsewhere = Some(runtime);
+    }
+
+    /// Removes the participant, if still present, and announces its leave for
+    /// `cause`; once: a feed cut off, then dropped, left for the first cause.
+    fn leave(&mut self, cause: LeaveCause) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
+        match &self.elsewhere {
+            Some(runtime) => {
+                let (room, session) = (Arc::clone(&self.room), self.session);
+                // Never run if that runtime has stopped: then the server is stopping.
+                drop(runtime.spawn(async move { room.disconnect(session, cause) }));
+            }
+            None => self.room.disconnect(self.session, cause),
         }
     }
 
@@ -167,7 +200,7 @@ impl Feed {
         err: ChatError,
     ) -> Poll<Option<Result<Delivery, ChatError>>> {
         self.finished = true;
-        self.room.disconnect(self.session, cause);
+        self.leave(cause);
         Poll::Ready(Some(Err(err)))
     }
 }
@@ -229,9 +262,11 @@ impl Stream for Feed {
                 Read::Stored => {
                     let log = Arc::clone(this.room.log());
                     let from = this.cursor;
-                    this.loading = Some(tokio::task::spawn_blocking(move || {
-                        log.read_stored(from, STORE_READ_BATCH)
-                    }));
+                    let read = move || log.read_stored(from, STORE_READ_BATCH);
+                    this.loading = Some(match &this.elsewhere {
+                        Some(runtime) => runtime.spawn_blocking(read),
+                        None => tokio::task::spawn_blocking(read),
+                    });
                 }
                 Read::Trimmed { first_held } => {
                     return this.cut_off(
@@ -252,6 +287,6 @@ impl Stream for Feed {
 
 impl Drop for Feed {
     fn drop(&mut self) {
-        self.room.disconnect(self.session, LeaveCause::Disconnected);
+        self.leave(LeaveCause::Disconnected);
     }
 }

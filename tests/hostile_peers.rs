@@ -543,6 +543,11 @@ async fn a_crowd_connecting_at_once_is_served_on_threads_of_lower_priority() {
     await_notice(&mut alice_events, EventKind::Chat, &last_name, DEADLINE).await;
     alice.publish("to the crowd").await.unwrap();
     await_notice(last_events, EventKind::Chat, "alice", DEADLINE).await;
+    // One of the crowd goes without a word: its leave is announced, though the
+    // server's own threads, not the crowd's, take the room's lock for it.
+    let (gone, _) = crowd.pop().unwrap();
+    drop(gone);
+    await_notice(&mut alice_events, EventKind::Left, &last_name, DEADLINE).await;
 
     // The crowd's threads run at a lower priority than the server's own.
     #[cfg(target_os = "linux")]

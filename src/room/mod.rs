@@ -2428,6 +2428,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_feed_told_to_lock_elsewhere_announces_its_leave_there() {
+        let room = room();
+        let mut alice = join(&room, "alice").await;
+        let mut bob = join(&room, "bob").await;
+        // A runtime that runs its tasks only while this test drives it.
+        let elsewhere = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        bob.feed.lock_elsewhere(elsewhere.handle().clone());
+        drop(bob.feed);
+        // Dropped here, but left there: not yet.
+        assert_eq!(room.present(), ["alice", "bob"]);
+        let watched = Arc::clone(&room);
+        let left = std::thread::spawn(move || {
+            elsewhere.block_on(async {
+                let bob_gone = async {
+                    while watched.present().len() > 1 {
+                        tokio::task::yield_now().await;
+                    }
+                };
+                tokio::time::timeout(Duration::from_secs(10), bob_gone).await
+            })
+        });
+        assert!(left.join().unwrap().is_ok(), "bob never left");
+        assert_eq!(room.present(), ["alice"]);
+        let mut heard = Vec::new();
+        for _ in 0..3 {
+            let delivery = next(&mut alice.feed).await;
+            heard.push((delivery.entry.kind, delivery.entry.participant.to_string()));
+        }
+        assert_eq!(
+            heard,
+            [
+                (EventKind::Joined, "alice".to_string()),
+                (EventKind::Joined, "bob".to_string()),
+                (EventKind::Left, "bob".to_string())
+            ]
+        );
+    }
+
+    #[tokio::test]
     async fn leave_ends_the_leavers_feed_without_its_own_notice() {
         let room = room();
         let mut alice = join(&room, "alice").await;
