@@ -26,6 +26,7 @@ use crate::transport::{
 };
 use crate::validate::name_for_display;
 use crate::wire::{EncodedEvent, encode_event, pb_event};
+use futures::future::Either;
 use futures::{StreamExt, TryStreamExt};
 use std::future::Future;
 use std::pin::Pin;
@@ -854,7 +855,12 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    /// The inner call's own future where it came on a connection of its own (every
+    /// honest call, which so is not boxed again), a task's where it came in a crowd.
+    type Future = Either<
+        S::Future,
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -867,10 +873,10 @@ where
             .map(ConnectionHandle::arrival);
         let response = self.inner.call(request);
         if arrival != Some(Arrival::InACrowd) {
-            return Box::pin(response);
+            return Either::Left(response);
         }
         let task = AbortOnDrop(self.runtime.spawn(response));
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let mut task = task;
             match (&mut task.0).await {
                 Ok(answered) => answered,
@@ -878,7 +884,7 @@ where
                 // The server's runtime is going away: so is the server.
                 Err(_) => Ok(Status::from(ChatError::ShuttingDown).into_http()),
             }
-        })
+        }))
     }
 }
 
