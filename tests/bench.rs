@@ -8,7 +8,7 @@ use chittychat::room::RoomConfig;
 use chittychat::server::ServerConfig;
 use chittychat::transport::JoinSecret;
 use fixture::pki::Pki;
-use fixture::{Relay, TestServer, within};
+use fixture::{Relay, TestServer, WithoutUserSettings, within};
 use serde_json::Value;
 use std::process::Command;
 use std::time::Duration;
@@ -16,10 +16,11 @@ use std::time::Duration;
 const BENCH: &str = env!("CARGO_BIN_EXE_chittychat-bench");
 const SERVER: &str = env!("CARGO_BIN_EXE_chittychat-server");
 
-/// The bench with `args`, with no join secret from the environment it runs in.
+/// The bench with `args`, with no settings (a join secret, say) from the
+/// environment it runs in.
 fn command(args: &[&str]) -> Command {
     let mut command = Command::new(BENCH);
-    command.args(args).env_remove("CHITTYCHAT_JOIN_SECRET");
+    command.without_user_settings().args(args);
     command
 }
 

@@ -25,7 +25,7 @@ use chittychat::client::{ClientError, Events, JoinOptions, Session, connect};
 use chittychat::display::event_line;
 use chittychat::event::{Event, EventKind, joined_sentence, left_sentence};
 use chittychat::log_schema::{LeaveCause, field};
-use fixture::{ServerProcess, within};
+use fixture::{ServerProcess, WithoutUserSettings, within};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -495,8 +495,8 @@ async fn killed_processes(url: String, seed: u64, chaos_ends: Instant) -> Vec<Ki
         .await;
         let mut child = Command::new(env!("CARGO_BIN_EXE_chittychat-client"))
             .args(["--server", &url, "--name", &name, "--history", "0"])
+            .without_user_settings()
             .env("RUST_LOG", "off")
-            .env_remove("CHITTYCHAT_LOG_FILE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

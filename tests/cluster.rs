@@ -12,8 +12,8 @@ use chittychat::event::EventKind;
 use chittychat::server::ServerConfig;
 use fixture::nats::NatsServer;
 use fixture::{
-    ClientProcess, DEADLINE, Relay, ServerProcess, TestServer, await_notice, join, next_event,
-    within,
+    ClientProcess, DEADLINE, Relay, ServerProcess, TestServer, WithoutUserSettings, await_notice,
+    join, next_event, within,
 };
 use std::collections::BTreeMap;
 use tonic::Code;
@@ -515,7 +515,7 @@ async fn the_bench_drives_a_cluster_spread_over_its_nodes_losing_nothing() {
                 .args(["saturate", "--server", &servers, "--json"])
                 .args(["--participants", "9", "--publishers", "3"])
                 .args(["--warmup", "0.2", "--duration", "1", "--publish-over", over])
-                .env_remove("CHITTYCHAT_JOIN_SECRET")
+                .without_user_settings()
                 .output()
                 .unwrap()
         })
@@ -871,7 +871,7 @@ async fn refused_node(nats: &NatsServer, name: &str) -> String {
     let mut node = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"));
     node.args(["--listen", "127.0.0.1:0", "--nats", &nats.url()])
         .args(["--node", name])
-        .env_remove("RUST_LOG")
+        .without_user_settings()
         .kill_on_drop(true);
     let out = within(DEADLINE, &format!("node {name} to give up"), node.output())
         .await

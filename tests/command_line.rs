@@ -5,14 +5,21 @@
 mod fixture;
 
 use chittychat::client::{Session, connect};
-use fixture::ServerProcess;
+use fixture::{ServerProcess, WithoutUserSettings};
 use std::process::Command;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_chittychat-server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_chittychat-client");
 
+/// `binary`, to be started without the settings of the environment the tests run in.
+fn command(binary: &str) -> Command {
+    let mut command = Command::new(binary);
+    command.without_user_settings();
+    command
+}
+
 fn output_of(binary: &str, args: &[&str]) -> String {
-    let output = Command::new(binary).args(args).output().unwrap();
+    let output = command(binary).args(args).output().unwrap();
     assert!(output.status.success(), "{binary} {args:?}: {output:?}");
     String::from_utf8(output.stdout).unwrap()
 }
@@ -50,7 +57,7 @@ fn every_help_starts_with_what_that_program_does() {
 fn a_port_in_use_is_one_line_with_a_hint_even_with_backtraces_on() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let output = Command::new(SERVER)
+    let output = command(SERVER)
         .args(["--ephemeral", "--listen", &addr])
         .env("RUST_BACKTRACE", "1")
         .output()
@@ -67,7 +74,7 @@ fn a_port_in_use_is_one_line_with_a_hint_even_with_backtraces_on() {
     let quoted = expected.replace(&addr, "127.0.0.1:50051");
     assert!(readme.contains(&quoted), "README should quote: {quoted}");
 
-    let output = Command::new(SERVER)
+    let output = command(SERVER)
         .args(["--ephemeral", "--listen", "nonsense"])
         .env("RUST_BACKTRACE", "1")
         .output()
@@ -79,7 +86,7 @@ fn a_port_in_use_is_one_line_with_a_hint_even_with_backtraces_on() {
 
 #[test]
 fn a_log_file_that_cannot_be_opened_is_one_line_naming_it() {
-    let output = Command::new(SERVER)
+    let output = command(SERVER)
         .args(["--ephemeral", "--listen", "127.0.0.1:0"])
         .args(["--log-file", "/nonexistent/chittychat/server.log"])
         .env("RUST_BACKTRACE", "1")
@@ -233,7 +240,7 @@ async fn the_server_takes_its_settings_from_the_environment() {
 
 #[test]
 fn a_bad_setting_is_one_clear_line_and_status_2() {
-    let output = Command::new(SERVER)
+    let output = command(SERVER)
         .args(["--keepalive-interval", "soon"])
         .output()
         .unwrap();
@@ -241,7 +248,7 @@ fn a_bad_setting_is_one_clear_line_and_status_2() {
     let said = String::from_utf8(output.stderr).unwrap();
     assert!(said.contains("is not a number of seconds"), "{said}");
 
-    let output = Command::new(CLIENT)
+    let output = command(CLIENT)
         .args(["--name", "alice", "--tls-ca", "/nonexistent/ca.pem"])
         .output()
         .unwrap();

@@ -1,8 +1,11 @@
 //! `chittychat-demo` end to end: the real demo starts the real server and client
 //! binaries, and its run must pass the checker and yield well-formed diagrams.
 
+#[path = "fixture/environment.rs"]
+mod environment;
 mod export_checks;
 
+use environment::WithoutUserSettings;
 use export_checks::*;
 use std::path::Path;
 use std::process::{Command, Output};
@@ -11,7 +14,7 @@ fn demo(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_chittychat-demo"))
         .args(args)
         .current_dir(cwd)
-        .env_remove("RUST_LOG")
+        .without_user_settings()
         .output()
         .expect("chittychat-demo runs")
 }
@@ -261,6 +264,7 @@ fn the_cluster_demo_without_nats_server_says_what_it_needs() {
     let out = Command::new(env!("CARGO_BIN_EXE_chittychat-demo"))
         .args(["--cluster", "--out", "run"])
         .current_dir(root)
+        .without_user_settings()
         .env("PATH", root)
         .output()
         .unwrap();

@@ -8,7 +8,7 @@ use chittychat::client::Session;
 use chittychat::health::CHAT_SERVICE;
 use chittychat::health_probe::{self, Probed};
 use chittychat::server::ServerConfig;
-use fixture::TestServer;
+use fixture::{TestServer, WithoutUserSettings};
 use std::process::Command;
 use std::time::Duration;
 use tokio_stream::StreamExt;
@@ -172,7 +172,7 @@ async fn closed_port_url() -> String {
 fn run_health_check(listen: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
         .args(["--health-check", "--listen", listen])
-        .env_remove("CHITTYCHAT_LOG_FILE")
+        .without_user_settings()
         .output()
         .expect("run chittychat-server --health-check")
 }

@@ -10,7 +10,9 @@ use chittychat::event::EventKind;
 use chittychat::log::{DiskStore, Store};
 use chittychat::trace::check::{self, Rule};
 use chittychat::trace::parse::Run;
-use fixture::{ClientProcess, DEADLINE, Relay, ServerProcess, next_event, within};
+use fixture::{
+    ClientProcess, DEADLINE, Relay, ServerProcess, WithoutUserSettings, next_event, within,
+};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -470,6 +472,7 @@ async fn a_damaged_data_directory_or_a_second_server_is_refused_clearly() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .without_user_settings()
         .env("RUST_BACKTRACE", "1")
         .output();
     let output = within(DEADLINE, "the server to refuse", output)
@@ -497,6 +500,7 @@ async fn a_damaged_data_directory_or_a_second_server_is_refused_clearly() {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_chittychat-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data.path())
+        .without_user_settings()
         .output();
     let output = within(DEADLINE, "the second server to refuse", output)
         .await
