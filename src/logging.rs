@@ -68,8 +68,9 @@ fn builder() -> NonBlockingBuilder {
     NonBlockingBuilder::default().lossy(false)
 }
 
-/// How much of the log may be written to a file before its pages are handed to
-/// the disk ([`WriteBehind`]).
+/// How much of the log may be written to a file before the kernel is asked to
+/// start writing it to disk, so that it never writes the log in bulk in the
+/// middle of the event log's commits.
 pub const LOG_WRITE_BEHIND_BYTES: u64 = 64 * 1024;
 
 /// Writes the log and, when it lands in a regular file (`--log-file`, or stderr
