@@ -50,6 +50,8 @@ pub mod field {
     /// On a cluster node's `broadcast` line for an event another node stamped: this
     /// node's Lamport time once it merged the event's (its receive from the log).
     pub const NODE_LAMPORT: &str = "node_lamport";
+    /// How long something took, in milliseconds (a slow commit's line).
+    pub const MILLIS: &str = "millis";
 }
 
 /// The messages of the lines the tools read.
@@ -66,6 +68,9 @@ pub mod message {
     pub const LISTENING: &str = "Chitty-Chat server listening";
     /// A cluster's node, when it has joined the cluster (with its `node` name).
     pub const JOINED_CLUSTER: &str = "joined the cluster";
+    /// A commit of the event log took longer than [`crate::log::SLOW_COMMIT`]
+    /// (with its `millis`); every request waited for it.
+    pub const SLOW_COMMIT: &str = "slow commit of the event log";
 }
 
 /// The calls, as the `rpc` field and the `cause` of a broadcast name them.

@@ -18,6 +18,10 @@ pub const EVENTS_APPENDED: &str = "chittychat_events_appended_total";
 pub const EVENTS_DELIVERED: &str = "chittychat_events_delivered_total";
 /// How long an accepted Publish took to answer, in seconds.
 pub const PUBLISH_SECONDS: &str = "chittychat_publish_seconds";
+/// How long each commit of the event log's store took, in seconds: with the log
+/// on disk, mostly the disk's `fdatasync`. Every request is answered only once its
+/// commit is done, so a slow disk shows here first.
+pub const LOG_COMMIT_SECONDS: &str = "chittychat_log_commit_seconds";
 /// Joins that asked to resume, by outcome (`resumed`, `gap`, `other_log`).
 pub const RESUMES: &str = "chittychat_resumes_total";
 /// Participants cut off for falling behind what the log keeps.
@@ -44,6 +48,11 @@ pub fn describe() {
         PUBLISH_SECONDS,
         metrics::Unit::Seconds,
         "How long an accepted Publish took to answer"
+    );
+    metrics::describe_histogram!(
+        LOG_COMMIT_SECONDS,
+        metrics::Unit::Seconds,
+        "How long each commit of the event log took (with the log on disk, mostly the disk)"
     );
     metrics::describe_counter!(
         RESUMES,
@@ -75,6 +84,12 @@ pub(crate) fn delivered() -> &'static Counter {
 pub(crate) fn publish_seconds() -> &'static Histogram {
     static HANDLE: OnceLock<Histogram> = OnceLock::new();
     HANDLE.get_or_init(|| metrics::histogram!(PUBLISH_SECONDS))
+}
+
+/// The time a commit of the event log takes.
+pub(crate) fn commit_seconds() -> &'static Histogram {
+    static HANDLE: OnceLock<Histogram> = OnceLock::new();
+    HANDLE.get_or_init(|| metrics::histogram!(LOG_COMMIT_SECONDS))
 }
 
 /// Who is present, and whom this server serves.

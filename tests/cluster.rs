@@ -13,7 +13,7 @@ use chittychat::server::ServerConfig;
 use fixture::nats::NatsServer;
 use fixture::{
     ClientProcess, DEADLINE, Relay, ServerProcess, TestServer, WithoutUserSettings, await_notice,
-    join, next_event, within,
+    join, next_event, sample, scrape, within,
 };
 use std::collections::BTreeMap;
 use tonic::Code;
@@ -539,33 +539,6 @@ async fn the_bench_drives_a_cluster_spread_over_its_nodes_losing_nothing() {
     }
 }
 
-/// What `/metrics` at `address` serves, over a plain HTTP/1.1 request.
-async fn scrape(address: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: chittychat\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut response = String::new();
-    within(
-        DEADLINE,
-        "the metrics",
-        stream.read_to_string(&mut response),
-    )
-    .await
-    .unwrap();
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    response
-}
-
-/// The value of the sample `name` (with its labels, if any) in `metrics`.
-fn sample(metrics: &str, name: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn a_node_serves_prometheus_metrics_an_operator_can_scrape() {
     let mut nats = NatsServer::start().await;
@@ -579,18 +552,7 @@ async fn a_node_serves_prometheus_metrics_an_operator_can_scrape() {
         "127.0.0.1:0",
     ])
     .await;
-    let listening = server
-        .log
-        .find("the metrics address", |line| {
-            line.contains("metrics listening")
-        })
-        .await;
-    let line: serde_json::Value = serde_json::from_str(&listening).unwrap();
-    let address = line["fields"]["address"]
-        .as_str()
-        .or(line["address"].as_str())
-        .unwrap()
-        .to_owned();
+    let address = server.metrics_address().await;
     let (alice, _alice_events) = join(&server.url(), "alice").await;
     let (_bob, _bob_events) = join(&server.url(), "bob").await;
     for n in 0..3 {

@@ -11,7 +11,8 @@ use chittychat::log::{DiskStore, Store};
 use chittychat::trace::check::{self, Rule};
 use chittychat::trace::parse::Run;
 use fixture::{
-    ClientProcess, DEADLINE, Relay, ServerProcess, WithoutUserSettings, next_event, within,
+    ClientProcess, DEADLINE, Relay, ServerProcess, WithoutUserSettings, next_event, sample, scrape,
+    within,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -300,6 +301,35 @@ async fn an_invalid_piped_line_is_reported_and_the_exit_status_says_so() {
 async fn durable(listen: &str, data: &std::path::Path) -> ServerProcess {
     let dir = data.to_str().unwrap();
     ServerProcess::start_on(listen, &["--data-dir", dir]).await
+}
+
+#[tokio::test]
+async fn an_operator_sees_how_long_the_logs_commits_take() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().to_str().unwrap();
+    let mut server = ServerProcess::start(&["--data-dir", dir, "--metrics", "127.0.0.1:0"]).await;
+    let address = server.metrics_address().await;
+    let (alice, _events) = join_quietly(&server.url(), "alice").await;
+    // Each Publish is answered once its commit is done, so three in a row are
+    // three commits at least, after the join's.
+    for n in 0..3 {
+        alice.publish(&format!("timed {n}")).await.unwrap();
+    }
+    let metrics = scrape(&address).await;
+    let commits = sample(&metrics, "chittychat_log_commit_seconds_count").unwrap();
+    assert!(commits >= 4.0, "{metrics}");
+    let seconds = sample(&metrics, "chittychat_log_commit_seconds_sum").unwrap();
+    // On disk a commit is an fdatasync: it takes time, and not minutes.
+    assert!(seconds > 0.0 && seconds < commits * 60.0, "{metrics}");
+    assert!(
+        metrics.contains("# HELP chittychat_log_commit_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("chittychat_log_commit_seconds{quantile=\"0.99\"}"),
+        "{metrics}"
+    );
+    assert!(server.terminate().await.success());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -66,6 +66,13 @@ const AGE_TRIM_INTERVAL: Duration = Duration::from_secs(1);
 /// hears of a join at most this much later.
 pub const NEWCOMER_HEAD_START: Duration = Duration::from_millis(2);
 
+/// A commit that takes longer than this is logged as a warning. Every request
+/// waits for its commit, so the whole room stood still meanwhile; on disk, what
+/// holds a commit up that long is the disk (a cache flush behind other writes, a
+/// virtual disk's host). Each commit's time is also the metric
+/// `chittychat_log_commit_seconds`.
+pub const SLOW_COMMIT: Duration = Duration::from_millis(200);
+
 /// How long events are kept and how many.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -696,6 +703,7 @@ fn write_batches(
             Err(RecvTimeoutError::Timeout) => None,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let started = std::time::Instant::now();
         let result = match first {
             Some(first) => {
                 let mut batch = vec![first];
@@ -714,6 +722,7 @@ fn write_batches(
             }
             None => continue,
         };
+        timed(started.elapsed(), &result);
         match result {
             Ok((first_held, written)) => {
                 progress.first_held.fetch_max(first_held, Ordering::AcqRel);
@@ -729,6 +738,19 @@ fn write_batches(
                 return;
             }
         }
+    }
+}
+
+/// Counts a commit's time, and warns of one that held the room up.
+fn timed(took: Duration, result: &Result<(u64, Option<u64>), LogError>) {
+    crate::metrics::commit_seconds().record(took.as_secs_f64());
+    if took > SLOW_COMMIT && result.is_ok() {
+        use crate::log_schema::{field, message};
+        tracing::warn!(
+            { field::MILLIS } = took.as_millis() as u64,
+            "{}",
+            message::SLOW_COMMIT
+        );
     }
 }
 
@@ -777,6 +799,45 @@ mod tests {
         fn read(&self, from: u64, max: usize) -> Result<Vec<Arc<Entry>>, LogError> {
             self.inner.read(from, max)
         }
+    }
+
+    /// What `timed` logs for a commit that took `took`.
+    #[cfg(feature = "programs")]
+    fn logged_for(took: Duration, result: Result<(u64, Option<u64>), LogError>) -> String {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || timed(took, &result));
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[cfg(feature = "programs")]
+    #[test]
+    fn a_slow_commit_is_logged_with_how_long_it_took() {
+        use crate::log_schema::message::SLOW_COMMIT as SLOW;
+        let slow = logged_for(SLOW_COMMIT + Duration::from_millis(128), Ok((1, Some(7))));
+        assert!(slow.contains("WARN"), "{slow}");
+        assert!(slow.contains(SLOW), "{slow}");
+        assert!(slow.contains("millis=328"), "{slow}");
+        assert_eq!(logged_for(SLOW_COMMIT, Ok((1, Some(7)))), "");
+        assert_eq!(logged_for(Duration::from_millis(3), Ok((1, Some(7)))), "");
+        // A failed commit has its own error line; it is not called slow.
+        let failed = Err(LogError::WriteFailed("no space left on device".into()));
+        assert_eq!(logged_for(SLOW_COMMIT * 2, failed), "");
     }
 
     /// A waker that counts how often it is woken.
