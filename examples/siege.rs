@@ -83,6 +83,43 @@ struct Args {
     timeline: Option<std::path::PathBuf>,
 }
 
+/// How long the server's log is now.
+fn log_length(log: &std::path::Path) -> u64 {
+    std::fs::metadata(log).map_or(0, |meta| meta.len())
+}
+
+/// The server's slow commits in each phase, each phase's lines lying between two of
+/// `marks` in `log`: how many, and the slowest in milliseconds.
+fn slow_commits(log: &std::path::Path, marks: &[u64; 4]) -> [String; 3] {
+    use chittychat::log_schema::{field, message};
+    let mut found: [Vec<u64>; 3] = Default::default();
+    let text = std::fs::read(log).unwrap_or_default();
+    let mut at = 0;
+    for line in text.split_inclusive(|&byte| byte == b'\n') {
+        let start = at as u64;
+        at += line.len();
+        let line = String::from_utf8_lossy(line);
+        if !line.contains(message::SLOW_COMMIT) {
+            continue;
+        }
+        let Some(phase) = (0..3).find(|&p| marks[p] <= start && start < marks[p + 1]) else {
+            continue;
+        };
+        // `millis=328` in text, `"millis":328` in JSON.
+        let millis = line
+            .split_once(field::MILLIS)
+            .map(|(_, rest)| rest.trim_start_matches(['"', ':', '=']))
+            .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|digits| digits.parse().ok())
+            .unwrap_or(0);
+        found[phase].push(millis);
+    }
+    found.map(|slow| match slow.iter().max() {
+        Some(max) => format!("{}, {max} ms", slow.len()),
+        None => "0".to_owned(),
+    })
+}
+
 /// The spawned server, killed when dropped.
 struct Server {
     child: Child,
@@ -515,12 +552,15 @@ async fn siege(args: Args) -> ExitCode {
     );
     let none = StdMutex::new(Vec::new());
     let mut cpu = [CpuShare::default(); 3];
+    // Where each phase begins in the server's log, to tell its slow commits apart.
+    let mut log_marks = [log_length(&log); 4];
     let mark = CpuMark::now(pid);
     let unloaded = sample_until(pid, Instant::now() + phase_length, &none).await;
     cpu[UNLOADED].add(mark, CpuMark::now(pid));
 
     // The siege, in waves.
     record.phase.store(BESIEGED, Ordering::Relaxed);
+    log_marks[BESIEGED] = log_length(&log);
     let mut waves = Vec::new();
     for wave in 1..=args.waves {
         println!(
@@ -643,6 +683,7 @@ async fn siege(args: Args) -> ExitCode {
         ));
     }
     record.phase.store(AFTER, Ordering::Relaxed);
+    log_marks[AFTER] = log_length(&log);
     // The peaks and counts of the worst wave.
     let besieged = Peaks {
         rss_kib: waves.iter().map(|w| w.0.rss_kib).max().unwrap_or(0),
@@ -663,6 +704,7 @@ async fn siege(args: Args) -> ExitCode {
     let after_rss = rss_kib(pid);
     let after_tcp = kernel_tcp();
     record.phase.store(STOPPED, Ordering::Relaxed);
+    log_marks[STOPPED] = log_length(&log);
     let _ = honest_thread.join();
     if let Some(path) = &args.timeline
         && let Err(err) = record.write_timeline(path)
@@ -705,6 +747,14 @@ async fn siege(args: Args) -> ExitCode {
         q(BESIEGED, 0.99),
         q(AFTER, 0.5),
         q(AFTER, 0.99),
+    );
+    let slow = slow_commits(&log, &log_marks);
+    println!(
+        "| commits over {} ms (the disk), slowest | {} | {} | {} |",
+        chittychat::log::SLOW_COMMIT.as_millis(),
+        slow[UNLOADED],
+        slow[BESIEGED],
+        slow[AFTER]
     );
     println!(
         "| honest messages | {} | {} | {} |",
