@@ -79,12 +79,15 @@ pub const LOG_WRITE_BEHIND_BYTES: u64 = 64 * 1024;
 ///
 /// Left alone, Linux keeps a file's new pages in memory for 30 s
 /// (`vm.dirty_expire_centisecs`) and then writes them in bulk: 30 s of a busy
-/// server's log, a line per message, is several megabytes. On ext4 (ordered
-/// data, the default) the event log's next commit, on the same disk, waits for
-/// that write too: a commit of 36–214 ms about 30 s after the server started, in
-/// every full siege with the log in a file (`docs/hostile-peers.md`, *a tenth
-/// look*). Written behind in small pieces, a commit waits for a few kilobytes at
-/// most. PostgreSQL's `*_flush_after` settings do the same for its own files.
+/// server's log, a line per message, is several megabytes. The event log's next
+/// commit, on the same disk, waits for that write too: its fsync ends by asking
+/// the disk to flush its write cache, which waits for what is already on its way
+/// to the disk, whichever file it came from (on ext4 with a journal, the journal
+/// commit an fsync makes waits for it as well). In every full siege with the log
+/// in a file, a commit of 36–214 ms about 30 s after the server started
+/// (`docs/hostile-peers.md`, *a tenth look*). Written behind in small pieces, a
+/// commit waits for a few kilobytes at most. PostgreSQL's `*_flush_after`
+/// settings do the same for its own files.
 struct WriteBehind<W> {
     inner: W,
     /// The file behind `inner`, when it is a regular file the kernel can write
