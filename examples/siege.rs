@@ -374,13 +374,17 @@ fn this_thread() -> u32 {
     u32::try_from(unsafe { libc::gettid() }).unwrap_or(0)
 }
 
-/// CPU time used so far by the server, the attackers and the honest participants.
+/// CPU time used so far by the server, the attackers and the honest participants,
+/// and how long the server's threads and the honest participants' have waited for a
+/// CPU while ready to run.
 #[derive(Debug, Clone, Copy)]
 struct CpuMark {
     at: Instant,
     server: u64,
     attackers: u64,
     honest: u64,
+    server_waited: Option<u64>,
+    honest_waited: Option<u64>,
 }
 
 impl CpuMark {
@@ -393,23 +397,30 @@ impl CpuMark {
             .iter()
             .map(|&tid| thread(tid))
             .sum();
+        let honest = HONEST_THREAD.load(Ordering::Relaxed);
         Self {
             at: Instant::now(),
             server: chittychat::bench::cpu_ns(server).unwrap_or(0),
             attackers,
-            honest: thread(HONEST_THREAD.load(Ordering::Relaxed)),
+            honest: thread(honest),
+            server_waited: chittychat::bench::run_delay_ns(server),
+            honest_waited: chittychat::bench::thread_run_delay_ns(me, honest),
         }
     }
 }
 
 /// What the server, the attackers and the honest participants took of the
-/// machine's CPUs over one or more spans of time.
+/// machine's CPUs over one or more spans of time, and how long the server and the
+/// honest participants waited for one.
 #[derive(Debug, Default, Clone, Copy)]
 struct CpuShare {
     wall_ns: u128,
     server: u64,
     attackers: u64,
     honest: u64,
+    /// `None` where the kernel keeps no scheduler statistics.
+    server_waited: Option<u64>,
+    honest_waited: Option<u64>,
 }
 
 impl CpuShare {
@@ -420,6 +431,11 @@ impl CpuShare {
         // A thread that ended took its CPU time with it: never below zero.
         self.attackers += to.attackers.saturating_sub(from.attackers);
         self.honest += to.honest.saturating_sub(from.honest);
+        let waited = |from: Option<u64>, to: Option<u64>, sum: Option<u64>| {
+            Some(sum.unwrap_or(0) + to?.saturating_sub(from?))
+        };
+        self.server_waited = waited(from.server_waited, to.server_waited, self.server_waited);
+        self.honest_waited = waited(from.honest_waited, to.honest_waited, self.honest_waited);
     }
 
     /// "server / attackers / honest", each in percent of all the machine's CPUs.
@@ -431,6 +447,20 @@ impl CpuShare {
             percent(self.server),
             percent(self.attackers),
             percent(self.honest)
+        )
+    }
+
+    /// "server / honest": how long their threads waited, ready to run, for a CPU, in
+    /// milliseconds a second (summed over the threads, so it may exceed 1000).
+    fn waits(&self) -> String {
+        let per_second = |ns: Option<u64>| match ns {
+            Some(ns) => format!("{:.0}", ns as f64 * 1000.0 / self.wall_ns.max(1) as f64),
+            None => "?".to_owned(),
+        };
+        format!(
+            "{} / {}",
+            per_second(self.server_waited),
+            per_second(self.honest_waited)
         )
     }
 }
@@ -737,6 +767,12 @@ async fn siege(args: Args) -> ExitCode {
         cpu[UNLOADED].percents(),
         cpu[BESIEGED].percents(),
         cpu[AFTER].percents()
+    );
+    println!(
+        "| waiting for a CPU, ms a second: server / honest | {} | {} | {} |",
+        cpu[UNLOADED].waits(),
+        cpu[BESIEGED].waits(),
+        cpu[AFTER].waits()
     );
     let q = |phase, quantile| record.quantile_ms(phase, quantile);
     println!(

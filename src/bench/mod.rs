@@ -4,7 +4,7 @@
 //!
 //! - `load`: the participants and publishers.
 //! - `process`: the spawned server and its `/proc` readings ([`cpu_ns`], [`thread_cpu_ns`],
-//!   [`status_kib`]).
+//!   [`run_delay_ns`], [`thread_run_delay_ns`], [`status_kib`]).
 //! - `report`: the results ([`Report`]), as a table or JSON.
 
 mod load;
@@ -25,7 +25,8 @@ use tokio::sync::Semaphore;
 
 pub use load::MIN_MESSAGE_CHARS;
 pub use process::{
-    BENCH_JOIN_RATE, BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, status_kib, thread_cpu_ns,
+    BENCH_JOIN_RATE, BENCH_PUBLISH_RATE, SERVER_START_TIMEOUT, cpu_ns, run_delay_ns, status_kib,
+    thread_cpu_ns, thread_run_delay_ns,
 };
 pub use report::{HistoryJoined, Joins, Latency, Report, Restarted, Resumed, ServerUsage};
 

@@ -220,6 +220,39 @@ fn clock_ticks_per_second() -> Option<u64> {
     u64::try_from(ticks).ok().filter(|&ticks| ticks > 0)
 }
 
+/// How long the threads of process `pid` now alive have waited, ready to run, for a
+/// CPU, in nanoseconds: the scheduler's run delay (`/proc/PID/task/*/schedstat`). A
+/// thread that has ended takes its share with it. `None` where the kernel keeps no
+/// scheduler statistics.
+pub fn run_delay_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let mut total = None;
+    for task in tasks.flatten() {
+        let tid = task.file_name();
+        let Some(delay) = tid
+            .to_str()
+            .and_then(|tid| tid.parse().ok())
+            .and_then(|tid| thread_run_delay_ns(pid, tid))
+        else {
+            // The thread ended since the directory was read.
+            continue;
+        };
+        total = Some(total.unwrap_or(0) + delay);
+    }
+    total
+}
+
+/// How long thread `tid` of process `pid` has waited, ready to run, for a CPU, in
+/// nanoseconds (the second field of its `schedstat`).
+pub fn thread_run_delay_ns(pid: u32, tid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/schedstat"))
+        .ok()?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// A field of `/proc/PID/status` in KiB, such as `VmRSS` or `VmHWM` (peak RSS).
 pub fn status_kib(pid: u32, key: &str) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -240,6 +273,12 @@ mod tests {
     fn reads_this_process() {
         let me = std::process::id();
         assert!(cpu_ns(me).is_some());
+        // Where the kernel keeps scheduler statistics, they are read for one thread
+        // and for all.
+        let kept = std::path::Path::new(&format!("/proc/{me}/task/{me}/schedstat")).exists();
+        assert_eq!(thread_run_delay_ns(me, me).is_some(), kept);
+        assert_eq!(run_delay_ns(me).is_some(), kept);
+        assert_eq!(run_delay_ns(u32::MAX), None);
         assert!(status_kib(me, "VmRSS").unwrap() > 0);
         assert!(status_kib(me, "VmHWM").unwrap() >= status_kib(me, "VmRSS").unwrap() / 2);
         assert_eq!(status_kib(me, "NoSuchField"), None);
