@@ -429,17 +429,21 @@ mod gathering_tests {
         writer.make_writer().write_all(line.as_bytes()).unwrap();
     }
 
+    /// A writer thread that writes to a sink that never holds it up, and what the
+    /// sink was handed.
+    fn ungated() -> (Batched, LogGuard, mpsc::Receiver<Vec<u8>>) {
+        let (written, arrived) = mpsc::channel();
+        let sink = Sink {
+            written,
+            gate: None,
+        };
+        let (writer, guard) = batched(sink, LOG_GATHERED_BYTES).unwrap();
+        (writer, guard, arrived)
+    }
+
     #[test]
     fn lines_from_many_threads_arrive_whole_and_in_order_and_all_by_the_guard_s_drop() {
-        let (written, arrived) = mpsc::channel();
-        let (writer, guard) = batched(
-            Sink {
-                written,
-                gate: None,
-            },
-            LOG_GATHERED_BYTES,
-        )
-        .unwrap();
+        let (writer, guard, arrived) = ungated();
         std::thread::scope(|scope| {
             for thread in 0..4 {
                 let writer = &writer;
@@ -468,15 +472,7 @@ mod gathering_tests {
 
     #[test]
     fn a_lone_line_is_written_without_waiting_for_more() {
-        let (written, arrived) = mpsc::channel();
-        let (writer, _guard) = batched(
-            Sink {
-                written,
-                gate: None,
-            },
-            LOG_GATHERED_BYTES,
-        )
-        .unwrap();
+        let (writer, _guard, arrived) = ungated();
         log_line(&writer, "alone\n");
         assert_eq!(arrived.recv_timeout(DEADLINE).unwrap(), b"alone\n");
         log_line(&writer, "and later another\n");
